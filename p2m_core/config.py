@@ -1,0 +1,424 @@
+"""Typed experiment configuration: YAML files with ``_base_`` inheritance and ``--set`` overrides.
+
+A config is a tree of dataclasses (:class:`Config`). It is built from YAML in three steps:
+
+1. :func:`load_raw` reads a file and, recursively, the files named in its ``_base_`` key
+   (a path or a list of paths, relative to the file), merging child over base;
+2. ``--set section.key=value`` overrides are applied (values are parsed as YAML, so
+   ``--set train.lr=2e-4`` gives a float and ``--set pseudo.maps=[semantic]`` a list);
+3. :func:`from_dict` builds the dataclasses, rejecting unknown keys and wrong types with
+   the file (or ``--set``), the dotted key and the value in the message.
+
+Defaults are the paper's values (Sec. 4.2, ``paper_tables.yaml: settings``) where the paper
+gives one; elsewhere they are documented beside the field. :func:`resolve` turns a config
+into the flat dotted dict logged as MLflow params and a stable hash used to de-duplicate
+sweep trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from p2m_core.errors import P2MInputError
+from p2m_core.io import PathLike, atomic_write_text, load_yaml
+
+MapName = Literal["semantic", "boundary_low", "boundary_high"]
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class SplitConfig:
+    """Files of one split in the COCO panoptic format (paths relative to ``data.root``)."""
+
+    json: str = ""
+    images: str = ""
+    panoptic: str = ""
+    points: str = ""  # point labels JSON (p2m_core.data.points); empty: sample on the fly
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic panoptic dataset (``python -m p2m_core.data.synthetic``)."""
+
+    num_train: int = 48
+    num_val: int = 16
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["synthetic", "coco_panoptic"] = "synthetic"
+    root: str = "data/synthetic"
+    # COCO's layout: panoptic_<split>.json beside its PNG folder panoptic_<split>/.
+    train: SplitConfig = field(
+        default_factory=lambda: SplitConfig("panoptic_train.json", "images/train", "panoptic_train", "points_train.json")
+    )
+    val: SplitConfig = field(
+        default_factory=lambda: SplitConfig("panoptic_val.json", "images/val", "panoptic_val", "points_val.json")
+    )
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    point_seed: int = 0  # seed of the one-point-per-segment sampling
+    # Training-time augmentation: shorter side resized into [min_size, max_size], random flip,
+    # random crop; points that fall out of a crop are dropped.
+    min_size: int = 128
+    max_size: int = 128
+    flip_prob: float = 0.5
+    crop_size: list[int] = field(default_factory=list)  # [h, w]; empty: no crop
+    size_divisor: int = 32
+    # P^b_low: path to OpenCV's Structured Edge forest (model.yml.gz); empty: classical fallback.
+    edge_model: str = ""
+    num_workers: int = 0
+
+
+@dataclass
+class PseudoConfig:
+    """Pseudo-label generation by optimal transport (paper Sec. 3.2-3.3, ALGORITHM.md)."""
+
+    maps: list[MapName] = field(default_factory=lambda: ["semantic", "boundary_low", "boundary_high"])
+    beta: float = 0.1  # weight of boundary terms in the edge length, Eq. 3 (paper)
+    extra_weight: float = 0.1  # weight of optional extra edge maps (reference's projector term)
+    # Strides relative to the *input image*: the reference builds the graph at 1/16 and
+    # predicts masks at 1/4, so the graph is 1/4 of the mask resolution.
+    graph_stride: int = 16
+    mask_stride: int = 4
+    k_scheme: Literal["equal_division", "nearest_point", "nearest_centroid"] = "nearest_centroid"
+    centroid_iters: int = 1  # paper Table 6; main experiments use 1
+    assignment: Literal["ot", "mc"] = "ot"
+    mc_decode: Literal["argmin", "psps"] = "argmin"
+    sinkhorn_iters: int = 80  # paper Sec. 4.2
+    sinkhorn_epsilon: float = 1e-3  # reference code, raw cost units
+    sinkhorn_tol: float = 1e-3  # marginal tolerance of the converged solver
+    sinkhorn_max_iters: int = 2000  # cap of the converged solver
+    sinkhorn_mode: Literal["reference", "converged"] = "reference"
+    geodesic_backend: Literal["scipy", "torch"] = "torch"
+    point_dilation: int = 17  # reference: labelled points forced into P^s as 17x17 squares
+    mc_warmup_iters: int = 0  # reference: 12k (VOC) / 60k (COCO) MC iterations before OT
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet50", "resnet101"] = "resnet50"
+    pretrained: str = ""  # local torchvision-format state dict; empty: random init
+    hidden_dim: int = 256
+    num_queries: int = 300  # paper Sec. 4.2
+    num_decoder_layers: int = 6
+
+
+@dataclass
+class LossConfig:
+    semantic_terms: list[Literal["partial", "lab", "rgb_tree"]] = field(
+        default_factory=lambda: ["partial", "lab", "rgb_tree"]
+    )
+    alpha1: float = 3.0  # weight of the local LAB affinity loss, Eq. 5 (paper)
+    alpha2: float = 3.0  # weight of the long-range RGB tree loss, Eq. 5 (paper)
+    boundary_weight: float = 1.0
+    # Panoptic branch (Panoptic SegFormer defaults; not stated in the paper).
+    focal_weight: float = 2.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+    dice_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["adamw"] = "adamw"  # paper
+    lr: float = 1e-4  # paper, VOC (COCO: 2e-4)
+    weight_decay: float = 0.1  # paper, VOC
+    batch_size: int = 8  # paper, VOC (COCO: 16)
+    epochs: int = 24  # paper, VOC (COCO: 15)
+    lr_steps: list[int] = field(default_factory=list)  # epochs; paper COCO: [8, 12]
+    grad_clip: float = 0.1
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = 10
+
+
+@dataclass
+class TrackingConfig:
+    # Empty: sqlite:///<output_dir>/mlflow.db (absolute, since Ray changes worker cwds).
+    tracking_uri: str = ""
+    experiment: str = "p2m"
+    run_name: str = ""
+    output_dir: str = "runs"
+
+
+@dataclass
+class Config:
+    name: str = "point2mask"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# Fields left out of the hash: they name or place a run, they do not change what it computes.
+HASH_EXCLUDED_PREFIXES = ("name", "tracking.")
+
+
+# --------------------------------------------------------------------------- loading
+def _merge(base: dict, child: dict, sources: dict[str, str], source: str, prefix: str = "") -> dict:
+    """Deep-merge ``child`` into a copy of ``base``, recording which source set each leaf."""
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, sources, source, dotted + ".")
+        else:
+            merged[key] = copy.deepcopy(value)
+            _record_sources(value, dotted, sources, source)
+    return merged
+
+
+def _record_sources(value: Any, dotted: str, sources: dict[str, str], source: str) -> None:
+    sources[dotted] = source
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _record_sources(sub, f"{dotted}.{key}", sources, source)
+
+
+def load_raw(path: PathLike, sources: dict[str, str] | None = None, _stack: tuple = ()) -> dict:
+    """Read a YAML config and its ``_base_`` chain into one merged plain dict."""
+    path = Path(path).resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in _stack + (path,))
+        raise P2MInputError(f"config {path}: circular _base_ chain: {chain}")
+    sources = {} if sources is None else sources
+    raw = load_yaml(path, what="config file")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise P2MInputError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
+    bases = raw.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise P2MInputError(f"config {path}: '_base_' must be a path or a list of paths, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        merged = _merge(merged, load_raw(path.parent / base, sources, _stack + (path,)), {}, "")
+    return _merge(merged, raw, sources, str(path))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=2e-4'`` -> (['train', 'lr'], 0.0002); the value is parsed as YAML."""
+    if "=" not in text:
+        raise P2MInputError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=2e-4")
+    key, _, value_text = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise P2MInputError(f"--set {text!r}: invalid key {key!r}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise P2MInputError(f"--set {text!r}: value {value_text!r} is not valid YAML") from exc
+    # YAML 1.1 reads '2e-4' as a string; accept it as the float a user means.
+    if isinstance(value, str):
+        try:
+            as_float = float(value)
+        except ValueError:
+            pass
+        else:
+            if any(c in value for c in "eE.") and value.strip().lower() not in ("inf", "nan"):
+                value = as_float
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str], sources: dict[str, str] | None = None) -> dict:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise P2MInputError(f"--set {text!r}: '{key}' is not a section")
+            node = child
+        node[keys[-1]] = value
+        if sources is not None:
+            _record_sources(value, ".".join(keys), sources, "--set")
+    return raw
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def fail(expected: str) -> P2MInputError:
+        return P2MInputError(f"{where}: key '{key}' expects {expected}, got {value!r} ({type(value).__name__})")
+
+    if origin is Literal:
+        if value not in args:
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if option is type(None) and value is None:
+                return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key, where)
+            except P2MInputError as exc:
+                errors.append(str(exc))
+        raise fail(" or ".join(_type_name(a) for a in args))
+    if origin is list:
+        if not isinstance(value, list):
+            raise fail(f"a list of {_type_name(args[0])}")
+        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", where_for=None, sources=None, fallback=where)
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _build(
+    cls: type,
+    raw: Any,
+    prefix: str,
+    where_for: Any,
+    sources: dict[str, str] | None,
+    fallback: str = "config",
+) -> Any:
+    def source_of(dotted: str) -> str:
+        if sources and dotted in sources:
+            return f"config {sources[dotted]}" if sources[dotted] != "--set" else "--set"
+        return fallback
+
+    section = prefix.rstrip(".") or "<top level>"
+    if not isinstance(raw, dict):
+        raise P2MInputError(f"{source_of(prefix.rstrip('.'))}: '{section}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            dotted = f"{prefix}{key}"
+            raise P2MInputError(
+                f"{source_of(dotted)}: unknown key '{dotted}' (value {raw[key]!r}); "
+                f"'{section}' accepts: {', '.join(sorted(known))}"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        dotted = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], dotted + ".", None, sources, source_of(dotted))
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], tp, dotted, source_of(dotted))
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict, sources: dict[str, str] | None = None, cls: type = Config) -> Any:
+    """Build a typed config from a plain dict, rejecting unknown keys and wrong types."""
+    return _build(cls, raw, "", None, sources)
+
+
+def load_config(path: PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (with its ``_base_`` chain) and apply ``--set`` overrides.
+
+    >>> cfg = load_config(None, ["train.lr=2e-4"])
+    >>> cfg.train.lr
+    0.0002
+    """
+    sources: dict[str, str] = {}
+    raw = load_raw(path, sources) if path is not None else {}
+    raw = apply_overrides(raw, list(overrides), sources)
+    return from_dict(raw, sources)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A config as MLflow sees it: flat dotted params and a content hash."""
+
+    flat: dict[str, Any]
+    hash: str
+
+
+def resolve(cfg: Config) -> ResolvedConfig:
+    """Flatten ``cfg`` to dotted keys and hash what affects results.
+
+    The hash covers every field except the run's name and tracking location
+    (:data:`HASH_EXCLUDED_PREFIXES`), so two sweep trials with the same settings get the same
+    hash however they are named. It is the first 16 hex digits of a SHA-256 over canonical
+    JSON, stable across processes and Python versions.
+    """
+    flat = flatten(to_dict(cfg))
+    hashed = {
+        k: v for k, v in flat.items() if not any(k == p or k.startswith(p) for p in HASH_EXCLUDED_PREFIXES)
+    }
+    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
+    return ResolvedConfig(flat=flat, hash=hashlib.sha256(canonical.encode()).hexdigest()[:16])
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: PathLike) -> Path:
+    """Write the resolved config as YAML (atomically); loading it gives ``cfg`` back."""
+    return atomic_write_text(path, dump_yaml(cfg))
+
+
+def add_config_arguments(parser: Any, default_config: str | None = None) -> None:
+    """Add ``--config PATH`` and repeatable ``--set KEY=VALUE`` to an argparse parser."""
+    parser.add_argument("--config", default=default_config, help="experiment YAML (with optional _base_)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=2e-4 (repeatable)",
+    )
