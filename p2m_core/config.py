@@ -314,7 +314,14 @@ def _build(
     where_for: Any,
     sources: dict[str, str] | None,
     fallback: str = "config",
+    base: Any = None,
 ) -> Any:
+    """Build ``cls`` from ``raw``; fields absent from ``raw`` keep their value in ``base``.
+
+    ``base`` is the parent's default for this section, so a partial section such as
+    ``data.train: {points: x}`` keeps the other defaults of ``data.train`` rather than the
+    bare class defaults of :class:`SplitConfig`.
+    """
     def source_of(dotted: str) -> str:
         if sources and dotted in sources:
             return f"config {sources[dotted]}" if sources[dotted] != "--set" else "--set"
@@ -339,10 +346,21 @@ def _build(
         dotted = f"{prefix}{f.name}"
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, raw[f.name], dotted + ".", None, sources, source_of(dotted))
+            default = getattr(base, f.name) if base is not None else _field_default(f)
+            kwargs[f.name] = _build(tp, raw[f.name], dotted + ".", None, sources, source_of(dotted), default)
         else:
             kwargs[f.name] = _coerce(raw[f.name], tp, dotted, source_of(dotted))
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    if f.default is not dataclasses.MISSING:
+        return copy.deepcopy(f.default)
+    return None
 
 
 def from_dict(raw: dict, sources: dict[str, str] | None = None, cls: type = Config) -> Any:

@@ -47,6 +47,13 @@ def test_overrides_parse_yaml_values_and_beat_files(tmp_path):
     assert cfg.data.flip_prob == 0.0 and isinstance(cfg.data.flip_prob, float)
 
 
+def test_partial_nested_section_keeps_its_section_defaults():
+    cfg = load_config(None, ["data.train.points=custom.json"])
+    assert cfg.data.train.points == "custom.json"
+    assert cfg.data.train.json == Config().data.train.json != ""
+    assert cfg.data.val == Config().data.val
+
+
 def test_unknown_key_names_file_key_and_value(tmp_path):
     path = write(tmp_path / "bad.yaml", "train:\n  lrate: 0.1\n")
     with pytest.raises(P2MInputError) as info:

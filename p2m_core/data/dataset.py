@@ -1,0 +1,327 @@
+"""Torch dataset of images with one labelled point per segment, and its collate function.
+
+:class:`PointPanopticDataset` joins a :class:`~p2m_core.data.panoptic_format.CocoPanoptic`
+dataset with a point-label file (``p2m-points/1``, see ``docs/DATA.md``), applies point-safe
+transforms (:mod:`p2m_core.data.transforms`) and returns tensors. :func:`collate_points` pads
+a list of items into a batch and keeps the variable-length point sets as lists.
+
+Randomness: item ``index`` in epoch ``epoch`` draws every augmentation choice from
+``numpy.random.default_rng([seed, epoch, index])``. Nothing depends on the worker that loads
+the item or on the order items are loaded in, so a ``DataLoader`` gives identical batches with
+any ``num_workers``. Call :meth:`PointPanopticDataset.set_epoch` before iterating an epoch
+(with ``persistent_workers=False``, the default, workers receive the updated dataset).
+
+The panoptic ground truth is always read, because resizing uses it to keep each point inside
+its own segment (see :class:`~p2m_core.data.transforms.ResizeShortestEdge`); it is *returned*
+only with ``with_gt=True`` (evaluation). Training code therefore sees the points, not the masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from p2m_core.data.panoptic_format import CocoPanoptic, PanopticRecord
+from p2m_core.data.points import load_points, sample_points, validate_points
+from p2m_core.data.transforms import Compose, RandomCrop, RandomFlip, ResizeShortestEdge, Transform
+from p2m_core.errors import P2MInputError
+from p2m_core.io import PathLike
+
+#: ImageNet statistics of RGB images in [0, 1], used when ``normalize=True``.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- dataset
+class PointPanopticDataset(Dataset):
+    """Images, their labelled points and (optionally) panoptic ground truth, as tensors.
+
+    Parameters
+    ----------
+    panoptic : the images and their panoptic ground truth.
+    points : path to a ``p2m-points/1`` JSON, or the already-loaded dict. It must have an
+        entry for every image of ``panoptic``; each point must name a segment of its image,
+        with that segment's category, and lie on that segment in the PNG.
+    transforms : ``t(sample, rng) -> sample`` (see :mod:`p2m_core.data.transforms`); ``None``
+        keeps images as they are.
+    seed : base seed of the per-item generators (non-negative).
+    with_gt : also return ``segment_ids`` and ``segments`` (for evaluation).
+    normalize : return ``(image / 255 - IMAGENET_MEAN) / IMAGENET_STD`` instead of
+        ``image / 255``. Off by default: the losses compare raw colours (LAB affinity, RGB
+        tree), so models are expected to normalise inside, as detectron2 models do.
+
+    Item
+    ----
+    ``image`` float32 [3, H, W]; ``points_yx`` int64 [m, 2] (row, column);
+    ``point_labels`` int64 [m] (contiguous index, :meth:`CocoPanoptic.contiguous_ids`);
+    ``point_is_thing`` bool [m]; ``point_segment_ids`` int64 [m]; ``image_id``;
+    ``orig_size`` (H0, W0) before transforms; with ``with_gt``: ``segment_ids`` int64 [H, W]
+    (0 = void) and ``segments``, a list of ``{'id', 'category_id', 'label', 'isthing',
+    'iscrowd', 'area'}`` for the segments still present after the transforms.
+    """
+
+    def __init__(
+        self,
+        panoptic: CocoPanoptic,
+        points: PathLike | dict,
+        transforms: Transform | None = None,
+        seed: int = 0,
+        with_gt: bool = False,
+        normalize: bool = False,
+    ) -> None:
+        if seed < 0:
+            raise P2MInputError(f"dataset seed must be non-negative, got {seed}")
+        self.panoptic = panoptic
+        if isinstance(points, dict):
+            self.points_source = "points dict"
+            validate_points(points, source=self.points_source)
+            raw = points
+        else:
+            self.points_source = str(points)
+            raw = load_points(points)
+        by_id = {entry["image_id"]: entry for entry in raw["images"]}
+        self.transforms = transforms
+        self.seed = int(seed)
+        self.with_gt = bool(with_gt)
+        self.normalize = bool(normalize)
+        self.epoch = 0
+        self.contiguous = panoptic.contiguous_ids()
+        self._points = [self._points_of(record, by_id) for record in panoptic.records]
+
+    def _points_of(self, record: PanopticRecord, by_id: dict[Any, dict]) -> dict[str, np.ndarray]:
+        """Arrays of one image's points, checked against its segments_info."""
+        entry = by_id.get(record.image_id)
+        if entry is None:
+            raise P2MInputError(
+                f"{self.points_source}: no points for image id {record.image_id!r} ({record.png_path.name})"
+            )
+        where = f"{self.points_source}: image {record.image_id!r}"
+        if entry["file_name"] != record.png_path.name:
+            raise P2MInputError(
+                f"{where}: file_name {entry['file_name']!r} does not match the panoptic PNG {record.png_path.name!r}"
+            )
+        for key, expected in (("height", record.height), ("width", record.width)):
+            if expected is not None and entry[key] != expected:
+                raise P2MInputError(f"{where}: {key} {entry[key]} differs from the panoptic JSON's {expected}")
+        segments = {s.id: s for s in record.segments}
+        rows = []
+        for index, point in enumerate(entry["points"]):
+            sid, cid = int(point["segment_id"]), int(point["category_id"])
+            if sid not in segments:
+                raise P2MInputError(f"{where}: points[{index}] names segment {sid}, which is not in segments_info")
+            if segments[sid].category_id != cid:
+                raise P2MInputError(
+                    f"{where}: points[{index}] has category_id {cid} but segment {sid} has "
+                    f"category_id {segments[sid].category_id}"
+                )
+            y, x = int(point["y"]), int(point["x"])  # inside height x width: validate_points
+            rows.append((y, x, self.contiguous[cid], self.panoptic.categories[cid].isthing, sid))
+        return {
+            "points_yx": np.array([r[:2] for r in rows], dtype=np.int64).reshape(-1, 2),
+            "point_labels": np.array([r[2] for r in rows], dtype=np.int64),
+            "point_is_thing": np.array([r[3] for r in rows], dtype=bool),
+            "point_segment_ids": np.array([r[4] for r in rows], dtype=np.int64),
+        }
+
+    # ------------------------------------------------------------------ randomness
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations ``__getitem__`` draws."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be non-negative, got {epoch}")
+        self.epoch = int(epoch)
+
+    def rng_for(self, index: int) -> np.random.Generator:
+        """The generator of item ``index`` in the current epoch: seeded by (seed, epoch, index)."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return len(self.panoptic)
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        """The untransformed numpy sample of item ``index`` (see :mod:`p2m_core.data.transforms`)."""
+        record = self.panoptic[index]
+        image = self.panoptic.load_image(record)
+        segment_ids = self.panoptic.load_segment_ids(record)
+        if image.shape[:2] != segment_ids.shape:
+            raise P2MInputError(
+                f"image {record.image_path} is {image.shape[0]}x{image.shape[1]} but its panoptic PNG "
+                f"{record.png_path} is {segment_ids.shape[0]}x{segment_ids.shape[1]}"
+            )
+        points = self._points[index]
+        yx = points["points_yx"]
+        if len(yx) and (yx[:, 0].max() >= image.shape[0] or yx[:, 1].max() >= image.shape[1]):
+            raise P2MInputError(
+                f"{self.points_source}: image {record.image_id!r} has points outside its "
+                f"{image.shape[0]}x{image.shape[1]} pixels"
+            )
+        on_segment = segment_ids[yx[:, 0], yx[:, 1]] == points["point_segment_ids"]
+        if not on_segment.all():
+            bad = int(np.flatnonzero(~on_segment)[0])
+            raise P2MInputError(
+                f"{self.points_source}: image {record.image_id!r} point {bad} at (y={yx[bad, 0]}, x={yx[bad, 1]}) "
+                f"is not on its segment {points['point_segment_ids'][bad]} in {record.png_path}"
+            )
+        return {"image": image, "segment_ids": segment_ids, **{k: v.copy() for k, v in points.items()}}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.panoptic[index]
+        sample = self.load_sample(index)
+        orig_size = tuple(sample["image"].shape[:2])
+        if self.transforms is not None:
+            sample = self.transforms(sample, self.rng_for(index))
+        pixels = torch.from_numpy(np.require(sample["image"], requirements=["C", "W"]))
+        image = pixels.permute(2, 0, 1).float().div_(255.0)
+        if self.normalize:
+            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+            image = (image - mean) / std
+        item: dict[str, Any] = {
+            "image": image,
+            "points_yx": torch.as_tensor(np.asarray(sample["points_yx"], dtype=np.int64).reshape(-1, 2)),
+            "point_labels": torch.as_tensor(np.asarray(sample["point_labels"], dtype=np.int64)),
+            "point_is_thing": torch.as_tensor(np.asarray(sample["point_is_thing"], dtype=bool)),
+            "point_segment_ids": torch.as_tensor(np.asarray(sample["point_segment_ids"], dtype=np.int64)),
+            "image_id": record.image_id,
+            "orig_size": orig_size,
+        }
+        if self.with_gt:
+            gt = np.ascontiguousarray(sample["segment_ids"], dtype=np.int64)
+            item["segment_ids"] = torch.from_numpy(gt)
+            item["segments"] = self._present_segments(record, gt)
+        return item
+
+    def _present_segments(self, record: PanopticRecord, gt: np.ndarray) -> list[dict[str, Any]]:
+        ids, counts = np.unique(gt, return_counts=True)
+        area = dict(zip(ids.tolist(), counts.tolist()))
+        return [
+            {
+                "id": s.id,
+                "category_id": s.category_id,
+                "label": self.contiguous[s.category_id],
+                "isthing": self.panoptic.categories[s.category_id].isthing,
+                "iscrowd": s.iscrowd,
+                "area": area[s.id],
+            }
+            for s in record.segments
+            if s.id in area
+        ]
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        split: str,
+        with_gt: bool | None = None,
+        transforms: Transform | None = None,
+    ) -> PointPanopticDataset:
+        """Build the ``split`` ('train' or 'val') dataset described by ``cfg.data``.
+
+        Paths are relative to ``cfg.data.root``. An empty ``points`` entry samples one point
+        per segment on the fly with ``cfg.data.point_seed``
+        (:func:`p2m_core.data.points.sample_points`). Transforms default to
+        :func:`build_transforms`; ``with_gt`` defaults to true for 'val' only. The per-item
+        seed is ``cfg.seed``.
+        """
+        if split not in ("train", "val"):
+            raise P2MInputError(f"dataset split must be 'train' or 'val', got {split!r}")
+        data = cfg.data
+        split_cfg = getattr(data, split)
+        root = Path(data.root)
+        if not split_cfg.json:
+            raise P2MInputError(f"config: data.{split}.json is empty")
+        panoptic = CocoPanoptic(
+            root / split_cfg.json,
+            image_dir=root / split_cfg.images,
+            png_dir=(root / split_cfg.panoptic) if split_cfg.panoptic else None,
+        )
+        if split_cfg.points:
+            points: PathLike | dict = root / split_cfg.points
+        else:
+            points = sample_points(panoptic, seed=data.point_seed)
+        return cls(
+            panoptic,
+            points,
+            transforms=transforms if transforms is not None else build_transforms(data, split),
+            seed=cfg.seed,
+            with_gt=(split == "val") if with_gt is None else with_gt,
+        )
+
+
+def build_transforms(data_cfg: Any, split: str) -> Compose:
+    """The augmentation chain of a split from a ``DataConfig``.
+
+    train: ``ResizeShortestEdge(min_size, max_size)``, ``RandomFlip(flip_prob)``, and
+    ``RandomCrop(*crop_size)`` when ``crop_size`` is set. val: a deterministic resize of the
+    shorter side to ``max_size`` (detectron2's convention: test at the largest training scale).
+    """
+    if split == "train":
+        chain: list[Transform] = [
+            ResizeShortestEdge(data_cfg.min_size, data_cfg.max_size),
+            RandomFlip(data_cfg.flip_prob),
+        ]
+        if data_cfg.crop_size:
+            if len(data_cfg.crop_size) != 2:
+                raise P2MInputError(f"config: data.crop_size must be [h, w] or empty, got {data_cfg.crop_size!r}")
+            chain.append(RandomCrop(*data_cfg.crop_size))
+        return Compose(chain)
+    if split == "val":
+        return Compose([ResizeShortestEdge(data_cfg.max_size, data_cfg.max_size)])
+    raise P2MInputError(f"dataset split must be 'train' or 'val', got {split!r}")
+
+
+# --------------------------------------------------------------------------- batching
+def _round_up(value: int, divisor: int) -> int:
+    return -(-value // divisor) * divisor
+
+
+def collate_points(batch: Sequence[dict[str, Any]], size_divisor: int = 32) -> dict[str, Any]:
+    """Pad a list of dataset items into one batch.
+
+    Images are zero-padded at the bottom and right to ``(Hp, Wp)``, the largest height and
+    width in the batch rounded up to a multiple of ``size_divisor`` (the backbone's total
+    stride, so feature maps tile the padded image exactly).
+
+    Returns
+    -------
+    dict with ``images`` float [B, 3, Hp, Wp]; ``padding_mask`` bool [B, Hp, Wp], **true on
+    padded pixels** (DETR's convention); ``image_sizes`` list of (h, w); ``image_ids``,
+    ``orig_sizes``; lists of per-image tensors ``points_yx`` ([m_i, 2]), ``point_labels``,
+    ``point_is_thing``, ``point_segment_ids``; and, when the items carry ground truth,
+    ``segment_ids`` int64 [B, Hp, Wp] padded with 0 (void) and ``segments`` (list of lists).
+    Use ``functools.partial(collate_points, size_divisor=...)`` as a DataLoader ``collate_fn``.
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    if size_divisor < 1:
+        raise ValueError(f"size_divisor must be positive, got {size_divisor}")
+    sizes = [tuple(item["image"].shape[-2:]) for item in batch]
+    pad_h = _round_up(max(h for h, _ in sizes), size_divisor)
+    pad_w = _round_up(max(w for _, w in sizes), size_divisor)
+    images = batch[0]["image"].new_zeros((len(batch), 3, pad_h, pad_w))
+    padding_mask = torch.ones((len(batch), pad_h, pad_w), dtype=torch.bool)
+    for i, (item, (h, w)) in enumerate(zip(batch, sizes)):
+        images[i, :, :h, :w] = item["image"]
+        padding_mask[i, :h, :w] = False
+    out: dict[str, Any] = {
+        "images": images,
+        "padding_mask": padding_mask,
+        "image_sizes": sizes,
+        "image_ids": [item["image_id"] for item in batch],
+        "orig_sizes": [item.get("orig_size") for item in batch],
+    }
+    for key in ("points_yx", "point_labels", "point_is_thing", "point_segment_ids"):
+        out[key] = [item[key] for item in batch]
+    if all("segment_ids" in item for item in batch):
+        segment_ids = torch.zeros((len(batch), pad_h, pad_w), dtype=torch.int64)
+        for i, (item, (h, w)) in enumerate(zip(batch, sizes)):
+            segment_ids[i, :h, :w] = item["segment_ids"]
+        out["segment_ids"] = segment_ids
+        out["segments"] = [item["segments"] for item in batch]
+    return out
