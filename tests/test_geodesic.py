@@ -1,0 +1,364 @@
+"""Edge lengths (paper Eq. 2-3) and exact geodesic distances, against plain oracles.
+
+Oracles written here from the definitions: a loop over pixels for the edge lengths, and a
+textbook heapq Dijkstra for the shortest paths. The scipy backend is checked against the heapq
+oracle, the torch backend against the scipy backend (which scales to larger maps).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2m_core.errors import P2MInputError
+from p2m_core.pseudo.edge_lengths import NEIGHBOUR_OFFSETS, edge_lengths
+from p2m_core.pseudo.geodesic import geodesic_distances
+
+# The contract's channel order, spelled out independently of the module.
+OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+INF = float("inf")
+
+
+def loop_edge_lengths(sem, high, low, extra, beta, extra_weight):
+    """Eq. 2-3 one edge at a time: L1 semantic difference + beta (max high + low at q)."""
+    b, c, h, w = sem.shape
+    out = np.full((b, 8, h, w), INF)
+    for i in range(b):
+        for k, (dy, dx) in enumerate(OFFSETS):
+            for y in range(h):
+                for x in range(w):
+                    qy, qx = y + dy, x + dx
+                    if not (0 <= qy < h and 0 <= qx < w):
+                        continue
+                    v = sum(abs(float(sem[i, ch, y, x]) - float(sem[i, ch, qy, qx])) for ch in range(c))
+                    if high is not None:
+                        v += beta * max(float(high[i, y, x]), float(high[i, qy, qx]))
+                    if low is not None:
+                        v += beta * float(low[i, qy, qx])
+                    for e in extra:
+                        v += extra_weight * max(float(e[i, y, x]), float(e[i, qy, qx]))
+                    out[i, k, y, x] = v
+    return torch.from_numpy(out)
+
+
+def heap_dijkstra(lengths, source):
+    """Single-source shortest paths on one image's graph, lengths [8, h, w] (numpy)."""
+    _, h, w = lengths.shape
+    dist = np.full((h, w), INF)
+    dist[source] = 0.0
+    heap = [(0.0, source[0], source[1])]
+    while heap:
+        d, y, x = heapq.heappop(heap)
+        if d > dist[y, x]:
+            continue
+        for k, (dy, dx) in enumerate(OFFSETS):
+            qy, qx = y + dy, x + dx
+            if 0 <= qy < h and 0 <= qx < w and math.isfinite(lengths[k, y, x]):
+                nd = d + lengths[k, y, x]
+                if nd < dist[qy, qx]:
+                    dist[qy, qx] = nd
+                    heapq.heappush(heap, (nd, qy, qx))
+    return dist
+
+
+def random_lengths(gen, b, h, w, zero_prob=0.3, missing_prob=0.0):
+    """Random non-negative lengths [B, 8, h, w]: some exactly 0, some +inf (missing edges),
+    and +inf towards neighbours outside the image."""
+    lengths = torch.rand(b, 8, h, w, generator=gen, dtype=torch.float64) * 3
+    lengths[torch.rand(b, 8, h, w, generator=gen, dtype=torch.float64) < zero_prob] = 0.0
+    lengths[torch.rand(b, 8, h, w, generator=gen, dtype=torch.float64) < missing_prob] = INF
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    for k, (dy, dx) in enumerate(OFFSETS):
+        outside = (ys + dy < 0) | (ys + dy >= h) | (xs + dx < 0) | (xs + dx >= w)
+        lengths[:, k][:, outside] = INF
+    return lengths.float()
+
+
+def random_sources(gen, b, h, w, m):
+    return [
+        torch.stack([torch.randint(0, h, (m,), generator=gen), torch.randint(0, w, (m,), generator=gen)], 1)
+        for _ in range(b)
+    ]
+
+
+def spiral_corridor(h, w):
+    """Boolean [h, w]: a one-pixel corridor spiralling inwards from (0, 0), clockwise, with
+    one-pixel walls between its rings. Reaching the centre means turning right, down, left and
+    up again and again: every ring needs another downward and upward raster pass."""
+    corridor = torch.zeros(h, w, dtype=torch.bool)
+    corridor[0, 0] = True
+    y, x, d, failed = 0, 0, 0, 0
+    directions = [(0, 1), (1, 0), (0, -1), (-1, 0)]
+
+    def inside(yy, xx):
+        return 0 <= yy < h and 0 <= xx < w
+
+    while failed < 2:
+        dy, dx = directions[d]
+        ny, nx = y + dy, x + dx
+        free = inside(ny, nx) and not corridor[ny, nx]
+        ahead_free = not inside(ny + dy, nx + dx) or not corridor[ny + dy, nx + dx]
+        if free and ahead_free:
+            y, x, failed = ny, nx, 0
+            corridor[y, x] = True
+        else:
+            d, failed = (d + 1) % 4, failed + 1
+    return corridor
+
+
+def maze_lengths(corridor, step=1.0, wall=1000.0):
+    """Lengths [1, 8, h, w]: entering a corridor pixel costs ``step``, a wall pixel ``wall``."""
+    h, w = corridor.shape
+    cost = torch.where(corridor, torch.tensor(step), torch.tensor(wall))
+    lengths = torch.full((1, 8, h, w), INF)
+    for k, (dy, dx) in enumerate(OFFSETS):
+        for y in range(h):
+            for x in range(w):
+                if 0 <= y + dy < h and 0 <= x + dx < w:
+                    lengths[0, k, y, x] = cost[y + dy, x + dx]
+    return lengths
+
+
+def assert_same(actual, expected):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        assert torch.equal(torch.isinf(a), torch.isinf(e))
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- edge lengths
+
+
+def test_offsets_follow_the_contract():
+    assert list(NEIGHBOUR_OFFSETS) == OFFSETS
+
+
+def test_edge_lengths_match_the_definition_edge_by_edge():
+    gen = torch.Generator().manual_seed(0)
+    b, c, h, w = 3, 4, 4, 5
+    sem = torch.rand(b, c, h, w, generator=gen).softmax(1)
+    sem[0, 1] = 0  # classes absent from an image (zeroed, as in the reference's P^s)
+    sem[1, [0, 3]] = 0
+    sem[2] = 0  # no class evidence at all
+    high, low = torch.rand(b, h, w, generator=gen), torch.rand(b, h, w, generator=gen)
+    extra = [torch.rand(b, h, w, generator=gen) for _ in range(2)]
+    got = edge_lengths(sem, high, low, extra, beta=0.3, extra_weight=0.7)
+    assert got.shape == (b, 8, h, w) and got.dtype == sem.dtype
+    want = loop_edge_lengths(sem, high, low, extra, 0.3, 0.7).float()
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_high,use_low", [(False, False), (True, False), (False, True)])
+def test_edge_lengths_with_maps_left_out(use_high, use_low):
+    gen = torch.Generator().manual_seed(1)
+    sem = torch.rand(1, 2, 3, 3, generator=gen)
+    high = torch.rand(1, 3, 3, generator=gen) if use_high else None
+    low = torch.rand(1, 3, 3, generator=gen) if use_low else None
+    got = edge_lengths(sem, high, low)
+    torch.testing.assert_close(got, loop_edge_lengths(sem, high, low, [], 0.1, 0.1).float())
+
+
+def test_edge_lengths_low_term_is_directed_and_the_rest_symmetric():
+    # one pixel of low-level edge at (0, 1): only edges *into* it pay beta * 1
+    sem = torch.zeros(1, 1, 1, 2)
+    low = torch.tensor([[[0.0, 1.0]]])
+    got = edge_lengths(sem, boundary_low=low, beta=0.5)
+    right, left = OFFSETS.index((0, 1)), OFFSETS.index((0, -1))
+    assert got[0, right, 0, 0] == 0.5 and got[0, left, 0, 1] == 0.0
+
+
+def test_edge_lengths_rejects_mismatched_maps():
+    sem = torch.rand(2, 3, 4, 5)
+    with pytest.raises(P2MInputError, match="boundary_high"):
+        edge_lengths(sem, boundary_high=torch.rand(2, 4, 4))
+    with pytest.raises(P2MInputError, match=r"extra\[0\]"):
+        edge_lengths(sem, extra=[torch.rand(1, 4, 5)])
+    with pytest.raises(P2MInputError, match="semantic"):
+        edge_lengths(torch.rand(3, 4, 5))
+
+
+# ----------------------------------------------------------------------------- scipy backend
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scipy_backend_equals_heap_dijkstra(seed):
+    gen = torch.Generator().manual_seed(seed)
+    b, h, w = 2, 5 + seed, 7
+    lengths = random_lengths(gen, b, h, w, zero_prob=0.4, missing_prob=0.15)
+    sources = random_sources(gen, b, h, w, 3)
+    got = geodesic_distances(lengths, sources, "scipy")
+    for i in range(b):
+        want = np.stack([heap_dijkstra(lengths[i].double().numpy(), tuple(s.tolist())) for s in sources[i]])
+        assert_same([got[i]], [torch.from_numpy(want).float()])
+
+
+def test_scipy_backend_keeps_zero_length_edges():
+    # a chain of zero-length edges: scipy must not drop explicit zeros as "no edge"
+    lengths = torch.zeros(1, 8, 1, 4)
+    lengths[:, [0, 1, 2, 5, 6, 7]] = INF  # no vertical neighbours in a 1-row image
+    lengths[0, OFFSETS.index((0, -1)), 0, 0] = INF
+    lengths[0, OFFSETS.index((0, 1)), 0, 3] = INF
+    got = geodesic_distances(lengths, [torch.tensor([[0, 0]])], "scipy")[0]
+    assert torch.equal(got, torch.zeros(1, 1, 4))
+
+
+# ----------------------------------------------------------------------------- torch backend
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 24),
+    w=st.integers(1, 24),
+    m=st.integers(0, 5),
+    zero_prob=st.sampled_from([0.0, 0.3, 0.9]),
+    missing_prob=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_torch_backend_equals_scipy_on_random_maps(h, w, m, zero_prob, missing_prob, seed):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = random_lengths(gen, 2, h, w, zero_prob, missing_prob)
+    sources = random_sources(gen, 2, h, w, m)
+    assert_same(geodesic_distances(lengths, sources, "torch"), geodesic_distances(lengths, sources, "scipy"))
+
+
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(3, 20), w=st.integers(3, 20), seed=st.integers(0, 2**31 - 1))
+def test_torch_backend_equals_scipy_on_mazes(h, w, seed):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = maze_lengths(spiral_corridor(h, w)) * (1 + torch.rand(1, 8, h, w, generator=gen))
+    sources = random_sources(gen, 1, h, w, 3)
+    sources[0][0] = torch.tensor([0, 0])
+    assert_same(geodesic_distances(lengths, sources, "torch"), geodesic_distances(lengths, sources, "scipy"))
+
+
+def test_maze_corridor_is_followed_to_its_end():
+    # free corridor, walls cost 1000 to enter: from the spiral's entrance every corridor pixel
+    # is at distance 0 however often the corridor turns, every wall pixel at 1000 or more.
+    corridor = spiral_corridor(17, 19)
+    log = {}
+    dist = geodesic_distances(maze_lengths(corridor, step=0.0), [torch.tensor([[0, 0]])], "torch", log=log)[0][0]
+    assert corridor.sum() > 100
+    assert torch.all(dist[corridor] == 0)
+    assert torch.all(dist[~corridor] >= 1000)
+    assert log["converged"] and log["sweeps"] >= 3  # the spiral needs repeated sweeps
+
+
+def test_max_sweeps_cap_raises_on_a_maze():
+    lengths = maze_lengths(spiral_corridor(15, 15))
+    with pytest.raises(RuntimeError, match="max_sweeps=1"):
+        geodesic_distances(lengths, [torch.tensor([[0, 0]])], "torch", max_sweeps=1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_one_way_wall_makes_the_far_side_unreachable(backend):
+    # all edges from column 2 into column 3 are missing, the reverse edges exist: the graph is
+    # directed, so the right side is unreachable from the left but not the other way round
+    h, w = 6, 7
+    lengths = random_lengths(torch.Generator().manual_seed(8), 1, h, w, zero_prob=0.2)
+    for dy in (-1, 0, 1):
+        lengths[0, OFFSETS.index((dy, 1)), :, 2] = INF
+    got = geodesic_distances(lengths, [torch.tensor([[2, 0], [3, 6]])], backend)[0]
+    assert torch.isinf(got[0, :, 3:]).all() and torch.isfinite(got[0, :, :3]).all()
+    assert torch.isfinite(got[1]).all()
+    for j, src in enumerate([(2, 0), (3, 6)]):
+        want = heap_dijkstra(lengths[0].double().numpy(), src)
+        assert_same([got[j]], [torch.from_numpy(want).float()])
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 9), (9, 1), (6, 6), (5, 8)])
+def test_border_corner_and_degenerate_shapes(backend, h, w):
+    gen = torch.Generator().manual_seed(h * 100 + w)
+    lengths = random_lengths(gen, 1, h, w, zero_prob=0.2)
+    corners = torch.tensor([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1], [h // 2, 0], [0, w // 2]])
+    got = geodesic_distances(lengths, [corners], backend)[0]
+    assert got.shape == (len(corners), h, w)
+    for j, (y, x) in enumerate(corners.tolist()):
+        want = heap_dijkstra(lengths[0].double().numpy(), (y, x))
+        torch.testing.assert_close(got[j], torch.from_numpy(want).float(), rtol=1e-6, atol=1e-6)
+        assert got[j, y, x] == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_duplicate_sources_and_more_sources_than_pixels(backend):
+    gen = torch.Generator().manual_seed(3)
+    lengths = random_lengths(gen, 1, 2, 3)
+    sources = torch.tensor([[1, 2], [0, 0], [1, 2], [0, 1], [1, 0], [0, 0], [1, 1], [0, 2], [1, 2]])
+    got = geodesic_distances(lengths, [sources], backend)[0]
+    assert got.shape == (9, 2, 3)
+    torch.testing.assert_close(got[0], got[2])
+    torch.testing.assert_close(got[0], got[8])
+    for j, (y, x) in enumerate(sources.tolist()):
+        want = heap_dijkstra(lengths[0].double().numpy(), (y, x))
+        torch.testing.assert_close(got[j], torch.from_numpy(want).float(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_batched_result_equals_per_image_results(backend):
+    gen = torch.Generator().manual_seed(4)
+    lengths = random_lengths(gen, 3, 7, 6)
+    sources = [random_sources(gen, 1, 7, 6, m)[0] for m in (4, 1, 6)]
+    batched = geodesic_distances(lengths, sources, backend)
+    for i in range(3):
+        alone = geodesic_distances(lengths[i : i + 1], [sources[i]], backend)[0]
+        torch.testing.assert_close(batched[i], alone, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_empty_source_list_gives_an_empty_tensor(backend):
+    lengths = random_lengths(torch.Generator().manual_seed(5), 2, 4, 5)
+    out = geodesic_distances(lengths, [torch.zeros(0, 2, dtype=torch.long), torch.tensor([[1, 1]])], backend)
+    assert out[0].shape == (0, 4, 5) and out[1].shape == (1, 4, 5)
+    out = geodesic_distances(lengths, [torch.zeros(0, 2, dtype=torch.long)] * 2, backend)
+    assert [o.shape for o in out] == [(0, 4, 5), (0, 4, 5)]
+
+
+def test_end_to_end_on_edge_lengths_of_two_regions():
+    # two flat regions of different classes: 0 inside the source's region, 2 (the L1 jump of
+    # a one-hot change) plus the low-level edge inside the other one
+    sem = torch.zeros(1, 2, 4, 6)
+    sem[0, 0, :, :3] = 1
+    sem[0, 1, :, 3:] = 1
+    low = torch.zeros(1, 4, 6)
+    low[0, :, 3] = 1.0
+    lengths = edge_lengths(sem, boundary_low=low, beta=0.1)
+    for backend in ("torch", "scipy"):
+        dist = geodesic_distances(lengths, [torch.tensor([[2, 0]])], backend)[0][0]
+        expected = torch.zeros(4, 6)
+        expected[:, 3:] = 2.1
+        torch.testing.assert_close(dist, expected)
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_invalid_input_is_rejected_with_a_clear_message(backend):
+    lengths = random_lengths(torch.Generator().manual_seed(6), 2, 4, 5)
+    ok = torch.tensor([[0, 0]])
+    with pytest.raises(P2MInputError, match=r"image 1, source 1 at \(y=4, x=0\)"):
+        geodesic_distances(lengths, [ok, torch.tensor([[0, 0], [4, 0]])], backend)
+    with pytest.raises(P2MInputError, match=r"image 0, source 0 at \(y=0, x=-1\)"):
+        geodesic_distances(lengths, [torch.tensor([[0, -1]]), ok], backend)
+    with pytest.raises(P2MInputError, match="2 images"):
+        geodesic_distances(lengths, [ok], backend)
+    bad = lengths.clone()
+    bad[0, 4, 0, 0] = -1.0
+    with pytest.raises(P2MInputError, match="non-negative"):
+        geodesic_distances(bad, [ok, ok], backend)
+    bad[0, 4, 0, 0] = float("nan")
+    with pytest.raises(P2MInputError, match="NaN"):
+        geodesic_distances(bad, [ok, ok], backend)
+    with pytest.raises(P2MInputError, match="shape"):
+        geodesic_distances(lengths[:, :4], [ok, ok], backend)
+
+
+def test_unknown_backend_is_rejected():
+    lengths = random_lengths(torch.Generator().manual_seed(7), 1, 2, 2)
+    with pytest.raises(P2MInputError, match="backend"):
+        geodesic_distances(lengths, [torch.tensor([[0, 0]])], "networkx")
