@@ -1,0 +1,35 @@
+"""Evaluation: panoptic quality (PQ/SQ/RQ, equal to panopticapi), prediction writing, mIoU.
+
+- :func:`pq_compute` / :class:`PQAccumulator`: COCO panoptic quality from files or arrays.
+- :class:`PanopticPredictionWriter`: predictions in the COCO panoptic format (PNG + JSON).
+- :class:`SemanticIoU`, :func:`panoptic_to_semantic`: semantic mIoU from a confusion matrix.
+
+Command line: ``python -m p2m_core.evaluation --gt-json J --pred-json P [--out metrics.json]``.
+"""
+
+from p2m_core.evaluation.panoptic_quality import (
+    PQAccumulator,
+    format_pq_table,
+    pq_compute,
+    read_panoptic_png,
+)
+from p2m_core.evaluation.semantic import SemanticIoU, panoptic_to_semantic
+from p2m_core.evaluation.writer import (
+    PanopticPredictionWriter,
+    segment_stats,
+    segments_from_labels,
+    segments_from_semantic_instance,
+)
+
+__all__ = [
+    "PQAccumulator",
+    "PanopticPredictionWriter",
+    "SemanticIoU",
+    "format_pq_table",
+    "panoptic_to_semantic",
+    "pq_compute",
+    "read_panoptic_png",
+    "segment_stats",
+    "segments_from_labels",
+    "segments_from_semantic_instance",
+]
