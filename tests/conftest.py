@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "coco_panoptic_sample"
+# CI clones the repository beside shared/; P2M_SHARED_DATA points elsewhere when it is not.
+SHARED_DATA = Path(os.environ.get("P2M_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED_SAMPLE = SHARED_DATA / "coco_panoptic_sample"
 
 
 def in_ci() -> bool:
