@@ -51,7 +51,6 @@ import argparse
 import os
 import re
 import sys
-import time
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -63,6 +62,7 @@ import numpy as np
 
 from p2m_core.data.panoptic_format import id2rgb
 from p2m_core.errors import P2MInputError
+from p2m_core.progress import Progress
 from p2m_core.io import PathLike, atomic_write_bytes, atomic_write_json, atomic_write_png
 
 VOC_CLASSES = (
@@ -354,24 +354,6 @@ def _convert_job(job: tuple[ImageSource, Path, str, bool]) -> dict[str, Any]:
     return convert_image(*job)
 
 
-class _Progress:
-    """Items done, seconds per item and ETA on stderr, at most every ``every`` seconds."""
-
-    def __init__(self, total: int, label: str, every: float = 2.0) -> None:
-        self.total, self.label, self.every = total, label, every
-        self.start = self.last = time.monotonic()
-        self.done = 0
-
-    def step(self) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if now - self.last >= self.every or self.done == self.total:
-            self.last = now
-            per = (now - self.start) / self.done
-            eta = per * (self.total - self.done)
-            print(f"{self.label}: {self.done}/{self.total} images, {per:.3f} s/image, ETA {eta:.0f} s", file=sys.stderr)
-
-
 def convert_split(
     voc_root: PathLike,
     out_dir: PathLike,
@@ -389,7 +371,7 @@ def convert_split(
         file=sys.stderr,
     )
     jobs = [(source, out_dir, split, copy_images) for source in sources]
-    progress = _Progress(len(jobs), split)
+    progress = Progress(split, len(jobs))
     results: list[dict[str, Any]] = []
     if workers > 1:
         import multiprocessing

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from p2m_core.data.panoptic_format import Category, CocoPanoptic, Segment
 from p2m_core.errors import P2MInputError
+from p2m_core.progress import Progress
 from p2m_core.io import PathLike, atomic_write_json, load_json
 
 POINTS_FORMAT = "p2m-points/1"
@@ -115,7 +115,7 @@ def sample_points(dataset: CocoPanoptic, seed: int, progress: bool = False) -> d
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise P2MInputError(f"point sampling: 'seed' must be a non-negative integer, got {seed!r}")
     images = []
-    bar = _Progress("points", len(dataset), progress)
+    bar = Progress("points", len(dataset), progress)
     for done, record in enumerate(dataset.records, start=1):
         ids = dataset.load_segment_ids(record)
         height, width = ids.shape
@@ -212,24 +212,6 @@ def load_points(path: PathLike) -> dict:
 
 
 # ---------------------------------------------------------------------------- command line
-class _Progress:
-    """Prints ``label: done/total, s/item, ETA`` to stderr at most every ``every`` seconds."""
-
-    def __init__(self, label: str, total: int, enabled: bool, every: float = 2.0) -> None:
-        self.label, self.total, self.enabled, self.every = label, total, enabled, every
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < self.every and done < self.total):
-            return
-        self.last = now
-        per = (now - self.start) / max(done, 1)
-        eta = per * (self.total - done)
-        message = f"{self.label}: {done}/{self.total} images, {per:.3f} s/image, ETA {eta:.0f} s"
-        print(message, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m p2m_core.data.points",

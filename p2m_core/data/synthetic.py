@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import colorsys
 import sys
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 from p2m_core.config import SyntheticConfig
 from p2m_core.data.panoptic_format import id2rgb
 from p2m_core.errors import P2MInputError
+from p2m_core.progress import Progress
 from p2m_core.io import PathLike, atomic_write_json, atomic_write_png
 
 SPLITS = ("train", "val")
@@ -351,24 +351,6 @@ def _segment_info(ids: np.ndarray, segment_id: int, category_id: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- dataset
-class _Progress:
-    """Prints ``label: done/total, s/item, ETA`` to stderr at most every ``every`` seconds."""
-
-    def __init__(self, label: str, total: int, enabled: bool, every: float = 2.0) -> None:
-        self.label, self.total, self.enabled, self.every = label, total, enabled, every
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < self.every and done < self.total):
-            return
-        self.last = now
-        per = (now - self.start) / max(done, 1)
-        eta = per * (self.total - done)
-        message = f"{self.label}: {done}/{self.total} images, {per:.3f} s/image, ETA {eta:.0f} s"
-        print(message, file=sys.stderr, flush=True)
-
-
 def _check_args(num_train: Any, num_val: Any, size: Any, seed: Any) -> None:
     checks = (("num_train", num_train, 0), ("num_val", num_val, 0), ("size", size, MIN_SIZE), ("seed", seed, 0))
     for name, value, low in checks:
@@ -407,7 +389,7 @@ def generate_synthetic(
         png_dir.mkdir(parents=True, exist_ok=True)
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        bar = _Progress(f"synthetic {split}", count, progress)
+        bar = Progress(f"synthetic {split}", count, progress)
         for index in range(count):
             rgb, ids, segments = generate_image(int(seed), split, index, int(size))
             image_id = index + 1

@@ -48,9 +48,7 @@ References
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from p2m_core.errors import P2MInputError
+from p2m_core.progress import Progress
 from p2m_core.io import PathLike, load_json
 
 VOID = 0
@@ -490,26 +489,6 @@ def _annotations(raw: Any, source: PathLike) -> list[dict]:
     return raw["annotations"]
 
 
-class _Progress:
-    """Images done, ms per image and ETA on stderr, at most every ``every`` seconds."""
-
-    def __init__(self, total: int, enabled: bool, every: float = 2.0) -> None:
-        self.total, self.enabled, self.every = total, enabled, every
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < self.every and done < self.total):
-            return
-        self.last = now
-        per = (now - self.start) / max(done, 1)
-        print(
-            f"PQ: {done}/{self.total} images, {1000 * per:.1f} ms/image, ETA {per * (self.total - done):.1f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
 def pq_compute(
     gt_json_file: PathLike,
     pred_json_file: PathLike,
@@ -577,7 +556,7 @@ def pq_compute(
         )
 
     workers = max(1, num_threads if num_threads is not None else min(8, _cpu_count()))
-    report = _Progress(len(pairs), progress)
+    report = Progress("PQ", len(pairs), progress)
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pq") as pool:
         try:
