@@ -1,0 +1,49 @@
+"""Pseudo masks from point labels by optimal transport (Point2Mask, paper Sec. 3).
+
+Modules follow the paper's steps: :mod:`~p2m_core.pseudo.maps` (inputs, the cost-ready P^s),
+:mod:`~p2m_core.pseudo.edge_lengths` (Eq. 2-3), :mod:`~p2m_core.pseudo.geodesic` (costs),
+:mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.transport` (Sinkhorn, decoding)
+and :mod:`~p2m_core.pseudo.labels` (the pipeline, :func:`generate_pseudo_labels`).
+
+The public names below are imported lazily, so that e.g. ``p2m_core.pseudo.oracle`` (numpy
+only) can be imported without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TaskMaps": "maps",
+    "PointSet": "maps",
+    "semantic_cost_map": "maps",
+    "PseudoLabels": "labels",
+    "ImagePseudoLabels": "labels",
+    "generate_pseudo_labels": "labels",
+    "sinkhorn": "transport",
+    "sinkhorn_reference": "transport",
+    "sinkhorn_converged": "transport",
+    "SinkhornLog": "transport",
+    "decode_plan": "transport",
+    "disagreement": "transport",
+    "equal_division": "capacities",
+    "nearest_point": "capacities",
+    "nearest_centroid": "capacities",
+    "mask_centroids": "capacities",
+    "edge_lengths": "edge_lengths",
+    "geodesic_distances": "geodesic",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

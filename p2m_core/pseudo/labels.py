@@ -1,0 +1,467 @@
+"""Pseudo masks from points by optimal transport: the whole pipeline, batched (paper Sec. 3).
+
+:func:`generate_pseudo_labels` turns task-oriented maps (:class:`~p2m_core.pseudo.maps.TaskMaps`)
+and point labels (:class:`~p2m_core.pseudo.maps.PointSet`) into one panoptic pseudo label per
+image, following ALGORITHM.md:
+
+1. **Pixel roles** (at mask resolution ``H x W``). Each pixel takes the class ``argmax_c P^s``
+   over the classes that have a point in its image (the reference zeroes the other classes of
+   ``P^s``; a pixel where every such class has probability 0, e.g. a void pixel of an oracle
+   map, is left unassigned). A class is *thing* or *stuff* after its points' ``is_thing``; a
+   class with points of both kinds is an input error. Stuff-class pixels are not transported:
+   they form one segment per stuff class, owned by that class's stuff point that comes first in
+   raster order (smallest ``y * W + x``; ties by index). Thing-class pixels are *transported*
+   among all the thing points; with no thing point there is no thing class, hence nothing to
+   transport.
+2. **Own pixels.** Every point keeps its own pixel. Where points share a pixel, a thing point
+   beats a stuff point and then the lowest index wins. A thing point's pixel is transported even
+   if its argmax class is stuff; a stuff point's pixel never is.
+3. **Costs.** The graph is built at ``1/f`` of the mask resolution, ``f = graph_stride //
+   mask_stride`` (reference: 16 / 4 = 4; f = 1 keeps the mask resolution): the maps listed in
+   ``cfg.maps`` (``semantic`` is required; a listed boundary map that ``TaskMaps`` lacks is an
+   error, a provided one that is not listed is ignored) and every ``TaskMaps.extra`` map (weight
+   ``cfg.extra_weight``) are area-averaged over ``f x f`` blocks (partial blocks at the border average
+   their in-image pixels), the edge lengths of Eq. 2-3 are computed there
+   (:func:`~p2m_core.pseudo.edge_lengths.edge_lengths`), and the geodesic distances from the
+   coarse node of every thing point (``(y // f, x // f)``) are upsampled bilinearly
+   (``align_corners=False``, scale factor f, cropped to H x W) to ``C [B, M_things, H*W]``.
+   Stuff points are never sources: their segments come from the semantic map alone.
+4. **Capacities** k by ``cfg.k_scheme`` (:mod:`~p2m_core.pseudo.capacities`), summing to the
+   number of transported pixels; ``nearest_centroid`` recomputes costs from the centroids the
+   same way as step 3.
+5. **Assignment.** ``ot``: :func:`~p2m_core.pseudo.transport.sinkhorn` in ``cfg.sinkhorn_mode``
+   with supplies k and one unit of demand per transported pixel (only the transported pixels
+   enter the plan: the reference gives stuff pixels demand 0 instead, whose mass ``1e-8`` is
+   below float32 resolution of the row sums), decoded by argmax. ``mc``:
+   ``argmin_i c_ij`` (``mc_decode="argmin"``) or the reference's PSPS decode ``argmax_i (1 -
+   c_ij / max c) * P^s(class_i, j)`` (``"psps"``, max over the image's transported pixels and
+   thing points). The MC labels are always computed, so an ``ot`` run reports the share of
+   transported pixels where OT and MC disagree.
+
+Ties: exactly equal costs (a flat region of ``P^s`` has zero-length edges; two points can share
+a coarse node) go to the lowest supplier index, so only then does a result depend on the order
+in which the points are listed.
+
+Batching: all images go through each step together, with points padded to the largest count;
+the only Python loops are over images for bookkeeping (point sets in, geodesic sources out).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from p2m_core.errors import P2MInputError
+from p2m_core.pseudo.capacities import (
+    K_SCHEMES,
+    batch_argmin_labels,
+    batch_equal_division,
+    batch_nearest_centroid,
+    count_labels,
+    force_own_pixels,
+)
+from p2m_core.pseudo.edge_lengths import edge_lengths
+from p2m_core.pseudo.geodesic import geodesic_distances
+from p2m_core.pseudo.maps import PointSet, TaskMaps, check_points, pad_points
+from p2m_core.pseudo.transport import decode_plan, disagreement, sinkhorn
+
+ASSIGNMENTS = ("ot", "mc")
+MC_DECODES = ("argmin", "psps")
+BOUNDARY_MAPS = ("boundary_high", "boundary_low")
+
+
+@dataclass
+class ImagePseudoLabels:
+    """One image's slice of :class:`PseudoLabels` (padding removed)."""
+
+    panoptic: Tensor  # [H, W] long: owning point index, -1 unassigned
+    masks: Tensor  # [m, H, W] bool
+    thing_index: Tensor  # [m_things] long: index of each supplier in the image's PointSet
+    k: Tensor  # [m_things] long
+    counts: Tensor  # [m_things] long
+    transported: Tensor  # [H, W] bool
+
+
+@dataclass
+class PseudoLabels:
+    """Pseudo labels and diagnostics of a batch of B images (points padded to M, suppliers to T).
+
+    panoptic : Tensor [B, H, W] long
+        Index of the point (in the image's :class:`PointSet`) that owns each pixel; -1 where no
+        point does (no labelled class has any probability there).
+    masks : Tensor [B, M, H, W] bool
+        ``masks[b, i] = panoptic[b] == i``; all False for padded points.
+    point_mask : Tensor [B, M] bool
+        Real (True) versus padded points.
+    thing_index : Tensor [B, T] long
+        The suppliers: index of each thing point in its PointSet, in order; -1 for padding.
+    k : Tensor [B, T] long
+        Supplier capacities, summing per image to the number of transported pixels. For
+        ``assignment="mc"`` no capacities are used and ``k`` holds the MC pixel counts.
+    counts : Tensor [B, T] long
+        Transported pixels each supplier got in ``panoptic`` (compare with ``k``).
+    transported : Tensor [B, H, W] bool
+        The pixels that went through the assignment (thing-class pixels and thing points' own
+        pixels, less stuff points' own pixels).
+    mc_panoptic : Tensor [B, H, W] long
+        ``panoptic`` with the transported pixels assigned by the MC rule instead.
+    iterations, row_error, col_error, rel_error, converged : Tensor [B]
+        :class:`~p2m_core.pseudo.transport.SinkhornLog` of the OT solve (0 / NaN / False when
+        ``assignment="mc"``).
+    disagreement : Tensor [B] float
+        Share of transported pixels whose OT label differs from the MC label (NaN for ``mc``).
+    timings : dict[str, float]
+        Wall-clock seconds per stage (synchronised on CUDA).
+    """
+
+    panoptic: Tensor
+    masks: Tensor
+    point_mask: Tensor
+    thing_index: Tensor
+    k: Tensor
+    counts: Tensor
+    transported: Tensor
+    mc_panoptic: Tensor
+    iterations: Tensor
+    row_error: Tensor
+    col_error: Tensor
+    rel_error: Tensor
+    converged: Tensor
+    disagreement: Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.panoptic.shape[0])
+
+    def image(self, b: int) -> ImagePseudoLabels:
+        """Image ``b`` with the padding of points and suppliers removed."""
+        m = int(self.point_mask[b].sum())
+        t = int((self.thing_index[b] >= 0).sum())
+        return ImagePseudoLabels(
+            panoptic=self.panoptic[b],
+            masks=self.masks[b, :m],
+            thing_index=self.thing_index[b, :t],
+            k=self.k[b, :t],
+            counts=self.counts[b, :t],
+            transported=self.transported[b],
+        )
+
+
+class _Timer:
+    """Stage timings; synchronises CUDA so a stage's time is its own."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._t = self._now()
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.times[name] = self.times.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+def graph_factor(cfg: Any) -> int:
+    """``f = graph_stride // mask_stride``: the graph is 1/f of the mask resolution."""
+    g, s = int(cfg.graph_stride), int(cfg.mask_stride)
+    if g < 1 or s < 1 or g % s:
+        raise P2MInputError(
+            f"pseudo.graph_stride={g} must be a positive multiple of pseudo.mask_stride={s} "
+            "(the graph is built at mask resolution / (graph_stride / mask_stride))"
+        )
+    return g // s
+
+
+def _check_cfg(cfg: Any) -> None:
+    for name, value, allowed in (
+        ("k_scheme", cfg.k_scheme, K_SCHEMES),
+        ("assignment", cfg.assignment, ASSIGNMENTS),
+        ("mc_decode", cfg.mc_decode, MC_DECODES),
+    ):
+        if value not in allowed:
+            raise P2MInputError(f"pseudo.{name}: unknown value {value!r}, expected one of {allowed}")
+    unknown = [m for m in cfg.maps if m not in ("semantic", *BOUNDARY_MAPS)]
+    if unknown or "semantic" not in cfg.maps:
+        raise P2MInputError(
+            f"pseudo.maps={list(cfg.maps)}: must contain 'semantic' and only 'semantic', "
+            f"'boundary_high', 'boundary_low'"
+        )
+
+
+def _selected_maps(maps: TaskMaps, cfg: Any) -> tuple[Tensor, Tensor | None, Tensor | None, list[Tensor]]:
+    """The float32 maps that enter the edge lengths, validated: (semantic, high, low, extra)."""
+    sem = maps.semantic
+    if sem.dim() != 4 or not sem.is_floating_point():
+        raise P2MInputError(f"TaskMaps.semantic must be a float [B, C, H, W] tensor, got {sem.dtype} {tuple(sem.shape)}")
+    B, _, H, W = sem.shape
+    chosen: dict[str, Tensor | None] = {}
+    for name in BOUNDARY_MAPS:
+        value = getattr(maps, name)
+        if name in cfg.maps and value is None:
+            raise P2MInputError(f"pseudo.maps lists {name!r} but TaskMaps.{name} is None")
+        if name in cfg.maps:
+            if tuple(value.shape) != (B, H, W):
+                raise P2MInputError(f"TaskMaps.{name}: expected shape {[B, H, W]}, got {list(value.shape)}")
+            chosen[name] = value.float()
+        else:
+            chosen[name] = None
+    extra = []
+    for i, e in enumerate(maps.extra):
+        if tuple(e.shape) != (B, H, W):
+            raise P2MInputError(f"TaskMaps.extra[{i}]: expected shape {[B, H, W]}, got {list(e.shape)}")
+        extra.append(e.float().to(sem.device))
+    named = [("semantic", sem.float())] + [(n, v) for n, v in chosen.items() if v is not None]
+    named += [(f"extra[{i}]", e) for i, e in enumerate(extra)]
+    for name, value in named:
+        if not bool(torch.isfinite(value).all()):
+            raise P2MInputError(f"TaskMaps.{name} contains NaN or infinite values")
+    high = None if chosen["boundary_high"] is None else chosen["boundary_high"].to(sem.device)
+    low = None if chosen["boundary_low"] is None else chosen["boundary_low"].to(sem.device)
+    return sem.float(), high, low, extra
+
+
+def _area_downsample(x: Tensor, f: int) -> Tensor:
+    """Mean over ``f x f`` blocks, [B, C, H, W] -> [B, C, ceil(H/f), ceil(W/f)]."""
+    return x if f == 1 else F.avg_pool2d(x, f, f, ceil_mode=True)
+
+
+def coarse_edge_lengths(maps: TaskMaps, cfg: Any) -> Tensor:
+    """Edge lengths of the graph at ``1/f`` of the mask resolution, ``[B, 8, ceil(H/f), ceil(W/f)]``."""
+    f = graph_factor(cfg)
+    sem, high, low, extra = _selected_maps(maps, cfg)
+
+    def down(m: Tensor | None) -> Tensor | None:
+        return None if m is None else _area_downsample(m[:, None], f)[:, 0]
+
+    return edge_lengths(
+        _area_downsample(sem, f), down(high), down(low), [down(e) for e in extra],
+        beta=cfg.beta, extra_weight=cfg.extra_weight,
+    )
+
+
+def distance_maps(
+    lengths: Tensor, sources_yx: Tensor, source_mask: Tensor, f: int, size: tuple[int, int], backend: str
+) -> Tensor:
+    """Geodesic costs at mask resolution from sources given at mask resolution.
+
+    ``lengths [B, 8, h, w]`` (coarse graph), ``sources_yx [B, T, 2]`` long, ``source_mask [B, T]``
+    (real sources form a prefix of each row) -> ``[B, T, H, W]`` float32 (0 on padded rows).
+    Each source maps to its coarse node ``(y // f, x // f)``; the coarse distance maps are
+    upsampled bilinearly by f (``align_corners=False``, so node i sits at the centre of its
+    ``f x f`` block) and cropped to ``size``.
+    """
+    B, T = source_mask.shape
+    h, w = lengths.shape[-2:]
+    H, W = size
+    coarse = torch.stack([(sources_yx[..., 0] // f).clamp(0, h - 1), (sources_yx[..., 1] // f).clamp(0, w - 1)], -1)
+    n = source_mask.sum(1).tolist()
+    dist = geodesic_distances(lengths, [coarse[b, : n[b]] for b in range(B)], backend=backend)
+    out = lengths.new_zeros(B, T, h, w, dtype=torch.float32)
+    for b in range(B):
+        out[b, : n[b]] = dist[b].float()
+    if f > 1:
+        out = F.interpolate(out, scale_factor=f, mode="bilinear", align_corners=False)[..., :H, :W]
+    return out
+
+
+def generate_pseudo_labels(maps: TaskMaps, points: list[PointSet], cfg: Any) -> PseudoLabels:
+    """Pseudo panoptic labels for a batch of images from their maps and points (module docstring).
+
+    Parameters
+    ----------
+    maps : TaskMaps
+        ``semantic [B, C, H, W]`` (cost-ready P^s, see
+        :func:`~p2m_core.pseudo.maps.semantic_cost_map`), optional boundaries ``[B, H, W]``, all
+        at the mask resolution H x W.
+    points : list of B PointSet
+        Points at mask resolution.
+    cfg : PseudoConfig
+        The ``pseudo`` config section: maps, beta, extra_weight, graph_stride, mask_stride,
+        k_scheme, centroid_iters, assignment, mc_decode, sinkhorn_* and geodesic_backend.
+
+    Returns
+    -------
+    PseudoLabels
+    """
+    _check_cfg(cfg)
+    f = graph_factor(cfg)
+    sem = maps.semantic
+    if sem.dim() != 4:
+        raise P2MInputError(f"TaskMaps.semantic must be [B, C, H, W], got {tuple(sem.shape)}")
+    B, C, H, W = sem.shape
+    N = H * W
+    dev = sem.device
+    timer = _Timer(dev)
+    check_points(points, B, C, H, W)
+    yx, labels, is_thing, pmask = pad_points(points, dev)
+    M = yx.shape[1]
+    is_thing = is_thing & pmask
+    own = yx[..., 0] * W + yx[..., 1]  # [B, M] flat pixel of each point
+    index_m = torch.arange(M, device=dev).expand(B, M)
+
+    # -- 1. pixel roles
+    thing_cls = _class_flags(labels, is_thing, C)
+    stuff_cls = _class_flags(labels, pmask & ~is_thing, C)
+    if bool((thing_cls & stuff_cls).any()):
+        b, c = (thing_cls & stuff_cls).nonzero()[0].tolist()
+        raise P2MInputError(f"points[{b}]: class {c} has both thing and stuff points")
+    present = thing_cls | stuff_cls
+    scores = torch.where(present[:, :, None, None], sem.float(), -math.inf)
+    best, cls = scores.max(1) if C else (sem.new_full((B, H, W), -math.inf), sem.new_zeros((B, H, W), dtype=torch.long))
+    cls = cls.reshape(B, N)
+    evidence = best.reshape(B, N) > 0
+    px_thing = thing_cls.gather(1, cls) & evidence
+    px_stuff = stuff_cls.gather(1, cls) & evidence
+    big = M * (N + 1)
+    stuff_key = torch.where(pmask & ~is_thing, own * M + index_m, big)
+    stuff_owner = torch.full((B, C + 1), big, dtype=torch.long, device=dev)
+    stuff_owner = stuff_owner.scatter_reduce(1, torch.where(pmask & ~is_thing, labels, C), stuff_key, "amin")[:, :C]
+    stuff_owner = torch.where(stuff_owner < big, stuff_owner % max(M, 1), -1)
+
+    # -- 2. own pixels: thing before stuff, then lowest index
+    prio = torch.where(is_thing, index_m, index_m + M)
+    winner = torch.full((B, N + 1), 2 * M, dtype=torch.long, device=dev)
+    winner = winner.scatter_reduce(1, torch.where(pmask, own, N), torch.where(pmask, prio, 2 * M), "amin")[:, :N]
+    forced = torch.where(winner < 2 * M, winner % max(M, 1), -1)
+    forced_thing = (forced >= 0) & (winner < M)
+    forced_stuff = (forced >= 0) & (winner >= M)
+    transported = (px_thing & ~forced_stuff) | forced_thing
+
+    # suppliers: the thing points, in order, padded to T
+    n_things = is_thing.sum(1)
+    T = int(n_things.max()) if B else 0
+    order = torch.sort((~is_thing).long(), dim=1, stable=True).indices[:, :T]
+    tmask = torch.arange(T, device=dev)[None] < n_things[:, None]
+    thing_index = torch.where(tmask, order, -1)
+    t_yx = yx.gather(1, order[..., None].expand(B, T, 2))
+    t_own = torch.where(tmask, own.gather(1, order), -1)
+    timer.lap("roles")
+
+    # -- 3. costs
+    if T:
+        lengths = coarse_edge_lengths(maps, cfg)
+        timer.lap("edge_lengths")
+        cost = distance_maps(lengths, t_yx, tmask, f, (H, W), cfg.geodesic_backend).reshape(B, T, N)
+        timer.lap("geodesic")
+    else:
+        cost = sem.new_zeros(B, 0, N, dtype=torch.float32)
+
+    # -- 5a. MC labels (always)
+    mc = _mc_labels(cost, sem, labels.gather(1, order) if T else labels[:, :0], tmask, transported, t_own, cfg.mc_decode)
+
+    nan = torch.full((B,), math.nan, device=dev)
+    if cfg.assignment == "mc":
+        assigned = mc
+        k = count_labels(mc, T)
+        diag = (torch.zeros(B, dtype=torch.long, device=dev), nan, nan, nan, torch.zeros(B, dtype=torch.bool, device=dev))
+        share = nan
+        timer.lap("assignment")
+    else:
+        # -- 4. capacities
+        k = _capacities(cfg, cost, lengths if T else None, t_yx, tmask, transported, t_own, f, (H, W))
+        timer.lap("capacities")
+        # -- 5b. OT, over the transported pixels only (gathered to the front of each row)
+        cols, col_mask = _transported_columns(transported)
+        log_plan, slog = sinkhorn(
+            cost.gather(2, cols[:, None, :].expand(B, T, cols.shape[1])), k.float(), col_mask.float(),
+            mode=cfg.sinkhorn_mode, epsilon=cfg.sinkhorn_epsilon, num_iters=cfg.sinkhorn_iters,
+            tol=cfg.sinkhorn_tol, max_iters=cfg.sinkhorn_max_iters, point_mask=tmask, pixel_mask=col_mask,
+        )
+        decoded = decode_plan(log_plan, tmask, col_mask)
+        assigned = torch.full((B, N + 1), -1, dtype=torch.long, device=dev)
+        assigned = assigned.scatter(1, torch.where(col_mask, cols, N), decoded)[:, :N]
+        assigned = force_own_pixels(assigned, t_own, tmask, transported)
+        diag = (slog.iterations, slog.row_error, slog.col_error, slog.rel_error, slog.converged)
+        share = disagreement(assigned, mc, transported)
+        timer.lap("transport")
+
+    # -- compose: stuff segments, transported pixels, own pixels
+    stuff_label = stuff_owner.gather(1, cls) if C else cls
+    base = torch.where(px_stuff, stuff_label, -1)
+    base = torch.where(forced_stuff, forced, base)
+
+    def compose(supplier: Tensor) -> Tensor:
+        owner = thing_index.gather(1, supplier.clamp_min(0)) if T else supplier
+        return torch.where(transported & (supplier >= 0), owner, base).reshape(B, H, W)
+
+    panoptic = compose(assigned)
+    mc_panoptic = compose(mc)
+    masks = panoptic[:, None] == torch.arange(M, device=dev)[None, :, None, None]
+    masks = masks & pmask[:, :, None, None]
+    counts = count_labels(assigned, T)
+    timer.lap("compose")
+    timer.times["total"] = sum(timer.times.values())
+    return PseudoLabels(
+        panoptic=panoptic, masks=masks, point_mask=pmask, thing_index=thing_index, k=k, counts=counts,
+        transported=transported.reshape(B, H, W), mc_panoptic=mc_panoptic,
+        iterations=diag[0], row_error=diag[1], col_error=diag[2], rel_error=diag[3], converged=diag[4],
+        disagreement=share, timings=timer.times,
+    )
+
+
+def _transported_columns(transported: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat indices of each image's transported pixels, first, padded to the largest count.
+
+    ``transported [B, N]`` -> ``(cols [B, n_max] long, mask [B, n_max] bool)``. Sinkhorn then
+    works on ``n_max`` columns instead of N (stuff pixels never enter the plan).
+    """
+    B = transported.shape[0]
+    n_max = int(transported.sum(1).max()) if B else 0
+    order = torch.sort((~transported).to(torch.uint8), dim=1, stable=True).indices[:, :n_max]
+    mask = torch.arange(n_max, device=transported.device)[None] < transported.sum(1, keepdim=True)
+    return order, mask
+
+
+def _class_flags(labels: Tensor, which: Tensor, num_classes: int) -> Tensor:
+    """[B, C] bool: classes with at least one point where ``which`` [B, M] holds."""
+    B = labels.shape[0]
+    flags = torch.zeros(B, num_classes + 1, dtype=torch.bool, device=labels.device)
+    return flags.scatter(1, torch.where(which, labels, num_classes), True)[:, :num_classes]
+
+
+def _mc_labels(
+    cost: Tensor, sem: Tensor, t_labels: Tensor, tmask: Tensor, transported: Tensor, t_own: Tensor, decode: str
+) -> Tensor:
+    """Minimum-cost supplier per transported pixel, [B, T, N] -> [B, N] (-1 elsewhere)."""
+    if decode == "argmin":
+        return batch_argmin_labels(cost, tmask, transported, t_own)
+    # PSPS: distance likelihood (1 - c / max c) times the class likelihood P^s(class_i, j).
+    B, T, N = cost.shape
+    valid = tmask[:, :, None] & transported[:, None, :]
+    cmax = torch.where(valid, cost, 0.0).flatten(1).amax(1) if T * N else cost.new_ones(B)
+    cmax = torch.where(cmax > 0, cmax, 1.0)
+    likelihood = sem.float().reshape(B, sem.shape[1], N).gather(1, t_labels[..., None].expand(B, T, N))
+    score = (1 - cost / cmax[:, None, None]) * likelihood
+    score = torch.where(valid, score, -math.inf)
+    return force_own_pixels(decode_plan(score, tmask, transported), t_own, tmask, transported)
+
+
+def _capacities(
+    cfg: Any, cost: Tensor, lengths: Tensor | None, t_yx: Tensor, tmask: Tensor, transported: Tensor,
+    t_own: Tensor, f: int, size: tuple[int, int],
+) -> Tensor:
+    """k [B, T] long by ``cfg.k_scheme``, summing per image to ``transported.sum()``."""
+    B, T, _ = cost.shape
+    if cfg.k_scheme == "equal_division":
+        # remainder to the suppliers first in raster order: independent of the point order
+        key = t_own.clamp_min(0) * max(T, 1) + torch.arange(T, device=cost.device)
+        return batch_equal_division(transported.sum(1), tmask, key)
+    if cfg.k_scheme == "nearest_point" or T == 0:
+        return count_labels(batch_argmin_labels(cost, tmask, transported, t_own), T)
+    H, W = size
+    return batch_nearest_centroid(
+        cost.reshape(B, T, H, W), t_yx, tmask, transported.reshape(B, H, W),
+        lambda centroids: distance_maps(lengths, centroids, tmask, f, size, cfg.geodesic_backend),
+        iters=cfg.centroid_iters, own_pixels=t_own,
+    )

@@ -1,0 +1,312 @@
+"""generate_pseudo_labels: properties (hypothesis), edge cases, and independent oracles."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2m_core.config import PseudoConfig
+from p2m_core.errors import P2MInputError
+from p2m_core.pseudo import (
+    PointSet,
+    TaskMaps,
+    generate_pseudo_labels,
+    semantic_cost_map,
+)
+from p2m_core.pseudo.edge_lengths import edge_lengths
+from p2m_core.pseudo.geodesic import geodesic_distances
+
+
+def random_maps(rng: np.random.Generator, b: int, c: int, h: int, w: int) -> TaskMaps:
+    """Continuous random maps (no exact ties between geodesic costs)."""
+    logits = torch.tensor(rng.normal(size=(b, c, h, w)) * 2, dtype=torch.float32)
+    return TaskMaps(
+        semantic=torch.softmax(logits, 1),
+        boundary_high=torch.tensor(rng.random((b, h, w)), dtype=torch.float32),
+        boundary_low=torch.tensor(rng.random((b, h, w)), dtype=torch.float32),
+    )
+
+
+def random_points(rng: np.random.Generator, m: int, c: int, h: int, w: int, f: int = 1) -> PointSet:
+    """m points on distinct nodes of the 1/f graph, classes random, thing/stuff decided per class."""
+    hc, wc = -(-h // f), -(-w // f)
+    nodes = rng.choice(hc * wc, size=m, replace=False)
+    ys = np.minimum((nodes // wc) * f + rng.integers(0, f, m), h - 1)
+    xs = np.minimum((nodes % wc) * f + rng.integers(0, f, m), w - 1)
+    labels = rng.integers(0, c, m)
+    thing_class = rng.random(c) < 0.6
+    return PointSet(
+        torch.tensor(np.stack([ys, xs], 1), dtype=torch.long),
+        torch.tensor(labels, dtype=torch.long),
+        torch.tensor(thing_class[labels]),
+    )
+
+
+def cfg_for(**kw) -> PseudoConfig:
+    base = {"graph_stride": 4, "mask_stride": 4, "centroid_iters": 1}
+    base.update(kw)
+    return PseudoConfig(**base)
+
+
+def check_invariants(out, maps: TaskMaps, points: list[PointSet]) -> None:
+    """Partition of the transported pixels, k sums, own pixels, stuff from the semantic argmax."""
+    for b, p in enumerate(points):
+        img = out.image(b)
+        m = len(p)
+        thing = p.is_thing.numpy()
+        masks = img.masks.numpy()
+        pan = img.panoptic.numpy()
+        transported = img.transported.numpy()
+        assert masks.shape[0] == m
+        assert (masks.sum(0) <= 1).all()  # masks never overlap
+        thing_cover = masks[thing].sum(0) if thing.any() else np.zeros_like(transported, dtype=int)
+        np.testing.assert_array_equal(thing_cover, transported.astype(int))  # partition of thing pixels
+        assert int(img.k.sum()) == int(transported.sum())
+        assert int(img.counts.sum()) == int(transported.sum())
+        assert img.thing_index.tolist() == np.nonzero(thing)[0].tolist()
+        for i, (y, x) in enumerate(p.yx.tolist()):
+            assert pan[y, x] == i  # own pixel kept (points are on distinct pixels here)
+        # stuff: a non-transported pixel with a stuff-class argmax (over labelled classes) is
+        # owned by a stuff point of that class
+        classes = sorted(set(p.labels.tolist()))
+        sem = maps.semantic[b].numpy()
+        arg = np.array(classes)[sem[classes].argmax(0)]
+        labels = p.labels.numpy()
+        owner_class = np.where(pan >= 0, labels[np.maximum(pan, 0)], -1)
+        stuff_px = ~transported & (pan >= 0)
+        stuff_px[tuple(p.yx.numpy().T)] = False  # a stuff point's own pixel is forced to it
+        np.testing.assert_array_equal(owner_class[stuff_px], arg[stuff_px])
+        assert not thing[pan[stuff_px]].any()
+
+
+# ----------------------------------------------------------------------------- properties
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    h=st.integers(4, 13),
+    w=st.integers(4, 13),
+    c=st.integers(2, 4),
+    m=st.integers(1, 6),
+    f=st.sampled_from([1, 2, 4]),
+    k_scheme=st.sampled_from(["equal_division", "nearest_point", "nearest_centroid"]),
+    mode=st.sampled_from(["reference", "converged"]),
+    assignment=st.sampled_from(["ot", "mc"]),
+)
+def test_properties(seed, h, w, c, m, f, k_scheme, mode, assignment) -> None:
+    rng = np.random.default_rng(seed)
+    m = min(m, (-(-h // f)) * (-(-w // f)))
+    maps = random_maps(rng, 1, c, h, w)
+    points = [random_points(rng, m, c, h, w, f)]
+    cfg = cfg_for(graph_stride=4 * f, k_scheme=k_scheme, sinkhorn_mode=mode, assignment=assignment)
+    out = generate_pseudo_labels(maps, points, cfg)
+    check_invariants(out, maps, points)
+
+    # permuting the points permutes the result, nothing else
+    perm = torch.tensor(rng.permutation(m))
+    p = points[0]
+    shuffled = [PointSet(p.yx[perm], p.labels[perm], p.is_thing[perm])]
+    out2 = generate_pseudo_labels(maps, shuffled, cfg)
+    back = torch.where(out2.panoptic[0] >= 0, perm[out2.panoptic[0].clamp_min(0)], -1)
+    if mode == "converged" and assignment == "ot":
+        # A degenerate OT (two pixels with equal cost differences between two points, within
+        # eps) splits their mass; the argmax of a split pixel then rests on float rounding,
+        # which depends on the order of the sum over points, and so does the iteration where
+        # the tolerance is met. Only such pixels may differ.
+        differ = int((back != out.panoptic[0]).sum())
+        assert differ <= max(2, 0.05 * int(out.transported.sum()))
+    else:
+        assert torch.equal(back, out.panoptic[0])
+    k1 = dict(zip(out.thing_index[0].tolist(), out.k[0].tolist()))
+    k2 = {int(perm[i]): k for i, k in zip(out2.thing_index[0].tolist(), out2.k[0].tolist())}
+    assert k1 == k2
+
+
+def test_batch_equals_single_images() -> None:
+    rng = np.random.default_rng(5)
+    maps = random_maps(rng, 3, 3, 16, 20)
+    points = [random_points(rng, m, 3, 16, 20, 4) for m in (5, 2, 4)]
+    for mode in ("reference", "converged"):
+        cfg = cfg_for(graph_stride=16, sinkhorn_mode=mode)
+        out = generate_pseudo_labels(maps, points, cfg)
+        check_invariants(out, maps, points)
+        for b in range(3):
+            single = generate_pseudo_labels(
+                TaskMaps(maps.semantic[b : b + 1], maps.boundary_high[b : b + 1], maps.boundary_low[b : b + 1]),
+                [points[b]], cfg,
+            )
+            assert torch.equal(single.panoptic[0], out.panoptic[b])
+            assert torch.equal(single.image(0).k, out.image(b).k)
+            assert int(single.iterations[0]) == int(out.iterations[b])
+
+
+# ----------------------------------------------------------------------------- oracles
+def geodesic_oracle(maps: TaskMaps, yx: torch.Tensor) -> torch.Tensor:
+    """Costs at f = 1 from the scipy Dijkstra backend: [m, H*W]."""
+    lengths = edge_lengths(maps.semantic, maps.boundary_high, maps.boundary_low)
+    return geodesic_distances(lengths, [yx], backend="scipy")[0].reshape(len(yx), -1)
+
+
+@pytest.mark.parametrize("decode", ["argmin", "psps"])
+def test_mc_equals_minimum_cost_oracle(decode: str) -> None:
+    rng = np.random.default_rng(7)
+    h, w, c = 14, 15, 3
+    maps = random_maps(rng, 1, c, h, w)
+    points = PointSet(torch.tensor([[1, 1], [12, 3], [6, 13], [7, 7]]), torch.tensor([0, 0, 1, 2]),
+                      torch.tensor([True, True, True, False]))
+    out = generate_pseudo_labels(maps, [points], cfg_for(assignment="mc", mc_decode=decode))
+    cost = geodesic_oracle(maps, points.yx[:3])
+    if decode == "argmin":
+        pick = cost.argmin(0)
+    else:
+        likelihood = maps.semantic[0].reshape(c, -1)[points.labels[:3]]
+        pick = ((1 - cost / cost[:, out.transported[0].flatten()].max()) * likelihood).argmax(0)
+    pick = pick.reshape(h, w).clone()
+    for i, (y, x) in enumerate(points.yx[:3].tolist()):
+        pick[y, x] = i
+    tr = out.transported[0]
+    assert bool(tr.any())
+    assert torch.equal(out.panoptic[0][tr], pick[tr])
+    assert torch.equal(out.mc_panoptic[0], out.panoptic[0])
+
+
+def test_converged_ot_honours_k_in_the_pipeline() -> None:
+    rng = np.random.default_rng(8)
+    h, w = 24, 24
+    maps = random_maps(rng, 1, 2, h, w)
+    points = PointSet(torch.tensor([[2, 2], [20, 4], [12, 20], [5, 15]]), torch.tensor([0, 0, 0, 0]),
+                      torch.ones(4, dtype=torch.bool))
+    ref = generate_pseudo_labels(maps, [points], cfg_for(k_scheme="equal_division"))
+    conv = generate_pseudo_labels(maps, [points], cfg_for(k_scheme="equal_division", sinkhorn_mode="converged"))
+    assert int(ref.transported.sum()) == h * w  # one class only: everything is transported
+    assert bool(conv.converged[0])
+    assert int((conv.counts - conv.k).abs().max()) <= 3
+    # the fixed 80-iteration reference stays near minimum cost instead
+    assert float(ref.disagreement[0]) < float(conv.disagreement[0])
+    assert int((ref.counts - ref.k).abs().max()) > 3
+
+
+# ----------------------------------------------------------------------------- edge cases
+def test_one_point_takes_all_thing_pixels() -> None:
+    maps = random_maps(np.random.default_rng(0), 1, 2, 9, 11)
+    out = generate_pseudo_labels(maps, [PointSet(torch.tensor([[4, 5]]), torch.tensor([1]), torch.tensor([True]))],
+                                 cfg_for())
+    assert bool((out.panoptic[0] == 0).all())  # absent class 0 is ignored: every pixel is class 1
+    assert out.k.tolist() == [[99]] and out.counts.tolist() == [[99]]
+
+
+def test_no_thing_points() -> None:
+    rng = np.random.default_rng(1)
+    maps = random_maps(rng, 1, 3, 10, 10)
+    points = PointSet(torch.tensor([[0, 0], [9, 9]]), torch.tensor([0, 2]), torch.tensor([False, False]))
+    for mode in ("reference", "converged"):
+        out = generate_pseudo_labels(maps, [points], cfg_for(sinkhorn_mode=mode))
+        check_invariants(out, maps, [points])
+        assert out.k.shape == (1, 0) and not bool(out.transported.any())
+        assert bool((out.panoptic >= 0).all())
+        assert not bool(torch.isnan(out.disagreement).any())
+
+
+def test_two_points_on_the_same_pixel() -> None:
+    maps = random_maps(np.random.default_rng(2), 1, 2, 8, 8)
+    points = PointSet(torch.tensor([[3, 3], [3, 3], [6, 1]]), torch.tensor([0, 0, 1]),
+                      torch.tensor([True, True, True]))
+    out = generate_pseudo_labels(maps, [points], cfg_for())
+    img = out.image(0)
+    assert int(img.panoptic[3, 3]) == 0  # the lower index keeps the shared pixel
+    assert int(img.k.sum()) == 64 and int(img.counts.sum()) == 64
+    assert bool((img.masks.sum(0) == 1).all())
+
+
+def test_thing_point_beats_stuff_point_on_a_shared_pixel() -> None:
+    maps = random_maps(np.random.default_rng(3), 1, 2, 8, 8)
+    points = PointSet(torch.tensor([[2, 2], [2, 2]]), torch.tensor([1, 0]), torch.tensor([False, True]))
+    out = generate_pseudo_labels(maps, [points], cfg_for())
+    assert int(out.panoptic[0, 2, 2]) == 1
+    assert bool(out.transported[0, 2, 2])
+
+
+@pytest.mark.parametrize("backend", ["torch", "scipy"])
+def test_points_on_the_border_and_uneven_coarse_grid(backend: str) -> None:
+    rng = np.random.default_rng(4)
+    h, w = 13, 10  # not multiples of f = 4
+    maps = random_maps(rng, 1, 3, h, w)
+    points = PointSet(torch.tensor([[0, 0], [12, 9], [12, 0], [0, 9]]), torch.tensor([0, 1, 0, 2]),
+                      torch.tensor([True, True, True, False]))
+    out = generate_pseudo_labels(maps, [points], cfg_for(graph_stride=16, geodesic_backend=backend))
+    check_invariants(out, maps, [points])
+
+
+def test_more_points_than_graph_nodes() -> None:
+    rng = np.random.default_rng(6)
+    maps = random_maps(rng, 1, 2, 12, 12)
+    points = PointSet(torch.tensor([[1, 1], [5, 9], [10, 2], [11, 11], [6, 6]]), torch.tensor([0, 0, 0, 0, 1]),
+                      torch.tensor([True, True, True, True, False]))
+    for scheme in ("equal_division", "nearest_point", "nearest_centroid"):
+        out = generate_pseudo_labels(maps, [points], cfg_for(graph_stride=64, k_scheme=scheme))  # 1x1 graph
+        check_invariants(out, maps, [points])
+
+
+def test_void_pixels_are_unassigned() -> None:
+    sem = torch.zeros(1, 2, 6, 6)
+    sem[0, 0, :, :3] = 1.0  # right half: no class evidence (a void pixel of an oracle map)
+    points = PointSet(torch.tensor([[1, 1], [4, 1]]), torch.tensor([0, 0]), torch.tensor([True, True]))
+    out = generate_pseudo_labels(TaskMaps(sem), [points], cfg_for(maps=["semantic"]))
+    assert bool((out.panoptic[0, :, 3:] == -1).all()) and bool((out.panoptic[0, :, :3] >= 0).all())
+    assert int(out.k.sum()) == 18
+
+
+# ----------------------------------------------------------------------------- input errors
+def test_input_errors_name_the_problem() -> None:
+    maps = random_maps(np.random.default_rng(0), 1, 2, 8, 8)
+    pts = [PointSet(torch.tensor([[1, 1]]), torch.tensor([0]), torch.tensor([True]))]
+    with pytest.raises(P2MInputError, match="boundary_low"):
+        generate_pseudo_labels(dataclasses.replace(maps, boundary_low=None), pts, cfg_for())
+    with pytest.raises(P2MInputError, match="graph_stride"):
+        generate_pseudo_labels(maps, pts, cfg_for(graph_stride=6))
+    with pytest.raises(P2MInputError, match="outside"):
+        generate_pseudo_labels(maps, [PointSet(torch.tensor([[8, 1]]), torch.tensor([0]), torch.tensor([True]))],
+                               cfg_for())
+    mixed = PointSet(torch.tensor([[1, 1], [5, 5]]), torch.tensor([0, 0]), torch.tensor([True, False]))
+    with pytest.raises(P2MInputError, match="both thing and stuff"):
+        generate_pseudo_labels(maps, [mixed], cfg_for())
+    # a map that is provided but not listed is simply not used
+    out = generate_pseudo_labels(maps, pts, cfg_for(maps=["semantic"]))
+    assert out.panoptic.shape == (1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- semantic_cost_map
+def test_semantic_cost_map_matches_loop_oracle() -> None:
+    rng = np.random.default_rng(9)
+    logits = torch.tensor(rng.normal(size=(2, 4, 12, 10)), dtype=torch.float32)
+    points = [
+        PointSet(torch.tensor([[0, 0], [6, 5]]), torch.tensor([2, 0]), torch.tensor([True, False])),
+        PointSet(torch.tensor([[11, 9]]), torch.tensor([3]), torch.tensor([True])),
+    ]
+    got = semantic_cost_map(logits, points, dilation=5).numpy()
+    probs = torch.softmax(logits, 1).numpy()
+    for b, p in enumerate(points):
+        expected = np.zeros_like(probs[b])
+        for cls in set(p.labels.tolist()):
+            expected[cls] = probs[b, cls]
+        for (y, x), cls in zip(p.yx.tolist(), p.labels.tolist()):
+            expected[cls, max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = 1.0
+        np.testing.assert_allclose(got[b], expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(P2MInputError, match="odd"):
+        semantic_cost_map(logits, points, dilation=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    rng = np.random.default_rng(10)
+    maps = random_maps(rng, 2, 3, 32, 32)
+    points = [random_points(rng, 6, 3, 32, 32, 4), random_points(rng, 3, 3, 32, 32, 4)]
+    cfg = cfg_for(graph_stride=16, sinkhorn_mode="converged")
+    cpu = generate_pseudo_labels(maps, points, cfg)
+    gpu_maps = TaskMaps(maps.semantic.cuda(), maps.boundary_high.cuda(), maps.boundary_low.cuda())
+    gpu = generate_pseudo_labels(gpu_maps, [p.to("cuda") for p in points], cfg)
+    assert float((gpu.panoptic.cpu() == cpu.panoptic).float().mean()) >= 0.99
