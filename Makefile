@@ -27,6 +27,9 @@ demo: setup
 		--panoptic-dir $(DEMO)/data/panoptic_val --out $(DEMO)/data/points_val.json --seed 0
 	$(PY) -m p2m_core.evaluation --gt-json $(DEMO)/data/panoptic_val.json \
 		--pred-json $(DEMO)/data/panoptic_val.json --out $(DEMO)/pq_gt_vs_gt.json
+	$(PY) -m p2m_core.pseudo.evaluate --config experiments/ablation_synthetic.yaml \
+		--data-root $(DEMO)/data --split val --source oracle_corrupt --sweep --overlays 4 \
+		--out $(DEMO)/ablation
 
 clean-venv:
 	rm -rf $(VENV)
