@@ -219,7 +219,7 @@ def test_scipy_backend_keeps_zero_length_edges():
     w=st.integers(1, 24),
     m=st.integers(0, 5),
     zero_prob=st.sampled_from([0.0, 0.3, 0.9]),
-    missing_prob=st.sampled_from([0.0, 0.1]),
+    missing_prob=st.sampled_from([0.0, 0.1, 0.5]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_torch_backend_equals_scipy_on_random_maps(h, w, m, zero_prob, missing_prob, seed):
@@ -249,6 +249,86 @@ def test_maze_corridor_is_followed_to_its_end():
     assert torch.all(dist[corridor] == 0)
     assert torch.all(dist[~corridor] >= 1000)
     assert log["converged"] and log["sweeps"] >= 3  # the spiral needs repeated sweeps
+
+
+def corridor_turns(corridor):
+    """Number of turns along a one-pixel corridor walked from (0, 0)."""
+    h, w = corridor.shape
+    y, x, heading, seen, turns = 0, 0, None, {(0, 0)}, 0
+    while True:
+        steps = [
+            (dy, dx)
+            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0))
+            if 0 <= y + dy < h and 0 <= x + dx < w and corridor[y + dy, x + dx] and (y + dy, x + dx) not in seen
+        ]
+        if not steps:
+            return turns
+        turns += heading is not None and steps[0] != heading
+        heading = steps[0]
+        y, x = y + heading[0], x + heading[1]
+        seen.add((y, x))
+
+
+def test_spiral_maze_is_solved_and_reports_its_rounds():
+    # Each sweep runs a pass in each of the four directions, so it makes at least one more
+    # straight piece of the corridor exact: a corridor with t turns needs at most t + 2
+    # sweeps (the +1 for the check that comes after the second sweep at the earliest), and
+    # a longer spiral needs more than a short one.
+    gen = torch.Generator().manual_seed(11)
+    rounds = []
+    for h, w in ((9, 9), (23, 21)):
+        corridor = spiral_corridor(h, w)
+        lengths = maze_lengths(corridor) * (1 + torch.rand(1, 8, h, w, generator=gen))
+        sources = [torch.tensor([[0, 0], [h // 2, w // 2], [h - 1, 0]])]
+        log = {}
+        got = geodesic_distances(lengths, sources, "torch", log=log)
+        assert_same(got, geodesic_distances(lengths, sources, "scipy"))
+        assert log["converged"] and log["passes"] == 4 * log["sweeps"]
+        assert 3 <= log["sweeps"] <= corridor_turns(corridor) + 2
+        rounds.append(log["sweeps"])
+    assert rounds[1] > rounds[0]
+
+
+def test_only_maps_that_fail_the_optimality_check_are_swept_again():
+    # image 0: a maze, its one map needs many sweeps; image 1: all edges of length 0, its
+    # three maps are exact after the first sweep and pass the first check (after sweep 2)
+    h = w = 15
+    lengths = torch.cat([maze_lengths(spiral_corridor(h, w)), torch.zeros(1, 8, h, w)])
+    lengths[1][torch.isinf(lengths[0])] = INF  # no edges out of the image
+    sources = [torch.tensor([[0, 0]]), torch.tensor([[0, 0], [7, 3], [14, 14]])]
+    log = {}
+    got = geodesic_distances(lengths, sources, "torch", log=log)
+    assert_same(got, geodesic_distances(lengths, sources, "scipy"))
+    assert torch.equal(got[1], torch.zeros(3, h, w))
+    counts = log["maps_per_sweep"]
+    assert counts[0] == 4 and counts[-1] == 1 and len(counts) > 3
+    assert counts == sorted(counts, reverse=True)  # a map that passed the check stays final
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    h=st.integers(1, 20),
+    w=st.integers(1, 20),
+    zero_prob=st.sampled_from([0.0, 0.3]),
+    missing_prob=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_float32_work_dtype_is_within_float32_rounding_of_scipy(h, w, zero_prob, missing_prob, seed):
+    # in float32 every path sum is rounded in float32: a few ulps (relative 1e-7 each) apart
+    gen = torch.Generator().manual_seed(seed)
+    lengths = random_lengths(gen, 2, h, w, zero_prob, missing_prob)
+    sources = random_sources(gen, 2, h, w, 3)
+    got = geodesic_distances(lengths, sources, "torch", work_dtype=torch.float32)
+    want = geodesic_distances(lengths, sources, "scipy")
+    for a, e in zip(got, want):
+        assert torch.equal(torch.isinf(a), torch.isinf(e))
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_work_dtype_is_rejected():
+    lengths = random_lengths(torch.Generator().manual_seed(9), 1, 3, 3)
+    with pytest.raises(P2MInputError, match="work_dtype"):
+        geodesic_distances(lengths, [torch.tensor([[0, 0]])], "torch", work_dtype=torch.float16)
 
 
 def test_max_sweeps_cap_raises_on_a_maze():

@@ -16,29 +16,36 @@ rounding:
     in one call. It runs on the CPU; it is the oracle for the fast backend.
 ``"torch"``
     A batched label-correcting solver for every source of every image at once, on the input's
-    device (all sources in one tensor [h, B, M, w], images with fewer than M sources padded).
-    A *pass* visits the rows top to bottom (or bottom to top); row ``y`` first takes the best of
-    its three neighbours in the previous row (the three incoming edges), then is closed under
-    moves along the row by two exact min-plus prefix scans: with ``W[x]`` the sum of the
-    rightward edge lengths left of ``x``,
+    device, with whole-tensor operations (Python loops only over rows and sweeps, never over
+    pixels, sources or images). Distances start at 0 on the source and ``+inf`` elsewhere; the
+    only update is the edge relaxation ``d[q] <- min(d[q], d[p] + l(p -> q))``, so every value
+    is always the length of some path and never increases.
 
-    .. math:: d'[x] = W[x] + \min_{t \le x} \big(d[t] - W[t]\big)
-              \quad(\texttt{torch.cummin}),
+    A *downward pass* visits the rows top to bottom; row ``y`` takes the best of its three
+    in-edges from row ``y - 1`` (final for this pass), then of its in-edges from its left and
+    right neighbours. One pass makes exact every distance whose shortest path stays in the
+    90-degree cone below its source (each step one row down: diagonal edges are as long as
+    straight ones here, so straight-ish paths are of this kind), with single sideways steps
+    too. A *sweep* is four passes: down and up, then right and left. Each pair runs as the
+    downward pass of two *frames* stacked in one tensor and relaxed in lockstep, the image and
+    its rows reversed (then the transpose and its rows reversed): ten tensor operations per
+    row for both frames and all sources and images; the pair is then merged with ``min``.
 
-    and the mirror image for leftward moves. A pass therefore makes exact every distance whose
-    shortest path is monotone in its direction. A *sweep* is a downward and an upward pass over
-    the rows, then the same over the columns (as rows of the transposed image), each pass
-    starting from the latest distances. After every upward pass the solver checks Bellman's
-    optimality condition ``d[q] <= d[p] + l(p -> q)`` (relative tolerance ``1e-12``) on the
-    only edges the pass can leave violated, those from the row above, with whole-tensor
-    operations, and stops when it holds: the result is then Dijkstra's. A path that winds up
-    and down is a chain of monotone pieces, at least one more made exact per sweep; realistic
-    maps need 2-3 sweeps, mazes as many as their corridor has turns.
-    Python loops: one step per row per pass, nothing per pixel or per source.
+    From the second sweep on, every map is checked against Bellman's optimality condition
+    ``d[q] <= (d[p] + l(p -> q)) (1 + rtol)`` on all 8 directions, with whole-tensor
+    operations; the maps that pass are final, only the others are swept again. The check is
+    what makes the result exact: every value being a path length, the condition on every edge
+    gives, by induction along a shortest path, ``dist <= d <= dist (1 + rtol)^(edges)``;
+    ``rtol`` (``1e-12`` in float64, ``1e-6`` in float32) only absorbs rounding differences
+    between frames. Each sweep extends along every shortest path the prefix of exact distances
+    by at least one edge, so ``h * w + 1`` sweeps always suffice; realistic maps need 2-3
+    (a path that leaves the cones around its source needs more), a spiral maze one per two
+    turns of its corridor.
 
-Every update is a ``min`` with the current value, so distances only decrease and each is the
-length of some path. The torch backend works in float64, where the prefix scans' rounding (of
-order ``1e-16`` of a row's total length) is far below the float32 resolution of the result.
+    The solver works in float64 by default (``work_dtype``): path sums round at ``1e-16``,
+    so the float32 result equals scipy's (float64 Dijkstra, then cast) except for rounding
+    ties. In float32 it is faster, and its distances differ from Dijkstra's by a few float32
+    ulps (each path sum is rounded in float32).
 """
 
 from __future__ import annotations
@@ -57,8 +64,6 @@ from p2m_core.pseudo.edge_lengths import NEIGHBOUR_OFFSETS, pair_slices
 
 BACKENDS = ("scipy", "torch")
 
-_RTOL = 1e-12  # relative tolerance of the torch backend's optimality check (float64)
-
 
 def geodesic_distances(
     lengths: Tensor,
@@ -67,6 +72,7 @@ def geodesic_distances(
     *,
     max_sweeps: int | None = None,
     log: dict[str, Any] | None = None,
+    work_dtype: torch.dtype = torch.float64,
 ) -> list[Tensor]:
     """Shortest-path lengths from every source pixel to every pixel, per image.
 
@@ -89,9 +95,13 @@ def geodesic_distances(
         Torch backend: cap on the number of sweeps. Default ``h * w + 1``, which is provably
         enough; a ``RuntimeError`` is raised when the cap is hit before convergence.
     log : dict, optional
-        Filled with diagnostics: ``backend``; for torch also ``sweeps`` (sweeps started),
-        ``passes`` (row and column passes run; the optimality check passed after the last one)
-        and ``converged``.
+        Filled with diagnostics: ``backend``; for torch also ``sweeps`` (sweeps run, i.e.
+        rounds of the four directional passes), ``passes`` (``4 * sweeps``),
+        ``maps_per_sweep`` (how many distance maps each sweep relaxed: all at first, then
+        only those that failed the optimality check) and ``converged``.
+    work_dtype : torch.float64 or torch.float32
+        Torch backend: precision of the computation. float64 (default) is exact to the
+        float32 output; float32 is faster, with differences of a few float32 ulps.
 
     Returns
     -------
@@ -101,8 +111,9 @@ def geodesic_distances(
 
     Notes
     -----
-    The torch backend holds two float64 copies of all distance maps (rows and columns frames):
-    about ``16 * B * max_i(m_i) * h * w`` bytes, 31 MB for 8 images x 15 sources at 128 x 128.
+    The torch backend holds four copies of all distance maps (its frames) on the image padded
+    by one pixel, plus a transient one: about ``40 * B * max_i(m_i) * (h + 2) * (w + 2)``
+    bytes in float64, 81 MB for 8 images x 15 sources at 128 x 128 (half in float32).
 
     Examples
     --------
@@ -113,6 +124,8 @@ def geodesic_distances(
     """
     if backend not in BACKENDS:
         raise P2MInputError(f"geodesic_distances: backend must be one of {BACKENDS}, got {backend!r}")
+    if work_dtype not in _RTOL:
+        raise P2MInputError(f"geodesic_distances: work_dtype must be torch.float64 or torch.float32, got {work_dtype}")
     _check_lengths(lengths)
     b, _, h, w = lengths.shape
     flat = _check_sources(sources, b, h, w, lengths.device)
@@ -120,7 +133,7 @@ def geodesic_distances(
         log["backend"] = backend
     if backend == "scipy":
         return [_dijkstra_image(lengths[i], f).to(lengths.dtype) for i, f in enumerate(flat)]
-    return _sweep_solver(lengths, flat, max_sweeps, log)
+    return _sweep_solver(lengths, flat, max_sweeps, log, work_dtype)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -206,136 +219,178 @@ def _dijkstra_image(lengths: Tensor, flat_sources: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- torch backend
+#
+# Layout. Distances live on the image padded by a one-pixel +inf border (H = h + 2, W = w + 2),
+# rows first: the state is [H, M, B, W] (row, source, image, column). A *frame* is the image
+# seen so that one of the four directional passes runs down its rows: the image itself
+# (downward pass), its rows reversed (upward), its transpose (rightward) and the transpose with
+# rows reversed (leftward). A frame and its row-reversed twin are stacked in one buffer
+# [n, 2, M, B, w'] so that one downward pass relaxes both in lockstep: row y of both frames and
+# of every source and image is one tensor [2, M, B * w'], and the edge lengths [n, 2, 1, B * w']
+# broadcast over the sources. The border keeps neighbours from leaking between images along the
+# flattened rows: every edge into or out of it is +inf.
+
+_RTOL = {torch.float64: 1e-12, torch.float32: 1e-6}  # optimality check, relative tolerance
+_PASS_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1))  # in-edges of a downward pass
+_CHUNK = 1 << 16  # elements per piece of a transposing copy (cache-sized)
 
 
-def _big_length(lengths: Tensor) -> float | None:
-    """Finite stand-in for ``+inf`` edges inside the image, or None when there are none.
-
-    The prefix scans need finite row sums. Any simple path is at most the sum ``T`` of all
-    finite lengths long, so an edge of length ``big = 2 T + 1`` is never on a shortest path
-    that has an alternative, and distances ``>= 0.75 big`` (> T, even after rounding) are
-    exactly the unreachable pixels.
-    """
-    _, _, h, w = lengths.shape
+def _padded_out_lengths(lengths: Tensor) -> Tensor:
+    """Out-edge lengths [B, 8, H, W] on the padded image: ``out[b, k, y, x]`` is the edge from
+    padded pixel (y, x) towards offset k; +inf for every edge that touches the border (the
+    input's values for edges leaving the image are ignored)."""
+    b, _, h, w = lengths.shape
+    out = lengths.new_full((b, len(NEIGHBOUR_OFFSETS), h + 2, w + 2), float("inf"))
     for k, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
-        p_sl, _ = pair_slices(dy, dx, h, w)
-        if not torch.isfinite(lengths[:, k, p_sl[0], p_sl[1]]).all():
-            finite = lengths[torch.isfinite(lengths)]
-            return 2.0 * float(finite.double().sum()) + 1.0
-    return None
+        (py, px), _ = pair_slices(dy, dx, h, w)
+        out[:, k, py.start + 1 : py.stop + 1, px.start + 1 : px.stop + 1] = lengths[:, k, py, px]
+    return out
 
 
-def _frame_lengths(lengths: Tensor, transposed: bool) -> Tensor:
-    """Edge lengths [B, 8, h', w'] of the graph in a frame whose rows are the image's rows
-    (``transposed=False``) or its columns (``True``, offsets ``(dy, dx) -> (dx, dy)``)."""
-    if not transposed:
-        return lengths
+def _frame_edges(out: Tensor, transpose: bool) -> Tensor:
+    """In-edge lengths [5, n, 2, 1, B, w'] of a frame (the padded image, or its transpose) and
+    of its row-reversed twin, rows first. Channel j at frame pixel t is the length of the edge
+    into t from ``t + _PASS_OFFSETS[j]`` (frame coordinates), +inf where that pixel is
+    outside."""
     index = {off: k for k, off in enumerate(NEIGHBOUR_OFFSETS)}
-    order = [index[(dx, dy)] for dy, dx in NEIGHBOUR_OFFSETS]
-    return lengths.transpose(-1, -2)[:, order]
+    frame_out = (out.transpose(-1, -2) if transpose else out).permute(1, 2, 0, 3)  # [8, n, B, w]
+    _, n, b, w = frame_out.shape
+    into = out.new_full((len(NEIGHBOUR_OFFSETS), n, b, w), float("inf"))
+    for j, (a, c) in enumerate(NEIGHBOUR_OFFSETS):
+        # the edge into t leaves s = t + (a, c) with frame offset (-a, -c): image offset
+        # (-c, -a) in the transposed frame
+        k = index[(-c, -a) if transpose else (-a, -c)]
+        (ty, tx), (sy, sx) = pair_slices(a, c, n, w)
+        into[j, ty, :, tx] = frame_out[k, sy, :, sx]
+    edges = out.new_empty((len(_PASS_OFFSETS), n, 2, 1, b, w))
+    edges[:, :, 0, 0] = into[[index[off] for off in _PASS_OFFSETS]]
+    # the twin's row r is the frame's row n - 1 - r, its offset (a, c) the frame's (-a, c)
+    edges[:, :, 1, 0] = into[[index[(-a, c)] for a, c in _PASS_OFFSETS]].flip(1)
+    return edges
 
 
-class _Frame:
-    """Row-by-row relaxation of all distance maps in one frame: the image with its rows as rows
-    (``transposed=False``) or its columns as rows (``True``), so that column passes are row
-    passes of the transposed frame. Layout, rows first so that each row is one contiguous block:
+def _transpose_into(dst: Tensor, src: Tensor, reduce: bool) -> None:
+    """``dst`` [W, M, B, H] = the images of ``src`` [H, M, B, W] transposed (or, ``reduce``,
+    the minimum of both). A transposing copy reads memory far apart; done a few sources at a
+    time, what it reads stays in cache."""
+    step = max(1, _CHUNK // max(1, src[:, 0].numel()))
+    for j in range(0, src.shape[1], step):
+        d, t = dst[:, j : j + step], src[:, j : j + step].permute(3, 1, 2, 0)
+        torch.minimum(d, t, out=d) if reduce else d.copy_(t)
 
-      ``buf`` [h', B, M, w' + 2]: the distances, +inf in the two pad columns;
-      ``above[j]``, ``below[j]`` [h', B, 1, w']: length of the edge into (y, x) from
-        (y - 1, x - 1 + j), resp. (y + 1, x - 1 + j), j = 0, 1, 2; +inf where that is outside;
-      ``right_prefix`` [h', B, 1, w']: ``W[x]`` = sum of the rightward edge lengths left of x;
-      ``left_prefix`` [h', B, 1, w']: the same for the row read right to left (leftward edges),
-        indexed in flipped order.
+
+def _downward_pass(x: Tensor, edges: Tensor) -> None:
+    """Relax the rows of ``x`` [n, S, M, B, w] top to bottom, in place: row ``y`` takes the
+    best of its three in-edges from row ``y - 1`` (already final for this pass), then of its
+    in-edges from its left and right neighbours, the left one first: ten tensor operations per
+    row. ``edges`` [5, n, S, 1, B, w]: in-edge lengths (:func:`_frame_edges`). The first and
+    last rows are the +inf border and are skipped.
+
+    A row [S, M, B * w] is shifted by one pixel along its flattened last axis; that pairs the
+    border pixels of neighbouring images, and every edge touching the border is +inf.
     """
-
-    def __init__(self, lengths: Tensor, transposed: bool, m: int, big: float | None) -> None:
-        rows_first = _frame_lengths(lengths, transposed).permute(2, 0, 1, 3)  # [h', B, 8, w']
-        h, b, _, w = rows_first.shape
-        k = {off: i for i, off in enumerate(NEIGHBOUR_OFFSETS)}
-        inf = float("inf")
-        padded = torch.nn.functional.pad(rows_first, (1, 1), value=inf)  # column x at x + 1
-        self.above, self.below = [], []
-        for j, dx_src in enumerate((-1, 0, 1)):
-            cols = slice(1 + dx_src, 1 + dx_src + w)
-            above = torch.full((h, b, w), inf, dtype=torch.float64, device=lengths.device)
-            below = above.clone()
-            above[1:] = padded[:-1, :, k[(1, -dx_src)], cols]  # edges are stored at their source
-            below[:-1] = padded[1:, :, k[(-1, -dx_src)], cols]
-            self.above.append(above.unsqueeze(2))
-            self.below.append(below.unsqueeze(2))
-        right = rows_first[:, :, k[(0, 1)], :-1]  # x -> x + 1, for x < w' - 1
-        left = rows_first[:, :, k[(0, -1)], 1:].flip(-1)  # x + 1 -> x, read right to left
-        if big is not None:
-            right = torch.nan_to_num(right, posinf=big)
-            left = torch.nan_to_num(left, posinf=big)
-        zero = torch.zeros(h, b, 1, dtype=torch.float64, device=lengths.device)
-        self.right_prefix = torch.cat([zero, right.cumsum(-1)], dim=-1).unsqueeze(2)
-        self.left_prefix = torch.cat([zero, left.cumsum(-1)], dim=-1).unsqueeze(2)
-        self.buf = torch.full((h, b, m, w + 2), inf, dtype=torch.float64, device=lengths.device)
-
-    @property
-    def distances(self) -> Tensor:
-        """View [h', B, M, w'] of the distances (without the pad columns)."""
-        return self.buf[..., 1:-1]
-
-    def sweep(self, downwards: bool) -> None:
-        """One pass: relax every row from the row before it (top to bottom, or bottom to top),
-        then close it under moves along the row."""
-        h = self.buf.shape[0]
-        rows = range(h) if downwards else range(h - 1, -1, -1)
-        incoming = self.above if downwards else self.below
-        step = -1 if downwards else 1
-        for y in rows:
-            cur = self.buf[y, ..., 1:-1]
-            if 0 <= y + step < h:
-                prev = self.buf[y + step]
-                cand = prev[..., :-2] + incoming[0][y]
-                torch.minimum(cand, prev[..., 1:-1] + incoming[1][y], out=cand)
-                torch.minimum(cand, prev[..., 2:] + incoming[2][y], out=cand)
-                torch.minimum(cand, cur, out=cand)
-            else:
-                cand = cur
-            cur.copy_(_row_scans(cand, self.right_prefix[y], self.left_prefix[y]))
-
-    def optimal_after_upward_pass(self, rtol: float) -> bool:
-        """Bellman's optimality condition ``d[q] <= d[p] + l(p -> q)`` on every edge, given that
-        the last pass went upwards.
-
-        An upward pass leaves every row closed under the edges from the row below it and
-        along the row (the row below was final when it was relaxed, and the row itself is not
-        touched again). Only the edges from the row above can be violated, because that row was
-        lowered afterwards: those 3 directions are checked here, for all rows at once. When they
-        hold, ``d`` (every value being the length of some path) is the shortest-path distance.
-        ``rtol`` (relative) absorbs float rounding.
-        """
-        if self.buf.shape[0] < 2:
-            return True
-        prev = self.buf[:-1]
-        target = self.buf[1:, ..., 1:-1] * (1.0 - rtol)
-        for j in range(3):
-            if torch.lt(prev[..., j : j + target.shape[-1]] + self.above[j][1:], target).any():
-                return False
-        return True
+    n, s, m, b, w = x.shape
+    rows = x.view(n, s, m, b * w)
+    up_left, up, up_right, left, right = edges.view(len(_PASS_OFFSETS), n, s, 1, b * w)
+    # every view the loop needs, made up front (unbind: one call per tensor, not per row);
+    # "tail" drops a row's first pixel, "head" its last: pixel x of tail is pixel x + 1
+    row, tail, head = rows.unbind(0), rows[..., 1:].unbind(0), rows[..., :-1].unbind(0)
+    from_up, from_up_left, from_up_right = up.unbind(0), up_left[..., 1:].unbind(0), up_right[..., :-1].unbind(0)
+    from_left, from_right = left[..., 1:].unbind(0), right[..., :-1].unbind(0)
+    for y in range(1, n - 1):
+        torch.minimum(row[y], row[y - 1] + from_up[y], out=row[y])
+        torch.minimum(tail[y], head[y - 1] + from_up_left[y], out=tail[y])
+        torch.minimum(head[y], tail[y - 1] + from_up_right[y], out=head[y])
+        torch.minimum(tail[y], head[y] + from_left[y], out=tail[y])
+        torch.minimum(head[y], tail[y] + from_right[y], out=head[y])
 
 
-def _row_scans(row: Tensor, right_prefix: Tensor, left_prefix: Tensor) -> Tensor:
-    """Close rows [..., w] under moves along the row: two exact min-plus prefix scans.
+class _Sweeper:
+    """The edge lengths of a batch of images laid out for the sweeps: ``rows`` and ``cols``
+    [5, n, 2, 1, B, w'] (:func:`_frame_edges` of the image and of its transpose) and
+    ``out_edges`` [8, H, 1, B, W] (padded out-edge lengths, rows first, for the optimality
+    check)."""
 
-    ``d'[x] = min(W[x] + min_{t<=x}(d[t] - W[t]), V[x] + min_{t>=x}(d[t] - V[t]))`` where
-    ``W`` / ``V`` sum the rightward / leftward edge lengths from the left / right end (``V`` is
-    stored for the flipped row). Both scans start from the same ``d`` since a shortest path
-    along a row never turns back (lengths are non-negative). The final ``min`` with ``d``
-    keeps ``d' <= d`` exactly (``(d - W) + W`` may round up by an ulp).
-    """
-    to_right = torch.cummin(row - right_prefix, dim=-1).values.add_(right_prefix)
-    flipped = row.flip(-1).sub_(left_prefix)
-    to_left = torch.cummin(flipped, dim=-1).values.add_(left_prefix).flip(-1)
-    torch.minimum(to_right, to_left, out=to_right)
-    return torch.minimum(to_right, row, out=to_right)
+    def __init__(self, lengths: Tensor) -> None:
+        out = _padded_out_lengths(lengths)
+        self.rows, self.cols = _frame_edges(out, False), _frame_edges(out, True)
+        self.out_edges = out.permute(1, 2, 0, 3).unsqueeze(2).contiguous()
+
+    def select(self, images: Tensor) -> _Sweeper:
+        """The same for a subset [B'] of the images."""
+        sub = object.__new__(_Sweeper)
+        sub.rows, sub.cols = self.rows.index_select(4, images), self.cols.index_select(4, images)
+        sub.out_edges = self.out_edges.index_select(3, images)
+        return sub
+
+    @staticmethod
+    def new_state(dist: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Working memory for the distances ``dist`` [H, M, B, W]: the state (a copy of
+        ``dist``), and the buffers of the rows frames [H, 2, M, B, W] (whose first frame *is*
+        the state) and of the columns frames [W, 2, M, B, H]."""
+        hh, m, b, ww = dist.shape
+        rows, cols = dist.new_empty((hh, 2, m, b, ww)), dist.new_empty((ww, 2, m, b, hh))
+        state = rows[:, 0]
+        state.copy_(dist)
+        return state, rows, cols
+
+    def sweep(self, state: Tensor, rows: Tensor, cols: Tensor) -> None:
+        """One sweep, in place: the downward and upward passes (in lockstep, both from the same
+        distances), then the rightward and leftward passes (from the result)."""
+        rev_rows = torch.arange(rows.shape[0] - 1, -1, -1, device=rows.device)
+        rows[:, 1].index_copy_(0, rev_rows, state)
+        _downward_pass(rows, self.rows)
+        torch.minimum(state, rows[:, 1].index_select(0, rev_rows), out=state)
+
+        rev_cols = torch.arange(cols.shape[0] - 1, -1, -1, device=cols.device)
+        _transpose_into(cols[:, 0], state, reduce=False)
+        cols[:, 1].index_copy_(0, rev_cols, cols[:, 0])
+        _downward_pass(cols, self.cols)
+        torch.minimum(cols[:, 0], cols[:, 1].index_select(0, rev_cols), out=cols[:, 0])
+        _transpose_into(state, cols[:, 0], reduce=True)
+
+    def violations(self, state: Tensor, rtol: float, rows: Tensor, cols: Tensor) -> Tensor:
+        """Maps [B', M] (bool) whose distances ``state`` [H, M, B', W] break Bellman's
+        optimality condition on some edge, ``d[q] > (d[p] + l(p -> q)) (1 + rtol)``: every
+        pixel's best in-edge candidate over the 8 directions, then one comparison, all with
+        whole-tensor operations. Flat shifts of a row [M, B' * W] by ``dx`` pair the border
+        pixels of neighbouring images, whose edges are +inf. Work space: the spent frames of
+        the buffers ``rows`` and ``cols`` (:meth:`new_state`)."""
+        hh, m, b, ww = state.shape
+        d = state.view(hh, m, b * ww)
+        out_edges = self.out_edges.view(len(NEIGHBOUR_OFFSETS), hh, 1, b * ww)
+        best = rows[:, 1].view(d.shape).fill_(float("inf"))
+        spare = cols.view(-1)[: d.numel()].view(d.shape)
+        for k, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+            (sy, sx), (ty, tx) = pair_slices(dy, dx, hh, b * ww)
+            into = best[ty, :, tx]
+            cand = spare[: into.shape[0], :, : into.shape[2]]
+            torch.add(d[sy, :, sx], out_edges[k, sy, :, sx], out=cand)
+            torch.minimum(into, cand, out=into)
+        bad = torch.gt(d, best.mul_(1.0 + rtol)).view(hh, m, b, ww)
+        return bad.any(3).any(0).t()
+
+
+def _active_index(active: Tensor) -> tuple[Tensor, Tensor]:
+    """Images [B'] with an active map and, per image, the indices [B', M'] of its active maps
+    (M' = most active maps of one image; shorter lists are padded by repeating their first
+    map, which is harmless: the copies get identical results)."""
+    images = active.any(1).nonzero().squeeze(1)
+    act = active[images]
+    count = act.sum(1)
+    order = torch.sort((~act).to(torch.uint8), dim=1, stable=True).indices  # active ones first
+    width = int(count.max())
+    slots = torch.arange(width, device=active.device)
+    maps = torch.where(slots < count[:, None], order[:, :width], order[:, :1])
+    return images, maps
 
 
 def _sweep_solver(
-    lengths: Tensor, flat: list[Tensor], max_sweeps: int | None, log: dict[str, Any] | None
+    lengths: Tensor,
+    flat: list[Tensor],
+    max_sweeps: int | None,
+    log: dict[str, Any] | None,
+    work_dtype: torch.dtype,
 ) -> list[Tensor]:
     b, _, h, w = lengths.shape
     device = lengths.device
@@ -343,41 +398,47 @@ def _sweep_solver(
     m = max((u.numel() for u, _ in uniques), default=0)
     if m == 0:
         if log is not None:
-            log.update(sweeps=0, passes=0, converged=True)
+            log.update(sweeps=0, passes=0, converged=True, maps_per_sweep=[])
         return [torch.zeros(0, h, w, dtype=lengths.dtype, device=device) for _ in flat]
 
-    big = _big_length(lengths)
-    lengths64 = lengths.double()
-    rows, cols = _Frame(lengths64, False, m, big), _Frame(lengths64, True, m, big)
-    # rows.distances[y, b, j, x]: distance from the j-th distinct source of image b; it starts
-    # at 0 on the source, +inf elsewhere. Images with fewer than m sources are padded with
-    # sources-less maps that stay +inf.
+    rtol = _RTOL[work_dtype]
+    sweeper = _Sweeper(lengths.to(work_dtype))
+    # dist[y, j, i, x]: distance from the j-th distinct source of image i to padded pixel
+    # (y, x); 0 on the source, +inf elsewhere. Images with fewer than m sources are padded
+    # with maps that stay +inf (and are never active).
+    start = torch.full((h + 2, m, b, w + 2), float("inf"), dtype=work_dtype, device=device)
+    dist, rows, cols = sweeper.new_state(start)
+    active = torch.zeros(b, m, dtype=torch.bool, device=device)
     for i, (u, _) in enumerate(uniques):
-        rows.distances[u // w, i, torch.arange(u.numel(), device=device), u % w] = 0.0
-    # One sweep: rows down and up, then columns down and up (Gauss-Seidel: each pass starts
-    # from the latest distances); optimality is checked after each upward pass. The cap is
-    # provably enough: every sweep extends the exactly known part of each shortest path by at
-    # least one edge.
+        dist[u // w + 1, torch.arange(u.numel(), device=device), i, u % w + 1] = 0.0
+        active[i, : u.numel()] = True
+
     cap = h * w + 1 if max_sweeps is None else max_sweeps
-    sweeps, passes, converged = 0, 0, False
-    result = rows
-    while sweeps < cap and not converged:
+    sweeps, maps_per_sweep, converged = 0, [], False
+    while sweeps < cap:
         sweeps += 1
-        for frame, other in ((rows, cols), (cols, rows)):
-            if frame is cols or sweeps > 1:
-                frame.distances.copy_(other.distances.permute(3, 1, 2, 0))  # swap rows/columns
-            frame.sweep(downwards=True)
-            frame.sweep(downwards=False)
-            passes += 2
-            if frame.optimal_after_upward_pass(_RTOL):
-                converged, result = True, frame
-                break
-    # rows frame [h, B, M, w], columns frame [w, B, M, h] -> [B, M, h, w]
-    d = rows.distances.permute(1, 2, 0, 3) if result is rows else cols.distances.permute(1, 2, 3, 0)
+        maps_per_sweep.append(int(active.sum()))
+        images, maps = _active_index(active)
+        if images.numel() == b and maps.shape[1] == m:  # (nearly) all maps: in place
+            sweeper.sweep(dist, rows, cols)
+            # On real maps nearly every map needs a second sweep (benchmarks/geodesic.py),
+            # so a check after the first one would only cost time (unless it is the last).
+            if sweeps == 1 and cap > 1:
+                continue
+            active = sweeper.violations(dist, rtol, rows, cols)
+        else:  # only the maps that are not optimal yet
+            sub = sweeper.select(images)
+            sub_dist, sub_rows, sub_cols = sub.new_state(dist[:, maps.t(), images])
+            sub.sweep(sub_dist, sub_rows, sub_cols)
+            dist[:, maps.t(), images] = sub_dist
+            active = torch.zeros_like(active)
+            active[images[:, None], maps] = sub.violations(sub_dist, rtol, sub_rows, sub_cols)
+        if not active.any():
+            converged = True
+            break
     if log is not None:
-        log.update(sweeps=sweeps, passes=passes, converged=converged)
+        log.update(sweeps=sweeps, passes=4 * sweeps, converged=converged, maps_per_sweep=maps_per_sweep)
     if not converged:
         raise RuntimeError(f"geodesic_distances: torch backend did not converge within max_sweeps={cap} sweeps")
-    if big is not None:  # distances through a stand-in edge are >= big: unreachable
-        d = d.masked_fill(d >= 0.75 * big, float("inf"))
-    return [d[i, inverse].to(lengths.dtype) for i, (_, inverse) in enumerate(uniques)]
+    out = dist[1:-1, :, :, 1:-1].permute(2, 1, 0, 3)  # [B, M, h, w]
+    return [out[i, inverse].to(lengths.dtype) for i, (_, inverse) in enumerate(uniques)]
