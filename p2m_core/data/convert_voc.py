@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from p2m_core.data.panoptic_format import id2rgb
+from p2m_core.data.panoptic_format import coco_segments_info, id2rgb
 from p2m_core.errors import P2MInputError
 from p2m_core.progress import Progress
 from p2m_core.io import PathLike, atomic_write_bytes, atomic_write_json, atomic_write_png
@@ -133,7 +133,7 @@ def panoptic_from_maps(
     if class_map.shape != instance_map.shape or class_map.ndim != 2:
         raise ValueError(f"class map {class_map.shape} and instance map {instance_map.shape} must be equal HxW")
     segment_ids = np.zeros(class_map.shape, dtype=np.int64)
-    segments: list[dict[str, Any]] = []
+    categories: list[int] = []
     dropped: list[int] = []
     next_id = 1
     for k in np.unique(instance_map).tolist():
@@ -152,25 +152,14 @@ def panoptic_from_maps(
             dropped.append(int(k))
             continue
         segment_ids[mask] = next_id
-        segments.append(_segment_info(next_id, category, mask))
+        categories.append(category)
         next_id += 1
     background = (instance_map == 0) & (class_map == 0)
     if background.any():
         segment_ids[background] = next_id
-        segments.append(_segment_info(next_id, BACKGROUND_ID, background))
+        categories.append(BACKGROUND_ID)
+    segments = coco_segments_info(segment_ids, range(1, len(categories) + 1), categories)
     return segment_ids, segments, dropped
-
-
-def _segment_info(segment_id: int, category_id: int, mask: np.ndarray) -> dict[str, Any]:
-    ys, xs = np.nonzero(mask)
-    x0, y0 = int(xs.min()), int(ys.min())
-    return {
-        "id": segment_id,
-        "category_id": category_id,
-        "iscrowd": 0,
-        "area": int(mask.sum()),
-        "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-    }
 
 
 # --------------------------------------------------------------------------- reading inputs

@@ -14,9 +14,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_json
@@ -43,6 +45,51 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     rgb[..., 1] = (ids // 256) % 256
     rgb[..., 2] = ids // (256 * 256)
     return rgb
+
+
+def segment_stats(ids: np.ndarray, segment_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel area and COCO box ``[x, y, w, h]`` of each segment of an id map.
+
+    Parameters
+    ----------
+    ids : [H, W] integer segment ids.
+    segment_ids : [K] ids to measure.
+
+    Returns
+    -------
+    area : [K] int64 (0 for an id absent from ``ids``).
+    bbox : [K, 4] int64 ``[x_min, y_min, x_max - x_min + 1, y_max - y_min + 1]`` (zeros when absent).
+    """
+    ids = np.asarray(ids)
+    keys = np.asarray(segment_ids, dtype=np.int64)
+    present, inverse = np.unique(ids, return_inverse=True)
+    inverse = inverse.reshape(ids.shape)
+    area_present = np.bincount(inverse.ravel(), minlength=len(present))
+    slices = ndimage.find_objects(inverse + 1)  # labels 1..len(present)
+    area = np.zeros(len(keys), dtype=np.int64)
+    bbox = np.zeros((len(keys), 4), dtype=np.int64)
+    position = np.searchsorted(present, keys)
+    for k, pos in enumerate(position):
+        if pos < len(present) and present[pos] == keys[k] and slices[pos] is not None:
+            rows, cols = slices[pos]
+            area[k] = area_present[pos]
+            bbox[k] = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+    return area, bbox
+
+
+def coco_segments_info(
+    ids: np.ndarray, segment_ids: Sequence[int], category_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    """``segments_info`` entries (``id, category_id, iscrowd=0, area, bbox``) measured on ``ids``.
+
+    Area and box come from the pixels, as the COCO panoptic format defines them, so every
+    writer of the format (synthetic data, VOC conversion, predictions) measures them one way.
+    """
+    area, bbox = segment_stats(ids, segment_ids)
+    return [
+        {"id": int(sid), "category_id": cid, "iscrowd": 0, "area": int(a), "bbox": [int(v) for v in box]}
+        for sid, cid, a, box in zip(segment_ids, category_ids, area, bbox)
+    ]
 
 
 @dataclass(frozen=True)

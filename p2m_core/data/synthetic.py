@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from p2m_core.config import SyntheticConfig
-from p2m_core.data.panoptic_format import id2rgb
+from p2m_core.data.panoptic_format import coco_segments_info, id2rgb
 from p2m_core.errors import P2MInputError
 from p2m_core.progress import Progress
 from p2m_core.io import PathLike, atomic_write_json, atomic_write_png
@@ -326,7 +326,7 @@ def generate_image(seed: int, split: str, index: int, size: int) -> tuple[np.nda
     lut = np.zeros(len(dist) + len(things), np.int64)
     lut[order] = seg_ids
     ids = lut[layers]
-    segments = [_segment_info(ids, int(sid), cid) for sid, cid in zip(seg_ids, categories)]
+    segments = coco_segments_info(ids, seg_ids, categories)
     return rgb, ids, segments
 
 
@@ -335,19 +335,6 @@ def _distinct_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     while len(np.unique(ids)) < n:  # vanishingly rare; redraw deterministically
         ids = rng.integers(1, 256**3, size=n)
     return ids
-
-
-def _segment_info(ids: np.ndarray, segment_id: int, category_id: int) -> dict:
-    """``segments_info`` entry with area and bbox [x, y, w, h] measured on the id map."""
-    ys, xs = np.nonzero(ids == segment_id)
-    x0, y0 = int(xs.min()), int(ys.min())
-    return {
-        "id": segment_id,
-        "category_id": category_id,
-        "iscrowd": 0,
-        "area": int(len(ys)),
-        "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
-    }
 
 
 # ---------------------------------------------------------------------------- dataset

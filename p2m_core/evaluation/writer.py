@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from p2m_core.data.panoptic_format import id2rgb
+from p2m_core.data.panoptic_format import coco_segments_info, id2rgb, segment_stats
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, atomic_write_json, atomic_write_png
 
@@ -35,38 +35,6 @@ __all__ = [
     "segments_from_labels",
     "segments_from_semantic_instance",
 ]
-
-
-def segment_stats(ids: np.ndarray, segment_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel area and COCO box ``[x, y, w, h]`` of each segment of an id map.
-
-    Parameters
-    ----------
-    ids : [H, W] integer segment ids.
-    segment_ids : [K] ids to measure.
-
-    Returns
-    -------
-    area : [K] int64 (0 for an id absent from ``ids``).
-    bbox : [K, 4] int64 ``[x_min, y_min, x_max - x_min + 1, y_max - y_min + 1]`` (zeros when absent).
-    """
-    from scipy import ndimage
-
-    ids = np.asarray(ids)
-    keys = np.asarray(segment_ids, dtype=np.int64)
-    present, inverse = np.unique(ids, return_inverse=True)
-    inverse = inverse.reshape(ids.shape)
-    area_present = np.bincount(inverse.ravel(), minlength=len(present))
-    slices = ndimage.find_objects(inverse + 1)  # labels 1..len(present)
-    area = np.zeros(len(keys), dtype=np.int64)
-    bbox = np.zeros((len(keys), 4), dtype=np.int64)
-    position = np.searchsorted(present, keys)
-    for k, pos in enumerate(position):
-        if pos < len(present) and present[pos] == keys[k] and slices[pos] is not None:
-            rows, cols = slices[pos]
-            area[k] = area_present[pos]
-            bbox[k] = (cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-    return area, bbox
 
 
 def segments_from_labels(
@@ -222,21 +190,12 @@ class PanopticPredictionWriter:
         if unlisted:
             raise P2MInputError(f"{where}: ids {unlisted[:10]} are in the map but not in segments")
         keys = list(listed)
-        area, bbox = segment_stats(ids, keys)
         segments_info = []
-        for k, sid in enumerate(keys):
-            if area[k] == 0:
-                warnings.warn(f"{where}: segment {sid} has no pixel and is dropped", stacklevel=2)
+        for seg in coco_segments_info(ids, keys, [listed[sid] for sid in keys]):
+            if seg["area"] == 0:
+                warnings.warn(f"{where}: segment {seg['id']} has no pixel and is dropped", stacklevel=2)
                 continue
-            segments_info.append(
-                {
-                    "id": sid,
-                    "category_id": listed[sid],
-                    "area": int(area[k]),
-                    "bbox": [int(v) for v in bbox[k]],
-                    "iscrowd": 0,
-                }
-            )
+            segments_info.append(seg)
         atomic_write_png(self.out_folder / file_name, id2rgb(ids))
         annotation = {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}
         self._annotations.append(annotation)
