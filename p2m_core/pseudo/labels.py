@@ -117,7 +117,7 @@ class PseudoLabels:
     disagreement : Tensor [B] float
         Share of transported pixels whose OT label differs from the MC label (NaN for ``mc``).
     timings : dict[str, float]
-        Wall-clock seconds per stage (synchronised on CUDA).
+        Wall-clock seconds per stage (per-stage GPU times on CUDA only with ``profile=True``).
     """
 
     panoptic: Tensor
@@ -154,10 +154,11 @@ class PseudoLabels:
 
 
 class _Timer:
-    """Stage timings; synchronises CUDA so a stage's time is its own."""
+    """Stage timings. On CUDA it synchronises at each stage only when asked (``profile``):
+    a sync per stage would stall the training step, so by default CUDA timings are host times."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+    def __init__(self, device: torch.device, synchronize: bool = False) -> None:
+        self.cuda = device.type == "cuda" and synchronize
         self.times: dict[str, float] = {}
         self._t = self._now()
 
@@ -275,7 +276,9 @@ def distance_maps(
     return out
 
 
-def generate_pseudo_labels(maps: TaskMaps, points: list[PointSet], cfg: Any) -> PseudoLabels:
+def generate_pseudo_labels(
+    maps: TaskMaps, points: list[PointSet], cfg: Any, *, profile: bool = False
+) -> PseudoLabels:
     """Pseudo panoptic labels for a batch of images from their maps and points (module docstring).
 
     Parameters
@@ -289,6 +292,9 @@ def generate_pseudo_labels(maps: TaskMaps, points: list[PointSet], cfg: Any) -> 
     cfg : PseudoConfig
         The ``pseudo`` config section: maps, beta, extra_weight, graph_stride, mask_stride,
         k_scheme, centroid_iters, assignment, mc_decode, sinkhorn_* and geodesic_backend.
+    profile : bool
+        On CUDA, synchronise after each stage so that ``timings`` are per-stage GPU times
+        (off by default: it would stall the training step).
 
     Returns
     -------
@@ -302,7 +308,7 @@ def generate_pseudo_labels(maps: TaskMaps, points: list[PointSet], cfg: Any) -> 
     B, C, H, W = sem.shape
     N = H * W
     dev = sem.device
-    timer = _Timer(dev)
+    timer = _Timer(dev, synchronize=profile)
     check_points(points, B, C, H, W)
     yx, labels, is_thing, pmask = pad_points(points, dev)
     M = yx.shape[1]
