@@ -21,15 +21,19 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt pyproject.
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The demo keeps everything under $(DEMO)/: data, the MLflow store and its artifacts, plots.
+DEMO_STORE := sqlite:///$(abspath $(DEMO))/mlflow.db
+SWEEPS     := experiments/sweeps
+
 demo: setup
-	$(PY) -m p2m_core.data.synthetic --out $(DEMO)/data --num-train 24 --num-val 8 --size 128 --seed 0
-	$(PY) -m p2m_core.data.points --panoptic-json $(DEMO)/data/panoptic_val.json \
-		--panoptic-dir $(DEMO)/data/panoptic_val --out $(DEMO)/data/points_val.json --seed 0
-	$(PY) -m p2m_core.evaluation --gt-json $(DEMO)/data/panoptic_val.json \
-		--pred-json $(DEMO)/data/panoptic_val.json --out $(DEMO)/pq_gt_vs_gt.json
-	$(PY) -m p2m_core.pseudo.evaluate --config experiments/ablation_synthetic.yaml \
-		--data-root $(DEMO)/data --split val --source oracle_corrupt --sweep --overlays 4 \
-		--out $(DEMO)/ablation
+	$(PY) -m p2m_core.data.synthetic --out $(DEMO)/data --num-train 0 --num-val 8 --size 128 --seed 0
+	MLFLOW_TRACKING_URI=$(DEMO_STORE) $(PY) -m ray_jobs.sweep $(SWEEPS)/table5.yaml $(SWEEPS)/table7.yaml \
+		$(SWEEPS)/sinkhorn.yaml --set data.root=$(DEMO)/data
+	@for table in table5 table7 sinkhorn; do \
+		MLFLOW_TRACKING_URI=$(DEMO_STORE) $(PY) -m analysis.tables --table $$table --format md || exit 1; echo; \
+	done
+	MLFLOW_TRACKING_URI=$(DEMO_STORE) $(PY) -m analysis.plots --out $(DEMO)/plots
+	@echo "Compare the runs in the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri $(DEMO_STORE)"
 
 clean-venv:
 	rm -rf $(VENV)

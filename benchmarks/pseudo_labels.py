@@ -50,6 +50,11 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 from torch import Tensor
 
+from p2m_core.ablation.sources import (
+    corrupt_boundary,
+    corrupt_semantic,
+    instance_boundaries,
+)
 from p2m_core.config import PseudoConfig
 from p2m_core.pseudo.capacities import nearest_centroid
 from p2m_core.pseudo.edge_lengths import NEIGHBOUR_OFFSETS
@@ -59,11 +64,6 @@ from p2m_core.pseudo.labels import (
     graph_factor,
 )
 from p2m_core.pseudo.maps import PointSet, TaskMaps
-from p2m_core.pseudo.oracle import (
-    corrupt_boundary,
-    corrupt_semantic,
-    instance_boundaries,
-)
 
 THING_CLASSES = 10
 STUFF_CLASSES = 5

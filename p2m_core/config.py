@@ -9,10 +9,14 @@ A config is a tree of dataclasses (:class:`Config`). It is built from YAML in th
 3. :func:`from_dict` builds the dataclasses, rejecting unknown keys and wrong types with
    the file (or ``--set``), the dotted key and the value in the message.
 
-Defaults are the paper's values (Sec. 4.2, ``paper_tables.yaml: settings``) where the paper
-gives one; elsewhere they are documented beside the field. :func:`resolve` turns a config
-into the flat dotted dict logged as MLflow params and a stable hash used to de-duplicate
-sweep trials.
+Defaults are the paper's values (Sec. 4.2; docs/METHOD.md, "Paper tables and the sweeps that
+answer them") where the paper gives one; elsewhere they are documented beside the field.
+
+This module is the one source of truth for the allowed values of every choice (the ``Literal``
+aliases below and their tuples, e.g. :data:`K_SCHEMES`), for range checks (a section's
+``invalid_fields``), and for what a run's hash covers (:data:`STAGE_KEYS`, :func:`stage_hash`;
+docs/TRACKING.md, "The config hash"). :func:`resolve` turns a config into the flat dotted dict
+logged as MLflow params.
 """
 
 from __future__ import annotations
@@ -32,7 +36,28 @@ import yaml
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, atomic_write_text, load_yaml
 
+# --------------------------------------------------------------------------- allowed values
+# Each choice is a Literal alias (used in the dataclasses, so loading checks it) and a tuple of
+# the same values (imported by the code that branches on it). Define a new value here only.
 MapName = Literal["semantic", "boundary_low", "boundary_high"]
+KScheme = Literal["equal_division", "nearest_point", "nearest_centroid"]
+Assignment = Literal["ot", "mc"]
+McDecode = Literal["argmin", "psps"]
+SinkhornMode = Literal["reference", "converged"]
+GeodesicBackend = Literal["scipy", "torch"]
+MapSourceKind = Literal["oracle", "oracle_corrupt", "image", "checkpoint"]
+PointsFrom = Literal["sample", "file"]
+SplitName = Literal["train", "val"]
+Device = Literal["auto", "cpu", "cuda"]
+
+MAP_NAMES: tuple[str, ...] = typing.get_args(MapName)
+K_SCHEMES: tuple[str, ...] = typing.get_args(KScheme)
+ASSIGNMENTS: tuple[str, ...] = typing.get_args(Assignment)
+MC_DECODES: tuple[str, ...] = typing.get_args(McDecode)
+SINKHORN_MODES: tuple[str, ...] = typing.get_args(SinkhornMode)
+GEODESIC_BACKENDS: tuple[str, ...] = typing.get_args(GeodesicBackend)
+MAP_SOURCES: tuple[str, ...] = typing.get_args(MapSourceKind)
+SPLITS: tuple[str, ...] = typing.get_args(SplitName)
 
 
 # --------------------------------------------------------------------------- sections
@@ -83,7 +108,7 @@ class DataConfig:
 
 @dataclass
 class PseudoConfig:
-    """Pseudo-label generation by optimal transport (paper Sec. 3.2-3.3, ALGORITHM.md)."""
+    """Pseudo-label generation by optimal transport (paper Sec. 3.2-3.3; docs/METHOD.md)."""
 
     maps: list[MapName] = field(default_factory=lambda: ["semantic", "boundary_low", "boundary_high"])
     beta: float = 0.1  # weight of boundary terms in the edge length, Eq. 3 (paper)
@@ -92,18 +117,94 @@ class PseudoConfig:
     # predicts masks at 1/4, so the graph is 1/4 of the mask resolution.
     graph_stride: int = 16
     mask_stride: int = 4
-    k_scheme: Literal["equal_division", "nearest_point", "nearest_centroid"] = "nearest_centroid"
+    k_scheme: KScheme = "nearest_centroid"
     centroid_iters: int = 1  # paper Table 6; main experiments use 1
-    assignment: Literal["ot", "mc"] = "ot"
-    mc_decode: Literal["argmin", "psps"] = "argmin"
+    assignment: Assignment = "ot"
+    mc_decode: McDecode = "argmin"
     sinkhorn_iters: int = 80  # paper Sec. 4.2
     sinkhorn_epsilon: float = 1e-3  # reference code, raw cost units
     sinkhorn_tol: float = 1e-3  # marginal tolerance of the converged solver
     sinkhorn_max_iters: int = 2000  # cap of the converged solver
-    sinkhorn_mode: Literal["reference", "converged"] = "reference"
-    geodesic_backend: Literal["scipy", "torch"] = "torch"
+    sinkhorn_mode: SinkhornMode = "reference"
+    geodesic_backend: GeodesicBackend = "torch"
     point_dilation: int = 17  # reference: labelled points forced into P^s as 17x17 squares
     mc_warmup_iters: int = 0  # reference: 12k (VOC) / 60k (COCO) MC iterations before OT
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        """(field, expectation) pairs this section violates; empty when valid."""
+        bad = []
+        if "semantic" not in self.maps or len(set(self.maps)) != len(self.maps):
+            bad.append(("maps", "a list with 'semantic' and no repeats"))
+        for name in ("graph_stride", "mask_stride", "centroid_iters", "sinkhorn_iters", "sinkhorn_max_iters", "point_dilation"):
+            if getattr(self, name) < 1:
+                bad.append((name, "an integer >= 1"))
+        if self.graph_stride >= 1 and self.mask_stride >= 1 and self.graph_stride % self.mask_stride:
+            bad.append(("graph_stride", f"a multiple of pseudo.mask_stride ({self.mask_stride})"))
+        for name in ("sinkhorn_epsilon", "sinkhorn_tol"):
+            if not getattr(self, name) > 0:
+                bad.append((name, "a number > 0"))
+        for name in ("beta", "extra_weight"):
+            if not getattr(self, name) >= 0:
+                bad.append((name, "a number >= 0"))
+        if self.mc_warmup_iters < 0:
+            bad.append(("mc_warmup_iters", "an integer >= 0"))
+        return bad
+
+
+@dataclass
+class CorruptionConfig:
+    """How ``oracle_corrupt`` degrades the ground-truth maps (docs/METHOD.md, "The pseudo-label
+    ablation stage"). Sigmas are in mask pixels. The defaults give maps that are clearly imperfect
+    but still informative: a softened semantic map, a third of the boundaries missing."""
+
+    semantic_blur_sigma: float = 1.0
+    semantic_noise_std: float = 0.1
+    boundary_drop: float = 0.3  # fraction of boundary pixels set to 0
+    boundary_blur_sigma: float = 1.0
+    seed: int = 0  # with the image id, seeds each image's corruption
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        bad = [(n, "a number >= 0") for n in ("semantic_blur_sigma", "semantic_noise_std", "boundary_blur_sigma")
+               if not getattr(self, n) >= 0]
+        if not 0.0 <= self.boundary_drop <= 1.0:
+            bad.append(("boundary_drop", "a number in [0, 1]"))
+        if self.seed < 0:
+            bad.append(("seed", "an integer >= 0"))
+        return bad
+
+
+@dataclass
+class AblationConfig:
+    """The pseudo-label stage: pseudo masks made from maps of known quality and scored against
+    the ground truth, without training (docs/METHOD.md, "The pseudo-label ablation stage")."""
+
+    source: MapSourceKind = "oracle_corrupt"
+    checkpoint: str = ""  # model file for source=checkpoint
+    split: SplitName = "val"
+    # sample: one uniform point per segment drawn with data.point_seed (what a seed sweep varies);
+    # file: the split's point file (data.<split>.points), which must exist.
+    points: PointsFrom = "sample"
+    max_images: int = 0  # 0: every image of the split
+    void_semantic: Literal["zero", "uniform"] = "zero"  # P^s on void pixels of the oracle
+    oracle_boundary_low: Literal["gt", "edges", "none"] = "gt"  # P^b_low of the oracle sources
+    # Make P^s cost-ready as the training loop does (classes without a point zeroed, points
+    # forced to their class; p2m_core.pseudo.maps.semantic_cost_map).
+    cost_ready: bool = True
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    # Execution only (left out of the hash, see STAGE_KEYS): they change speed and artifacts,
+    # not the metrics.
+    batch_size: int = 8  # images per generate_pseudo_labels call
+    overlays: int = 4  # PNG overlays of the first N images
+    device: Device = "cpu"
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        bad = []
+        if self.source == "checkpoint" and not self.checkpoint:
+            bad.append(("checkpoint", "a model file path when ablation.source is 'checkpoint'"))
+        for name, low in (("max_images", 0), ("batch_size", 1), ("overlays", 0)):
+            if getattr(self, name) < low:
+                bad.append((name, f"an integer >= {low}"))
+        return bad
 
 
 @dataclass
@@ -140,7 +241,7 @@ class TrainConfig:
     lr_steps: list[int] = field(default_factory=list)  # epochs; paper COCO: [8, 12]
     grad_clip: float = 0.1
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     log_every: int = 10
 
 
@@ -162,11 +263,32 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# Fields left out of the hash: they name or place a run, they do not change what it computes.
-HASH_EXCLUDED_PREFIXES = ("name", "tracking.")
+# --------------------------------------------------------------------------- what a run computes from
+#: Bump when the code changes what some setting computes: runs hashed under another version
+#: are then never taken for finished (docs/TRACKING.md, "The config hash").
+HASH_VERSION = 1
+
+#: Dotted prefixes of the keys each stage reads, and the keys among them that change only speed
+#: or artifacts. A stage's hash covers exactly these, so e.g. ``train.lr`` never changes a
+#: ``pseudo`` trial's hash. Augmentation (``data.min_size`` ...) is training-only.
+STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "pseudo": {
+        "include": (
+            "data.dataset", "data.root", "data.train.", "data.val.", "data.point_seed", "data.edge_model",
+            "pseudo.", "ablation.",
+        ),
+        "exclude": ("ablation.batch_size", "ablation.overlays", "ablation.device"),
+    },
+    "train": {
+        "include": ("seed", "data.", "pseudo.", "model.", "loss.", "train."),
+        "exclude": ("data.num_workers", "train.log_every", "train.device"),
+    },
+}
+STAGES: tuple[str, ...] = tuple(STAGE_KEYS)
 
 
 # --------------------------------------------------------------------------- loading
@@ -210,7 +332,7 @@ def load_raw(path: PathLike, sources: dict[str, str] | None = None, _stack: tupl
     merged: dict = {}
     for base in bases:
         merged = _merge(merged, load_raw(path.parent / base, sources, _stack + (path,)), {}, "")
-    return _merge(merged, raw, sources, str(path))
+    return _merge(merged, raw, sources, f"config {path}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -237,19 +359,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(raw: dict, overrides: list[str], sources: dict[str, str] | None = None) -> dict:
+def apply_values(raw: dict, values: dict[str, Any], sources: dict[str, str] | None, source: str) -> dict:
+    """Set already-parsed values at dotted keys (a copy of ``raw``), recording ``source`` as
+    where each came from, so a later type error names it (e.g. a sweep spec's grid)."""
     raw = copy.deepcopy(raw)
-    for text in overrides:
-        keys, value = parse_override(text)
+    for dotted, value in values.items():
+        keys = dotted.split(".")
+        if not dotted or any(not k for k in keys):
+            raise P2MInputError(f"{source}: invalid key {dotted!r}")
         node = raw
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise P2MInputError(f"--set {text!r}: '{key}' is not a section")
+                raise P2MInputError(f"{source}: key {dotted!r}: '{key}' is not a section")
             node = child
-        node[keys[-1]] = value
+        node[keys[-1]] = copy.deepcopy(value)
         if sources is not None:
-            _record_sources(value, ".".join(keys), sources, "--set")
+            _record_sources(value, dotted, sources, source)
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str], sources: dict[str, str] | None = None) -> dict:
+    """Apply ``--set KEY=VALUE`` strings (values parsed as YAML, :func:`parse_override`)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        raw = apply_values(raw, {".".join(keys): value}, sources, "--set")
     return raw
 
 
@@ -324,7 +458,7 @@ def _build(
     """
     def source_of(dotted: str) -> str:
         if sources and dotted in sources:
-            return f"config {sources[dotted]}" if sources[dotted] != "--set" else "--set"
+            return sources[dotted]
         return fallback
 
     section = prefix.rstrip(".") or "<top level>"
@@ -350,9 +484,16 @@ def _build(
             kwargs[f.name] = _build(tp, raw[f.name], dotted + ".", None, sources, source_of(dotted), default)
         else:
             kwargs[f.name] = _coerce(raw[f.name], tp, dotted, source_of(dotted))
-    if base is not None:
-        return dataclasses.replace(base, **kwargs)
-    return cls(**kwargs)
+    built = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    check = getattr(built, "invalid_fields", None)
+    for name, expected in check() if check is not None else ():
+        dotted = f"{prefix}{name}"
+        # A field left at its default may be invalid because of another one (a cross-field
+        # rule): blame the source that set something in this section.
+        given = [f"{prefix}{key}" for key in raw if sources and f"{prefix}{key}" in sources]
+        where = source_of(dotted if (sources and dotted in sources) or not given else given[0])
+        raise P2MInputError(f"{where}: key '{dotted}' expects {expected}, got {getattr(built, name)!r}")
+    return built
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -396,28 +537,44 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def stage_keys(cfg: Config, stage: str) -> dict[str, Any]:
+    """The flat ``{dotted key: value}`` that ``stage`` reads (:data:`STAGE_KEYS`)."""
+    if stage not in STAGE_KEYS:
+        raise P2MInputError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    rule = STAGE_KEYS[stage]
+    flat = flatten(to_dict(cfg))
+    return {k: v for k, v in flat.items() if _matches(k, rule["include"]) and not _matches(k, rule["exclude"])}
+
+
+def stage_hash(cfg: Config, stage: str) -> str:
+    """16 hex digits identifying what ``stage`` computes from ``cfg``.
+
+    SHA-256 over canonical JSON of ``{"version": HASH_VERSION, "stage": stage, "config":
+    stage_keys(cfg, stage)}``: stable across processes and machines, blind to the run's name,
+    tracking location and execution settings, and different for different stages.
+    """
+    payload = {"version": HASH_VERSION, "stage": stage, "config": stage_keys(cfg, stage)}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class ResolvedConfig:
-    """A config as MLflow sees it: flat dotted params and a content hash."""
+    """A config as MLflow sees it: flat dotted params and the hash of one stage."""
 
     flat: dict[str, Any]
     hash: str
+    stage: str
 
 
-def resolve(cfg: Config) -> ResolvedConfig:
-    """Flatten ``cfg`` to dotted keys and hash what affects results.
-
-    The hash covers every field except the run's name and tracking location
-    (:data:`HASH_EXCLUDED_PREFIXES`), so two sweep trials with the same settings get the same
-    hash however they are named. It is the first 16 hex digits of a SHA-256 over canonical
-    JSON, stable across processes and Python versions.
-    """
-    flat = flatten(to_dict(cfg))
-    hashed = {
-        k: v for k, v in flat.items() if not any(k == p or k.startswith(p) for p in HASH_EXCLUDED_PREFIXES)
-    }
-    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
-    return ResolvedConfig(flat=flat, hash=hashlib.sha256(canonical.encode()).hexdigest()[:16])
+def resolve(cfg: Config, stage: str = "train") -> ResolvedConfig:
+    """Flatten ``cfg`` to dotted keys (every field: what MLflow logs as params) and hash what
+    ``stage`` computes from (:func:`stage_hash`)."""
+    return ResolvedConfig(flat=flatten(to_dict(cfg)), hash=stage_hash(cfg, stage), stage=stage)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -56,6 +57,30 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict JSON values: NaN/inf -> None, numpy scalars -> Python, keys -> str.
+
+    Python's ``json`` writes NaN as a bare ``NaN`` token, which strict readers (browsers, jq,
+    MLflow's UI) reject; metrics with no value (e.g. the OT diagnostics of a minimum-cost run)
+    are therefore written as ``null``.
+    """
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def atomic_write_json(path: PathLike, obj: Any, indent: int | None = None) -> Path:

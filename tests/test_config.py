@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
 
-from p2m_core.config import Config, load_config, resolve, save_config
+import p2m_core.config as config_values
+from p2m_core.config import HASH_VERSION, STAGE_KEYS, Config, load_config, resolve, save_config, stage_hash
 from p2m_core.errors import P2MInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +113,7 @@ def test_resolve_flat_keys_and_stable_hash():
     c = resolve(load_config(None, ["train.lr=3e-4"]))
     assert a.flat["train.lr"] == 2e-4 and "pseudo.sinkhorn_iters" in a.flat
     assert all("." in k or k in ("name", "seed") for k in a.flat)
-    assert a.hash == b.hash  # naming and tracking do not change what a run computes
+    assert a.hash == b.hash and a.stage == "train"  # naming and tracking do not change what a run computes
     assert a.hash != c.hash
     assert len(a.hash) == 16
 
@@ -124,11 +126,68 @@ def test_saved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_experiment_configs_load(path):
-    if path.stem.startswith("ablation"):
-        # Ablation-stage configs add 'ablation:'/'source:' sections that their own loader reads.
-        from p2m_core.pseudo.evaluate import load_stage_config
-
-        cfg, _ = load_stage_config(path, [])
-    else:
-        cfg = load_config(path)
+    # one config dialect: every shipped config, ablation sections included, loads with load_config
+    cfg = load_config(path)
     assert isinstance(cfg, Config)
+
+
+def test_pseudo_stage_hash_ignores_training_naming_and_execution_settings():
+    base = load_config(None)
+    same = [
+        "train.lr=3e-4", "model.backbone=resnet18", "loss.alpha1=1.0", "name=x", "tracking.experiment=y",
+        "ablation.batch_size=2", "ablation.overlays=0", "ablation.device=auto", "data.min_size=64", "seed=5",
+    ]
+    for override in same:
+        assert stage_hash(load_config(None, [override]), "pseudo") == stage_hash(base, "pseudo"), override
+    for override in ("pseudo.beta=0.2", "ablation.corruption.seed=1", "data.point_seed=3", "data.root=elsewhere",
+                     "ablation.source=oracle", "data.val.json=other.json"):
+        assert stage_hash(load_config(None, [override]), "pseudo") != stage_hash(base, "pseudo"), override
+    # the training hash does see the learning rate; the two stages never share a hash
+    assert stage_hash(load_config(None, ["train.lr=3e-4"]), "train") != stage_hash(base, "train")
+    assert stage_hash(base, "train") != stage_hash(base, "pseudo")
+
+
+def test_stage_hash_carries_the_version(monkeypatch):
+    import p2m_core.config as config_module
+
+    cfg = load_config(None)
+    before = stage_hash(cfg, "pseudo")
+    monkeypatch.setattr(config_module, "HASH_VERSION", HASH_VERSION + 1)
+    assert stage_hash(cfg, "pseudo") != before
+    assert set(STAGE_KEYS) == {"pseudo", "train"}
+    with pytest.raises(P2MInputError, match="unknown stage 'eval'"):
+        stage_hash(cfg, "eval")
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("ablation.corruption.boundary_drop=1.5", "key 'ablation.corruption.boundary_drop' expects a number in [0, 1], got 1.5"),
+        ("pseudo.graph_stride=6", "key 'pseudo.graph_stride' expects a multiple of pseudo.mask_stride (4), got 6"),
+        ("pseudo.maps=[boundary_low]", "key 'pseudo.maps' expects a list with 'semantic'"),
+        ("pseudo.sinkhorn_epsilon=0", "key 'pseudo.sinkhorn_epsilon' expects a number > 0"),
+        ("ablation.source=checkpoint", "key 'ablation.checkpoint' expects a model file path"),
+        ("ablation.batch_size=0", "key 'ablation.batch_size' expects an integer >= 1"),
+        ("ablation.source=magic", "one of 'oracle', 'oracle_corrupt', 'image', 'checkpoint'"),
+    ],
+)
+def test_out_of_range_values_name_source_key_and_value(override, fragment):
+    with pytest.raises(P2MInputError) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value) and str(info.value).startswith("--set")
+
+
+def test_range_error_in_a_file_names_the_file(tmp_path):
+    (tmp_path / "bad.yaml").write_text("ablation:\n  corruption: {semantic_noise_std: -1}\n")
+    with pytest.raises(P2MInputError, match=r"config .*bad\.yaml: key 'ablation\.corruption\.semantic_noise_std'"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_allowed_values_are_defined_once():
+    from p2m_core.pseudo import capacities, geodesic, labels, transport
+
+    assert capacities.K_SCHEMES is config_values.K_SCHEMES
+    assert labels.ASSIGNMENTS is config_values.ASSIGNMENTS and labels.MC_DECODES is config_values.MC_DECODES
+    assert transport.SINKHORN_MODES is config_values.SINKHORN_MODES
+    assert geodesic.BACKENDS is config_values.GEODESIC_BACKENDS
+    assert typing.get_args(typing.get_type_hints(config_values.PseudoConfig)["k_scheme"]) == config_values.K_SCHEMES

@@ -27,7 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from p2m_core.data.panoptic_format import CocoPanoptic, PanopticRecord
-from p2m_core.data.points import load_points, sample_points, validate_points
+from p2m_core.data.points import image_point_arrays, load_points, sample_points, validate_points
+from p2m_core.data.splits import split_paths
 from p2m_core.data.transforms import Compose, RandomCrop, RandomFlip, ResizeShortestEdge, Transform
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike
@@ -94,39 +95,12 @@ class PointPanopticDataset(Dataset):
         self._points = [self._points_of(record, by_id) for record in panoptic.records]
 
     def _points_of(self, record: PanopticRecord, by_id: dict[Any, dict]) -> dict[str, np.ndarray]:
-        """Arrays of one image's points, checked against its segments_info."""
         entry = by_id.get(record.image_id)
         if entry is None:
             raise P2MInputError(
                 f"{self.points_source}: no points for image id {record.image_id!r} ({record.png_path.name})"
             )
-        where = f"{self.points_source}: image {record.image_id!r}"
-        if entry["file_name"] != record.png_path.name:
-            raise P2MInputError(
-                f"{where}: file_name {entry['file_name']!r} does not match the panoptic PNG {record.png_path.name!r}"
-            )
-        for key, expected in (("height", record.height), ("width", record.width)):
-            if expected is not None and entry[key] != expected:
-                raise P2MInputError(f"{where}: {key} {entry[key]} differs from the panoptic JSON's {expected}")
-        segments = {s.id: s for s in record.segments}
-        rows = []
-        for index, point in enumerate(entry["points"]):
-            sid, cid = int(point["segment_id"]), int(point["category_id"])
-            if sid not in segments:
-                raise P2MInputError(f"{where}: points[{index}] names segment {sid}, which is not in segments_info")
-            if segments[sid].category_id != cid:
-                raise P2MInputError(
-                    f"{where}: points[{index}] has category_id {cid} but segment {sid} has "
-                    f"category_id {segments[sid].category_id}"
-                )
-            y, x = int(point["y"]), int(point["x"])  # inside height x width: validate_points
-            rows.append((y, x, self.contiguous[cid], self.panoptic.categories[cid].isthing, sid))
-        return {
-            "points_yx": np.array([r[:2] for r in rows], dtype=np.int64).reshape(-1, 2),
-            "point_labels": np.array([r[2] for r in rows], dtype=np.int64),
-            "point_is_thing": np.array([r[3] for r in rows], dtype=bool),
-            "point_segment_ids": np.array([r[4] for r in rows], dtype=np.int64),
-        }
+        return image_point_arrays(entry, record, self.panoptic.categories, self.contiguous, self.points_source)
 
     # ------------------------------------------------------------------ randomness
     def set_epoch(self, epoch: int) -> None:
@@ -229,26 +203,16 @@ class PointPanopticDataset(Dataset):
         :func:`build_transforms`; ``with_gt`` defaults to true for 'val' only. The per-item
         seed is ``cfg.seed``.
         """
-        if split not in ("train", "val"):
-            raise P2MInputError(f"dataset split must be 'train' or 'val', got {split!r}")
-        data = cfg.data
-        split_cfg = getattr(data, split)
-        root = Path(data.root)
-        if not split_cfg.json:
-            raise P2MInputError(f"config: data.{split}.json is empty")
-        panoptic = CocoPanoptic(
-            root / split_cfg.json,
-            image_dir=root / split_cfg.images,
-            png_dir=(root / split_cfg.panoptic) if split_cfg.panoptic else None,
-        )
-        if split_cfg.points:
-            points: PathLike | dict = root / split_cfg.points
+        paths = split_paths(cfg.data, split)
+        panoptic = CocoPanoptic(paths.panoptic_json, image_dir=paths.images_dir, png_dir=paths.panoptic_dir)
+        if paths.points is not None:
+            points: PathLike | dict = paths.points
         else:
-            points = sample_points(panoptic, seed=data.point_seed)
+            points = sample_points(panoptic, seed=cfg.data.point_seed)
         return cls(
             panoptic,
             points,
-            transforms=transforms if transforms is not None else build_transforms(data, split),
+            transforms=transforms if transforms is not None else build_transforms(cfg.data, split),
             seed=cfg.seed,
             with_gt=(split == "val") if with_gt is None else with_gt,
         )

@@ -104,6 +104,32 @@ def sample_points_for_image(
     return points
 
 
+def sample_image_entry(dataset: CocoPanoptic, record: Any, ids: np.ndarray, seed: int) -> dict:
+    """The point-file entry of one image, drawn from its own generator (:func:`image_rng`).
+
+    Split out of :func:`sample_points` so a caller that already holds the image's id map (the
+    pseudo-label stage) samples exactly the points the point file would hold, without reading
+    the PNG twice. An image without (non-crowd) segments gets no points and a warning.
+    """
+    height, width = ids.shape
+    if (record.height, record.width) not in ((None, None), (height, width)):
+        raise P2MInputError(
+            f"{dataset.json_path}: image {record.image_id!r} is listed as {record.height}x{record.width} "
+            f"but its panoptic PNG {record.png_path} is {height}x{width}"
+        )
+    points = sample_points_for_image(ids, record.segments, image_rng(seed, record.image_id), dataset.categories)
+    if not points:
+        what = "no segments" if not record.segments else "only crowd segments"
+        warnings.warn(f"image {record.image_id!r} ({record.png_path.name}) has {what}: no points sampled", stacklevel=2)
+    return {
+        "image_id": record.image_id,
+        "file_name": record.png_path.name,
+        "height": int(height),
+        "width": int(width),
+        "points": points,
+    }
+
+
 def sample_points(dataset: CocoPanoptic, seed: int, progress: bool = False) -> dict:
     """Sample one point per non-crowd segment of every image of ``dataset``.
 
@@ -117,34 +143,57 @@ def sample_points(dataset: CocoPanoptic, seed: int, progress: bool = False) -> d
     images = []
     bar = Progress("points", len(dataset), progress)
     for done, record in enumerate(dataset.records, start=1):
-        ids = dataset.load_segment_ids(record)
-        height, width = ids.shape
-        if (record.height, record.width) not in ((None, None), (height, width)):
-            raise P2MInputError(
-                f"{dataset.json_path}: image {record.image_id!r} is listed as {record.height}x{record.width} "
-                f"but its panoptic PNG {record.png_path} is {height}x{width}"
-            )
-        rng = image_rng(seed, record.image_id)
-        points = sample_points_for_image(ids, record.segments, rng, dataset.categories)
-        if not points:
-            what = "no segments" if not record.segments else "only crowd segments"
-            name = record.png_path.name
-            warnings.warn(f"image {record.image_id!r} ({name}) has {what}: no points sampled", stacklevel=2)
-        images.append(
-            {
-                "image_id": record.image_id,
-                "file_name": record.png_path.name,
-                "height": int(height),
-                "width": int(width),
-                "points": points,
-            }
-        )
+        images.append(sample_image_entry(dataset, record, dataset.load_segment_ids(record), seed))
         bar.update(done)
     return {
         "format": POINTS_FORMAT,
         "seed": int(seed),
         "panoptic_json": str(dataset.json_path),
         "images": images,
+    }
+
+
+def image_point_arrays(
+    entry: Mapping[str, Any],
+    record: Any,
+    categories: Mapping[int, Category],
+    contiguous: Mapping[int, int],
+    source: str = "points",
+) -> dict[str, np.ndarray]:
+    """One image's points as arrays, checked against its panoptic record.
+
+    ``entry`` is the image's item of a (validated) point file, ``record`` its
+    :class:`~p2m_core.data.panoptic_format.PanopticRecord`. Checks that the file name and size
+    match and that every point names a segment of the image with that segment's category.
+
+    Returns ``points_yx`` int64 [m, 2] (row, column), ``point_labels`` int64 [m] (contiguous
+    class index), ``point_is_thing`` bool [m], ``point_segment_ids`` int64 [m].
+    """
+    where = f"{source}: image {record.image_id!r}"
+    if entry["file_name"] != record.png_path.name:
+        raise P2MInputError(
+            f"{where}: file_name {entry['file_name']!r} does not match the panoptic PNG {record.png_path.name!r}"
+        )
+    for key, expected in (("height", record.height), ("width", record.width)):
+        if expected is not None and entry[key] != expected:
+            raise P2MInputError(f"{where}: {key} {entry[key]} differs from the panoptic JSON's {expected}")
+    segments = {s.id: s for s in record.segments}
+    rows = []
+    for index, point in enumerate(entry["points"]):
+        sid, cid = int(point["segment_id"]), int(point["category_id"])
+        if sid not in segments:
+            raise P2MInputError(f"{where}: points[{index}] names segment {sid}, which is not in segments_info")
+        if segments[sid].category_id != cid:
+            raise P2MInputError(
+                f"{where}: points[{index}] has category_id {cid} but segment {sid} has "
+                f"category_id {segments[sid].category_id}"
+            )
+        rows.append((int(point["y"]), int(point["x"]), contiguous[cid], categories[cid].isthing, sid))
+    return {
+        "points_yx": np.array([r[:2] for r in rows], dtype=np.int64).reshape(-1, 2),
+        "point_labels": np.array([r[2] for r in rows], dtype=np.int64),
+        "point_is_thing": np.array([r[3] for r in rows], dtype=bool),
+        "point_segment_ids": np.array([r[4] for r in rows], dtype=np.int64),
     }
 
 

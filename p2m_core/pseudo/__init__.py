@@ -3,10 +3,11 @@
 Modules follow the paper's steps: :mod:`~p2m_core.pseudo.maps` (inputs, the cost-ready P^s),
 :mod:`~p2m_core.pseudo.edge_lengths` (Eq. 2-3), :mod:`~p2m_core.pseudo.geodesic` (costs),
 :mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.transport` (Sinkhorn, decoding)
-and :mod:`~p2m_core.pseudo.labels` (the pipeline, :func:`generate_pseudo_labels`).
+and :mod:`~p2m_core.pseudo.labels` (the pipeline, :func:`generate_pseudo_labels`); the method is
+explained in docs/METHOD.md. This package holds the algorithm only: the stage that scores pseudo
+masks against the ground truth is :mod:`p2m_core.ablation`.
 
-The public names below are imported lazily, so that e.g. ``p2m_core.pseudo.oracle`` (numpy
-only) can be imported without loading torch.
+The public names below are imported lazily, so that importing the package does not load torch.
 """
 
 from __future__ import annotations

@@ -35,9 +35,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from p2m_core.config import K_SCHEMES
 from p2m_core.errors import P2MInputError
 
-K_SCHEMES = ("equal_division", "nearest_point", "nearest_centroid")
 
 
 # ----------------------------------------------------------------------------- equal division

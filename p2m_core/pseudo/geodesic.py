@@ -59,10 +59,9 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 from torch import Tensor
 
+from p2m_core.config import GEODESIC_BACKENDS as BACKENDS
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo.edge_lengths import NEIGHBOUR_OFFSETS, pair_slices
-
-BACKENDS = ("scipy", "torch")
 
 
 def geodesic_distances(

@@ -57,9 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from p2m_core.config import ASSIGNMENTS, K_SCHEMES, MAP_NAMES, MC_DECODES
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo.capacities import (
-    K_SCHEMES,
     batch_argmin_labels,
     batch_equal_division,
     batch_nearest_centroid,
@@ -71,9 +71,7 @@ from p2m_core.pseudo.geodesic import geodesic_distances
 from p2m_core.pseudo.maps import PointSet, TaskMaps, check_points, pad_points
 from p2m_core.pseudo.transport import decode_plan, disagreement, sinkhorn
 
-ASSIGNMENTS = ("ot", "mc")
-MC_DECODES = ("argmin", "psps")
-BOUNDARY_MAPS = ("boundary_high", "boundary_low")
+BOUNDARY_MAPS = tuple(m for m in MAP_NAMES if m != "semantic")
 
 
 @dataclass

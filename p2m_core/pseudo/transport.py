@@ -53,9 +53,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from p2m_core.config import SINKHORN_MODES
 from p2m_core.errors import P2MInputError
-
-SINKHORN_MODES = ("reference", "converged")
 
 
 @dataclass

@@ -1,22 +1,23 @@
-"""Task-oriented maps built from the ground truth, for ablating pseudo-label generation alone.
+"""Map sources of the pseudo-label stage: task-oriented maps built from the ground truth.
 
 Point2Mask's pseudo masks depend on three maps (paper Sec. 3.3.1): the semantic map ``P^s``,
 the high-level boundary ``P^b_high`` and the low-level edge map ``P^b_low``. A trained model
 supplies them during training; here they come from the ground truth instead, so the transport,
 the capacities and the cost maps can be compared in minutes, without training, on maps of known
-quality. Map sources (:func:`parse_source`):
+quality. Map sources (``ablation.source``; docs/METHOD.md, "The pseudo-label ablation stage"):
 
 ``oracle``
     ``P^s(p) = onehot(class(p))`` over the C contiguous classes
     (:meth:`CocoPanoptic.contiguous_ids`); void pixels get the zero vector by default
-    (``source.void_semantic=zero``: no class evidence, so the L1 edge term into a void pixel is
+    (``ablation.void_semantic=zero``: no class evidence, so the L1 edge term into a void pixel is
     1, half of a class change; ``uniform`` gives ``1/C`` everywhere instead).
     ``P^b_high(p) = 1`` where the 8-neighbourhood of p holds another segment id (void counts as
     an id), else 0: the instance boundaries a perfect boundary head would predict.
-    ``P^b_low`` = the same GT boundaries by default (``source.oracle_boundary_low=gt``); ``edges``
+    ``P^b_low`` = the same GT boundaries by default (``ablation.oracle_boundary_low=gt``); ``edges``
     uses the image's low-level edge map instead, ``none`` leaves it out.
 ``oracle_corrupt``
-    The oracle maps degraded by :class:`CorruptionConfig`, deterministically per (seed, image):
+    The oracle maps degraded by ``ablation.corruption`` (:class:`~p2m_core.config.CorruptionConfig`),
+    deterministically per (seed, image):
     ``P^s <- renorm(max(G_sigma_s * P^s + N(0, std^2), 0))`` (Gaussian blur over space, additive
     noise, clipped and renormalised to sum 1 over classes; an all-zero pixel stays zero), then
     a fraction ``boundary_drop`` of the boundary pixels set to 0 and the boundary maps blurred
@@ -26,8 +27,9 @@ quality. Map sources (:func:`parse_source`):
     low-level edge map of the image (:func:`p2m_core.data.edges.low_level_edges`, Structured
     Edges when ``data.edge_model`` names a forest, else the classical LAB gradient) and
     ``P^b_high`` is absent (it needs a trained boundary head).
-``checkpoint:PATH``
-    Maps predicted by a trained model: parsed here, wired in the training issue.
+``checkpoint``
+    Maps predicted by a trained model (``ablation.checkpoint``): not available until training
+    lands; :func:`require_available` says so.
 
 Resolution: maps are built at the *mask* resolution ``h = ceil(H / s), w = ceil(W / s)`` with
 ``s = pseudo.mask_stride``. The GT id map is downsampled by nearest neighbour at block centres
@@ -40,86 +42,23 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from p2m_core.config import AblationConfig, CorruptionConfig
 from p2m_core.errors import P2MInputError
 
-SOURCE_KINDS = ("oracle", "oracle_corrupt", "image", "checkpoint")
 VOID = 0
 
 
-# --------------------------------------------------------------------------- settings
-@dataclass
-class SourceConfig:
-    """How the ``oracle``/``image`` sources build their maps (``--set source.<field>=...``)."""
-
-    void_semantic: Literal["zero", "uniform"] = "zero"  # P^s on void pixels (module doc)
-    oracle_boundary_low: Literal["gt", "edges", "none"] = "gt"  # P^b_low of the oracle sources
-    # Apply the reference's cost-ready step to P^s (p2m_core.pseudo.maps.semantic_cost_map:
-    # classes without a point zeroed, points forced to their class), as the training loop does.
-    cost_ready: bool = True
-
-
-@dataclass
-class CorruptionConfig:
-    """Degradation of the oracle maps for ``oracle_corrupt`` (``--set ablation.<field>=...``).
-
-    Sigmas are in mask pixels. Defaults give maps that are clearly imperfect but still
-    informative: a softened semantic map, a third of the boundaries missing.
-    """
-
-    semantic_blur_sigma: float = 1.0
-    semantic_noise_std: float = 0.1
-    boundary_drop: float = 0.3  # fraction of boundary pixels set to 0, in [0, 1]
-    boundary_blur_sigma: float = 1.0
-    seed: int = 0
-
-    def validate(self) -> None:
-        for name in ("semantic_blur_sigma", "semantic_noise_std", "boundary_blur_sigma"):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise P2MInputError(f"ablation.{name} must be >= 0, got {value!r}")
-        if not 0.0 <= self.boundary_drop <= 1.0:
-            raise P2MInputError(f"ablation.boundary_drop must lie in [0, 1], got {self.boundary_drop!r}")
-        if self.seed < 0:
-            raise P2MInputError(f"ablation.seed must be a non-negative integer, got {self.seed!r}")
-
-
-@dataclass(frozen=True)
-class MapSource:
-    """A parsed ``--source``: ``kind`` in :data:`SOURCE_KINDS`, ``path`` for ``checkpoint``."""
-
-    kind: str
-    path: str = ""
-
-    def __str__(self) -> str:
-        return f"checkpoint:{self.path}" if self.kind == "checkpoint" else self.kind
-
-
-def parse_source(text: str) -> MapSource:
-    """``'oracle' | 'oracle_corrupt' | 'image' | 'checkpoint:PATH'`` -> :class:`MapSource`."""
-    text = str(text).strip()
-    if text.startswith("checkpoint:"):
-        path = text[len("checkpoint:") :]
-        if not path:
-            raise P2MInputError("--source checkpoint:PATH needs a path after 'checkpoint:'")
-        return MapSource("checkpoint", path)
-    if text not in ("oracle", "oracle_corrupt", "image"):
+def require_available(ablation: AblationConfig) -> None:
+    """Fail clearly for a source that is accepted by the config but not implemented yet."""
+    if ablation.source == "checkpoint":
         raise P2MInputError(
-            f"--source {text!r}: unknown map source; expected one of oracle, oracle_corrupt, image, checkpoint:PATH"
-        )
-    return MapSource(text)
-
-
-def require_available(source: MapSource) -> None:
-    """Fail clearly for sources that are parsed but not implemented yet."""
-    if source.kind == "checkpoint":
-        raise P2MInputError(
-            f"--source checkpoint:{source.path}: maps from a trained checkpoint are not available yet "
-            "(they are wired in the training issue); use oracle, oracle_corrupt or image"
+            f"ablation.source 'checkpoint' ({ablation.checkpoint!r}): maps from a trained checkpoint are not "
+            "available yet (they come with training); use oracle, oracle_corrupt or image"
         )
 
 
@@ -207,7 +146,7 @@ def one_hot_semantic(classes: np.ndarray, num_classes: int, void: str = "zero") 
     ``void='zero'`` leaves void pixels at the zero vector, ``'uniform'`` sets them to ``1/C``.
     """
     if void not in ("zero", "uniform"):
-        raise P2MInputError(f"source.void_semantic must be 'zero' or 'uniform', got {void!r}")
+        raise P2MInputError(f"ablation.void_semantic must be 'zero' or 'uniform', got {void!r}")
     classes = np.asarray(classes)
     h, w = classes.shape
     semantic = np.zeros((num_classes, h, w), dtype=np.float32)
@@ -265,59 +204,63 @@ def corrupt_boundary(boundary: np.ndarray, drop: float, sigma: float, rng: np.ra
 
 
 def build_image_maps(
-    source: MapSource,
+    ablation: AblationConfig,
     mask_ids: np.ndarray,
     class_of_segment: Mapping[int, int],
     num_classes: int,
     *,
     edges: np.ndarray | None = None,
-    source_cfg: SourceConfig | None = None,
-    corruption: CorruptionConfig | None = None,
     image_id: Any = None,
 ) -> ImageMaps:
-    """The maps of one image at mask resolution for ``source`` (see the module doc).
+    """The maps of one image at mask resolution for ``ablation.source`` (see the module doc).
 
     Parameters
     ----------
-    source : from :func:`parse_source`; ``checkpoint`` raises "not available yet".
+    ablation : the stage's settings: ``source``, ``void_semantic``, ``oracle_boundary_low`` and
+        ``corruption``; ``source='checkpoint'`` raises "not available yet".
     mask_ids : [h, w] GT segment ids at mask resolution (:func:`downsample_ids`).
     class_of_segment : segment id -> contiguous class index (void and unlisted ids: no class).
     num_classes : C.
     edges : [h, w] low-level edge map at mask resolution (:func:`max_pool` of the image's
-        edges); required for ``image`` and for ``oracle_boundary_low=edges``.
-    source_cfg, corruption : settings (defaults when ``None``).
-    image_id : seeds the corruption of this image together with ``corruption.seed``.
+        edges); required for ``image`` and for ``oracle_boundary_low=edges``
+        (:func:`needs_edges`).
+    image_id : seeds the corruption of this image together with ``ablation.corruption.seed``.
     """
-    require_available(source)
-    source_cfg = source_cfg or SourceConfig()
-    semantic = one_hot_semantic(class_index_map(mask_ids, class_of_segment), num_classes, source_cfg.void_semantic)
+    require_available(ablation)
+    source = ablation.source
+    semantic = one_hot_semantic(class_index_map(mask_ids, class_of_segment), num_classes, ablation.void_semantic)
 
-    def need_edges() -> np.ndarray:
+    def given_edges() -> np.ndarray:
         if edges is None:
             raise P2MInputError(f"map source {source}: the low-level edge map is needed but was not given")
         if edges.shape != mask_ids.shape:
             raise ValueError(f"edge map shape {edges.shape} differs from the mask grid {mask_ids.shape}")
         return np.asarray(edges, dtype=np.float32)
 
-    if source.kind == "image":
-        return ImageMaps(semantic, None, need_edges())
+    if source == "image":
+        return ImageMaps(semantic, None, given_edges())
     gt_boundary = instance_boundaries(mask_ids)
-    low = {"gt": gt_boundary, "edges": None, "none": None}[source_cfg.oracle_boundary_low]
-    if source_cfg.oracle_boundary_low == "edges":
-        low = need_edges()
+    low = {"gt": gt_boundary, "edges": None, "none": None}[ablation.oracle_boundary_low]
+    if ablation.oracle_boundary_low == "edges":
+        low = given_edges()
     maps = ImageMaps(semantic, gt_boundary, None if low is None else low.copy())
-    if source.kind == "oracle_corrupt":
-        maps = corrupt_maps(maps, corruption or CorruptionConfig(), image_id)
+    if source == "oracle_corrupt":
+        maps = corrupt_maps(maps, ablation.corruption, image_id)
     return maps
 
 
+def needs_edges(ablation: AblationConfig) -> bool:
+    """Whether the source reads the image's low-level edge map (then the RGB image is loaded)."""
+    return ablation.source == "image" or (ablation.source != "checkpoint" and ablation.oracle_boundary_low == "edges")
+
+
 def corrupt_maps(maps: ImageMaps, corruption: CorruptionConfig, image_id: Any) -> ImageMaps:
-    """Apply :class:`CorruptionConfig` to one image's maps, seeded by (corruption.seed, image_id).
+    """Apply ``corruption`` to one image's maps, seeded by (corruption.seed, image_id).
 
     The draws happen in a fixed order (semantic noise, then high, then low boundary) from one
     generator, so the result is a pure function of the maps, the settings and the image id.
+    Ranges are checked when the config is loaded (:class:`~p2m_core.config.CorruptionConfig`).
     """
-    corruption.validate()
     rng = corruption_rng(corruption.seed, image_id)
     semantic = corrupt_semantic(maps.semantic, corruption.semantic_blur_sigma, corruption.semantic_noise_std, rng)
     high, low = (

@@ -1,0 +1,15 @@
+"""Sweep results from MLflow as the paper's ablation tables and plots (reads docs/TRACKING.md's contract).
+
+Modules:
+
+- ``paper``: the paper's numbers (``paper_tables.yaml``) and which paper row a setting matches;
+- ``runs``: MLflow -> pandas: the latest sweep of a spec, its ``trials.json``, its trials
+  joined with their FINISHED runs by config hash (missing trials kept and marked);
+- ``tables``: one table per sweep, mean ± std over seeds, paired differences to the baseline;
+- ``plots``: PNG figures of the sweeps that exist, logged back to their sweep runs.
+
+Commands::
+
+    python -m analysis.tables --table table7 [--experiment NAME] [--tracking-uri URI] [--format md|latex|csv] [--out FILE]
+    python -m analysis.plots [--tracking-uri URI] [--experiment NAME] [--out DIR] [--no-log]
+"""

@@ -1,0 +1,345 @@
+"""Ablation tables from a sweep: measured mean ± std over seeds beside the paper, and paired differences.
+
+``python -m analysis.tables --table table7`` reads the latest ``table7`` sweep (docs/TRACKING.md)
+and prints one row per setting in grid order. Each measured metric is the mean ± sample std
+(ddof=1) over the seeds whose trial FINISHED, with their count; the paper's number stands beside
+it where the paper has that row. Differences are each row minus the first (baseline) row, taken
+**per seed** and then averaged: seeds share data, points and corruption, so pairing removes their
+common effect, and a seed missing from either side is left out rather than biasing one mean.
+
+What we measure (pseudo masks of the label stage, on our data) is not what the paper reports
+(a trained network on VOC); the header of every output says both, so the columns are not read as
+a reproduction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import paper, runs
+from p2m_core.errors import P2MInputError
+from p2m_core.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+PQ_COLUMNS = ("PQ", "PQ_th", "PQ_st")
+# Measured columns of each spec (the sweep's p2m.spec tag).
+SPEC_METRICS: dict[str, tuple[str, ...]] = {
+    "table3": PQ_COLUMNS,
+    "table5": PQ_COLUMNS,
+    "table6": PQ_COLUMNS,
+    "table7": PQ_COLUMNS,
+    "sinkhorn": ("PQ", "PQ_th", "disagreement_pct", "col_error", "rel_error", "sinkhorn_iterations", "seconds_per_image"),
+    "beta": ("PQ", "PQ_th", "PQ_st", "mIoU"),
+}
+PERCENT_METRICS = frozenset({
+    "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st",
+    "mIoU", "pixel_acc", "disagreement_pct", "k_violation_pct",
+})
+ERROR_METRICS = frozenset({"row_error", "col_error", "max_col_error", "rel_error"})
+# The paper prints table 6 with two decimals (53.76 vs 53.80): one would hide its differences.
+SPEC_PERCENT_DECIMALS = {"table6": 2}
+PAPER_SETTING = "paper: trained Point2Mask network, ResNet-50, Pascal VOC 2012 val"
+FORMATS = ("md", "latex", "csv")
+
+
+def decimals(spec: str, metric: str) -> int:
+    """Decimals a metric is printed with: percent 1 (table 6: 2), errors and seconds 3, counts 1."""
+    if metric in PERCENT_METRICS:
+        return SPEC_PERCENT_DECIMALS.get(spec, 1)
+    if metric in ERROR_METRICS or metric.endswith("_s") or metric.startswith("seconds"):
+        return 3
+    if metric == "converged_fraction":
+        return 3
+    return 1
+
+
+def setting_label(setting: Mapping[str, Any]) -> str:
+    """``assignment=ot, k_scheme=nearest_point``: last key component, lists joined by ``+``.
+
+    Only for a trials.json entry without a label; the sweep's label is used when it has one.
+    """
+    if not setting:
+        return "default"
+    parts = []
+    for key, value in setting.items():
+        shown = "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(f"{key.rsplit('.', 1)[-1]}={shown}")
+    return ", ".join(parts)
+
+
+def _canonical(setting: Mapping[str, Any]) -> str:
+    return json.dumps(setting, sort_keys=True)
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, sample std (ddof=1; NaN for one value) and count of the finite values."""
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = int(arr.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    return float(arr.mean()), float(arr.std(ddof=1)) if n > 1 else math.nan, n
+
+
+def _per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
+    """Metric value of each seed of one setting (finished trials only; duplicates averaged)."""
+    if metric not in rows.columns:
+        return {}
+    done = rows[~rows["missing"]][["seed", metric]].dropna()
+    return {seed: float(v) for seed, v in done.groupby("seed", sort=False, dropna=False)[metric].mean().items()}
+
+
+def build_table(client: MlflowClient, table: str, experiment: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The numbers of one ablation table (one row per setting) and what they describe.
+
+    Columns: ``setting`` (label), the grid keys, ``baseline``, ``trials``, ``missing``, ``n``,
+    then per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``, ``<m>_paper`` and the paired
+    differences to the baseline ``delta_<m>_mean``, ``delta_<m>_std``, ``delta_<m>_n``,
+    ``delta_<m>_paper``. ``meta`` holds the sweep's tags, the headers and the missing trials.
+    """
+    if table not in SPEC_METRICS:
+        raise P2MInputError(f"--table {table!r} is not a known sweep spec (known: {', '.join(SPEC_METRICS)})")
+    metrics = SPEC_METRICS[table]
+    sweep = runs.find_sweep(client, table, experiment)
+    info = runs.sweep_info(sweep)
+    frame = runs.trial_frame(client, sweep)
+    trials_doc = frame.attrs["trials"]
+    paper_key = info["paper_table"]
+    paper_columns: list[str] = []
+    if paper_key:
+        paper_columns = [str(c) for c in paper.paper_table(paper_key).get("columns", [])]
+
+    settings = [t["setting"] for t in trials_doc["trials"]]
+    frame = frame.assign(_setting=[_canonical(s) for s in settings])
+    order: list[str] = list(dict.fromkeys(frame["_setting"]))
+    by_key = {_canonical(s): s for s in settings}
+    grid_keys = list(frame.attrs["grid_keys"])
+    baseline_key = order[0] if order else None
+    baseline_rows = frame[frame["_setting"] == baseline_key] if baseline_key else frame.iloc[:0]
+    baseline_paper = paper.match_row(paper_key, by_key[baseline_key]) if paper_key and baseline_key else None
+
+    # The sweep's own label of a setting (trials.json), so tables and sweep logs name rows alike.
+    labels: dict[str, str] = {}
+    for key, trial in zip(frame["_setting"], trials_doc["trials"]):
+        labels.setdefault(key, str(trial.get("label") or "") or setting_label(trial["setting"]))
+
+    records = []
+    for key in order:
+        setting = by_key[key]
+        rows = frame[frame["_setting"] == key]
+        row_paper = paper.match_row(paper_key, setting) if paper_key else None
+        record: dict[str, Any] = {"setting": labels[key]}
+        record.update({k: setting.get(k) for k in grid_keys})
+        record["baseline"] = key == baseline_key
+        record["trials"] = int(len(rows))
+        record["missing"] = int(rows["missing"].sum())
+        record["n"] = int(rows.loc[~rows["missing"], "seed"].nunique())
+        for m in metrics:
+            mean, std, n = _stats(list(_per_seed(rows, m).values()))
+            record.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": n})
+            record[f"{m}_paper"] = row_paper.get(m, math.nan) if row_paper else math.nan
+        for m in metrics:
+            if key == baseline_key:
+                d_mean, d_std, d_n, d_paper = math.nan, math.nan, 0, math.nan
+            else:
+                mine, base = _per_seed(rows, m), _per_seed(baseline_rows, m)
+                d_mean, d_std, d_n = _stats([mine[s] - base[s] for s in mine if s in base])
+                has_paper = row_paper and baseline_paper and m in row_paper and m in baseline_paper
+                d_paper = round(row_paper[m] - baseline_paper[m], 6) if has_paper else math.nan
+            record.update({f"delta_{m}_mean": d_mean, f"delta_{m}_std": d_std, f"delta_{m}_n": d_n, f"delta_{m}_paper": d_paper})
+        records.append(record)
+    df = pd.DataFrame.from_records(records)
+
+    seeds = list(dict.fromkeys(t.get("seed") for t in trials_doc["trials"]))
+    missing = frame[frame["missing"]]
+    experiment_name = client.get_experiment(info["experiment_id"]).name
+    measured = (
+        f"measured: pseudo-mask quality of the p2m pseudo-label stage (maps: {info['source']}) "
+        f"on {info['dataset']} {info['split']}, {len(seeds)} seed{'' if len(seeds) == 1 else 's'}"
+    )
+    meta: dict[str, Any] = {
+        **info,
+        "table": table,
+        "experiment": experiment_name,
+        "tracking_uri": client.tracking_uri,
+        "metrics": list(metrics),
+        "paper_columns": [m for m in metrics if m in paper_columns],
+        "grid_keys": grid_keys,
+        "decimals": {m: decimals(table, m) for m in metrics},
+        "seeds": seeds,
+        "n_seeds": len(seeds),
+        "trials_total": int(len(frame)),
+        "trials_missing": int(len(missing)),
+        "missing": [(labels[r["_setting"]], r["seed"]) for _, r in missing.iterrows()],
+        "baseline": labels[baseline_key] if baseline_key else "",
+        "header_measured": measured,
+        "header_paper": f"{PAPER_SETTING} ({paper_key})" if paper_key else "paper: no corresponding table",
+    }
+    return df, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _num(value: float, places: int) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    if places >= 3 and value != 0 and abs(value) < 0.5 * 10 ** (-places):
+        return f"{value:.1e}"  # a converged marginal error would print as 0.000 (percent stay plain)
+    return f"{value:.{places}f}"
+
+
+def _cell(mean: float, std: float, n: int, places: int, row_n: int, pm: str) -> str:
+    if n == 0:
+        return "-"
+    text = f"{_num(mean, places)}{pm}{_num(std, places) if n > 1 else '-'}"
+    return text if n == row_n else f"{text} (n={n})"
+
+
+def _display(df: pd.DataFrame, meta: Mapping[str, Any], pm: str, delta: str) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells shared by the Markdown and LaTeX outputs."""
+    metrics, with_paper, places = meta["metrics"], set(meta["paper_columns"]), meta["decimals"]
+    header = ["setting", "n"]
+    for m in metrics:
+        header += [m] + ([f"{m} paper"] if m in with_paper else [])
+    header.append("pairs")
+    for m in metrics:
+        header += [f"{delta}{m}"] + ([f"{delta}{m} paper"] if m in with_paper else [])
+    body = []
+    for _, r in df.iterrows():
+        cells = [str(r["setting"]), str(int(r["n"]))]
+        for m in metrics:
+            cells.append(_cell(r[f"{m}_mean"], r[f"{m}_std"], int(r[f"{m}_n"]), places[m], int(r["n"]), pm))
+            if m in with_paper:
+                cells.append(_num(r[f"{m}_paper"], places[m]))
+        pairs = int(r[f"delta_{metrics[0]}_n"]) if metrics else 0
+        cells.append("-" if r["baseline"] else str(pairs))
+        for m in metrics:
+            if r["baseline"]:
+                cells.append("(baseline)")
+            else:
+                cells.append(_cell(r[f"delta_{m}_mean"], r[f"delta_{m}_std"], int(r[f"delta_{m}_n"]), places[m], pairs, pm))
+            if m in with_paper:
+                cells.append("-" if r["baseline"] else _num(r[f"delta_{m}_paper"], places[m]))
+        body.append(cells)
+    return header, body
+
+
+def _notes(meta: Mapping[str, Any]) -> list[str]:
+    lines = [
+        meta["header_measured"],
+        meta["header_paper"],
+        f"sweep run {meta['run_name'] or meta['sweep_run_id']} (id {meta['sweep_run_id']}, experiment {meta['experiment']}); "
+        f"values: mean ± sample std over seeds; Δ: each row minus the baseline ({meta['baseline']}), paired by seed",
+    ]
+    if meta["trials_missing"]:
+        shown = ", ".join(f"{label} seed {seed}" for label, seed in meta["missing"][:8])
+        more = ", ..." if len(meta["missing"]) > 8 else ""
+        lines.append(f"{meta['trials_missing']} of {meta['trials_total']} trials missing (no FINISHED run): {shown}{more}")
+    return lines
+
+
+def render_markdown(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
+    """A paragraph saying what was measured, then a pipe table."""
+    header, body = _display(df, meta, " ± ", "Δ")
+    notes = _notes(meta)
+    lines = ["  \n".join(f"**{n.split(':', 1)[0]}:**{n.split(':', 1)[1]}" if n.startswith(("measured:", "paper:")) else n for n in notes), ""]
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines.append("| " + " | ".join(map(esc, header)) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters, and write ± and Δ in math mode."""
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    return out.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+
+
+def render_latex(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
+    """A ``tabular`` (no packages needed), preceded by the headers as LaTeX comments."""
+    header, body = _display(df, meta, " ± ", "Δ")
+    lines = [f"% {note.replace('±', '+/-').replace('Δ', 'Delta')}" for note in _notes(meta)]
+    lines.append(r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}")
+    lines.append(r"\hline")
+    lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")
+    lines.append(r"\hline")
+    lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in body]
+    lines.append(r"\hline")
+    lines.append(r"\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
+    """Plain numbers (no ± strings); list-valued settings as JSON; the sweep's tags as columns."""
+    out = df.copy()
+    for key in meta["grid_keys"]:
+        out[key] = [json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for v in out[key]]
+    for column in ("spec", "paper_table", "source", "dataset", "split", "sweep_run_id"):
+        out[column] = meta[column]
+    out["n_seeds"] = meta["n_seeds"]
+    return out.to_csv(index=False, lineterminator="\n")
+
+
+def render(df: pd.DataFrame, meta: Mapping[str, Any], fmt: str) -> str:
+    """The table as ``md``, ``latex`` or ``csv`` text."""
+    if fmt == "md":
+        return render_markdown(df, meta)
+    if fmt == "latex":
+        return render_latex(df, meta)
+    if fmt == "csv":
+        return render_csv(df, meta)
+    raise P2MInputError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.tables",
+        description="Render an ablation table from the latest sweep of a spec in MLflow, beside the paper's numbers.",
+    )
+    p.add_argument("--table", required=True, help=f"sweep spec name (tag p2m.spec): {', '.join(SPEC_METRICS)}")
+    p.add_argument("--experiment", default=None, help="MLflow experiment to search (default: all)")
+    p.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--format", default="md", help=f"output format: {', '.join(FORMATS)} (default %(default)s)")
+    p.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.format not in FORMATS:
+            raise P2MInputError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")
+        if args.table not in SPEC_METRICS:
+            raise P2MInputError(f"--table {args.table!r} is not a known sweep spec (known: {', '.join(SPEC_METRICS)})")
+        client, _ = runs.connect(args.tracking_uri)
+        df, meta = build_table(client, args.table, args.experiment)
+        text = render(df, meta, args.format)
+    except P2MInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

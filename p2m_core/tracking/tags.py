@@ -1,0 +1,28 @@
+"""Names of the MLflow tags p2m writes (docs/TRACKING.md): one definition for writers and readers."""
+
+from __future__ import annotations
+
+KIND = "p2m.kind"  # "sweep" or "trial"
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+SPEC = "p2m.spec"
+PAPER_TABLE = "p2m.paper_table"
+STAGE = "p2m.stage"
+SWEEP_HASH = "p2m.sweep_hash"
+CONFIG_HASH = "p2m.config_hash"
+HASH_VERSION = "p2m.hash_version"
+DATASET = "p2m.dataset"
+SPLIT = "p2m.split"
+SOURCE = "p2m.source"
+GRID_KEYS = "p2m.grid_keys"
+SEED_KEYS = "p2m.seed_keys"
+SEED = "p2m.seed"
+SETTING = "p2m.setting"
+GIT_COMMIT = "p2m.git_commit"
+ERROR = "p2m.error"
+PARENT_RUN_ID = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+
+TRIALS_ARTIFACT = "trials.json"
+TRIALS_FORMAT = "p2m-sweep-trials/1"
+SPEC_ARTIFACT = "spec.yaml"

@@ -1,0 +1,98 @@
+"""One trial's MLflow run: params = the flat resolved config, metrics, tags, artifacts.
+
+Used inside Ray workers, so it holds no global MLflow state (no ``mlflow.start_run``): each
+:class:`TrialRun` talks to its store through its own client, and a worker that Ray Tune reuses
+for the next trial starts clean. What is written is specified in docs/TRACKING.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from p2m_core.config import Config, resolve
+from p2m_core.tracking import tags as T
+from p2m_core.tracking.store import client
+
+log = logging.getLogger(__name__)
+
+#: Counts and timings of a stage result that become metrics, besides ``metrics``/``diagnostics``.
+_COUNT_METRICS = ("images", "points", "points_moved", "transported_pixels")
+
+
+def param_value(value: Any) -> str:
+    """Strings as they are, everything else as JSON (so ``json.loads`` gives the value back)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    """The MLflow params of a trial: every dotted key of the resolved config."""
+    return {key: param_value(value) for key, value in resolve(cfg).flat.items()}
+
+
+def stage_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics logged for a pseudo-stage result; values that do not apply (None) are left out."""
+    values: dict[str, Any] = dict(result.get("metrics", {}))
+    values.update(result.get("diagnostics", {}))
+    timings = result.get("timings", {})
+    values["seconds_per_image"] = timings.get("seconds_per_image")
+    values["wall_seconds"] = timings.get("wall_seconds")
+    for stage, seconds in timings.get("stage_seconds_per_image", {}).items():
+        values[f"time_{stage}_s"] = seconds
+    counts = result.get("counts", {})
+    for key in _COUNT_METRICS:
+        values[key] = counts.get(key)
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TrialRun:
+    """A child run of a sweep, created RUNNING with its tags and params.
+
+    End it with :meth:`finish` (after :meth:`log_result`) or :meth:`fail`.
+    """
+
+    def __init__(
+        self, uri: str, experiment_id: str, parent_run_id: str, run_name: str, tags: Mapping[str, str], cfg: Config
+    ) -> None:
+        from mlflow.entities import Param
+
+        self.uri = uri
+        self.client = client(uri)
+        run_tags = {**tags, T.KIND: T.KIND_TRIAL, T.PARENT_RUN_ID: parent_run_id}
+        self.run_id = self.client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
+        params = [Param(k, v) for k, v in config_params(cfg).items()]
+        self.client.log_batch(self.run_id, params=params)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+
+    def log_result(self, result: Mapping[str, Any], out_dir: str | Path, extra: Mapping[str, float] | None = None) -> None:
+        """Metrics of a stage result, and every file the stage wrote under ``out_dir``."""
+        self.log_metrics({**stage_metrics(result), **(extra or {})})
+        self.client.log_artifacts(self.run_id, str(out_dir))
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def fail(self, exc: BaseException) -> None:
+        """FAILED, with the error as a tag and the traceback as ``error.txt``; never raises."""
+        try:
+            message = f"{type(exc).__name__}: {exc}"
+            self.client.set_tag(self.run_id, T.ERROR, message[:5000])
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self.client.log_text(self.run_id, text, "error.txt")
+        except Exception:  # the store itself may be what failed
+            log.exception("could not record the failure of run %s", self.run_id)
+        finally:
+            try:
+                self.client.set_terminated(self.run_id, status="FAILED")
+            except Exception:
+                log.exception("could not mark run %s FAILED", self.run_id)

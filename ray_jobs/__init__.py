@@ -1,0 +1,11 @@
+"""Entry points that run p2m on Ray: thin layers that build Config objects and call the core.
+
+- ``python -m ray_jobs.sweep SPEC ...``   a Ray Tune grid over a sweep spec, logged to MLflow;
+- ``python -m ray_jobs.pseudo ...``       one pseudo-stage setting in this process (no Ray);
+- :mod:`ray_jobs.spec`                    sweep specs and their validation;
+- :mod:`ray_jobs.trial`                   the Tune trial (runs in a worker);
+- :mod:`ray_jobs.cluster`                 starting or attaching to Ray;
+- ``runtime_env.yaml``                    for ``ray job submit``.
+
+Only this package imports Ray.
+"""

@@ -1,0 +1,63 @@
+"""Start Ray in this process, or attach to a running cluster.
+
+``RAY_ADDRESS`` set (``ray job submit`` sets it for its entrypoint; a user may set it to a
+cluster's address) means attach. Otherwise a private single-node cluster is started in this
+process with ``address="local"``: a plain ``ray.init()`` would attach to whatever cluster a
+stale ``/tmp/ray/ray_current_cluster`` names, and fails outright when that cluster is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from p2m_core.errors import P2MInputError
+
+log = logging.getLogger(__name__)
+
+#: Object store of an in-process cluster. Trials exchange only small configs and metrics, and
+#: Ray's default (30% of RAM, in /dev/shm) fails on small machines and containers.
+LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
+
+
+def connect() -> tuple[float, bool]:
+    """Initialise Ray once; returns ``(seconds it took, attached to an existing cluster)``."""
+    import ray
+
+    if ray.is_initialized():
+        return 0.0, bool(os.environ.get("RAY_ADDRESS"))
+    start = time.perf_counter()
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": True}
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:
+            raise P2MInputError(f"RAY_ADDRESS={address!r}: cannot attach to that Ray cluster: {exc}") from None
+        return time.perf_counter() - start, True
+    ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+    return time.perf_counter() - start, False
+
+
+def check_fits(resources: dict[str, float], attached: bool, where: str) -> None:
+    """Refuse a trial that can never be scheduled on this in-process cluster (Tune would wait
+    forever). On an attached cluster an autoscaler may add nodes, so there it only warns."""
+    import ray
+
+    total = ray.cluster_resources()
+    short = {k: v for k, v in resources.items() if v > total.get(k, 0.0)}
+    if not short:
+        return
+    message = f"{where}: a trial asks for {short} but the Ray cluster has {({k: total.get(k, 0.0) for k in short})}"
+    if attached:
+        log.warning("%s; waiting for the autoscaler to add nodes", message)
+        return
+    raise P2MInputError(message + "; lower 'resources' in the spec or attach to a bigger cluster (RAY_ADDRESS)")
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

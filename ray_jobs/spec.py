@@ -1,0 +1,334 @@
+"""Sweep specs: which settings a sweep runs, checked completely before Ray starts.
+
+A spec is a YAML file in ``experiments/sweeps/``::
+
+    name: table7                       # default: the file name without .yaml
+    description: minimum cost vs optimal transport
+    paper_table: table7_assignment     # the paper table it answers ('' for none)
+    base: ../ablation_synthetic.yaml   # base config, relative to the spec file
+    stage: pseudo                      # pseudo (train comes with training)
+    split: val                         # the dataset split the stage scores
+    set: {}                            # fixed overrides of the base, dotted keys
+    grid:                              # dotted key -> list of values: the product is run
+      pseudo.assignment: [mc, ot]
+    seeds: [0, 1, 2]                   # every grid point runs once per seed
+    seed_keys: [data.point_seed, ablation.corruption.seed]   # where a seed is written (default per stage)
+    resources: {cpu: 1, gpu: 0}        # per trial
+    mlflow_experiment: p2m-pseudo
+
+``grid`` may also be a list of such mappings: the sweep is then the union of their products,
+for axes that only exist together (Sinkhorn iterations matter in reference mode only).
+
+:func:`load_spec` checks the spec's own fields; :func:`expand_trials` builds every trial's
+:class:`~p2m_core.config.Config` (base, ``set``, command-line ``--set``, grid values, seed),
+so an unknown key, a wrong type, an empty grid, an unknown stage or a missing dataset is an
+error naming the spec file, the key and the value, before any worker exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from p2m_core.config import (
+    STAGES,
+    Config,
+    apply_overrides,
+    apply_values,
+    from_dict,
+    load_raw,
+    parse_override,
+    stage_hash,
+)
+from p2m_core.errors import P2MInputError
+from p2m_core.io import PathLike, load_yaml
+
+#: Stages a sweep can run today; the others are accepted by the config but not wired yet.
+AVAILABLE_STAGES = ("pseudo",)
+#: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``.
+DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
+    "pseudo": ("data.point_seed", "ablation.corruption.seed"),
+    "train": ("seed", "data.point_seed"),
+}
+#: Config keys holding paths, made absolute against the launch directory (Ray workers run in
+#: their own working directories).
+PATH_KEYS = ("data.root", "data.edge_model", "ablation.checkpoint")
+SPEC_FIELDS = (
+    "name", "description", "paper_table", "base", "stage", "split", "set", "grid", "seeds", "seed_keys",
+    "resources", "mlflow_experiment",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Ray resources of one trial."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    def as_ray(self) -> dict[str, float]:
+        return {"CPU": self.cpu, "GPU": self.gpu} if self.gpu else {"CPU": self.cpu}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A loaded, checked spec (module doc); ``raw`` is the file's mapping, for the record."""
+
+    path: Path
+    name: str
+    description: str
+    paper_table: str
+    base: Path
+    stage: str
+    split: str
+    fixed: dict[str, Any]
+    grid: tuple[dict[str, list], ...]
+    seeds: tuple[int, ...]
+    seed_keys: tuple[str, ...]
+    resources: Resources
+    mlflow_experiment: str
+    raw: dict = field(default_factory=dict)
+
+    def settings(self) -> list[dict[str, Any]]:
+        """The grid points in order: each block's product, blocks one after another, no repeats."""
+        points: list[dict[str, Any]] = []
+        for block in self.grid:
+            keys = list(block)
+            for values in itertools.product(*(block[k] for k in keys)):
+                point = dict(zip(keys, values))
+                if point not in points:
+                    points.append(point)
+        return points
+
+    @property
+    def grid_keys(self) -> list[str]:
+        keys: list[str] = []
+        for block in self.grid:
+            keys.extend(k for k in block if k not in keys)
+        return keys
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of a sweep: a grid point and a seed, with its built config and hash."""
+
+    index: int
+    label: str
+    setting: dict[str, Any]
+    seed: int
+    config: Config
+    config_hash: str
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.label} seed={self.seed}"
+
+    def record(self) -> dict[str, Any]:
+        """The trial's entry in the sweep's ``trials.json`` (docs/TRACKING.md)."""
+        return {"config_hash": self.config_hash, "setting": self.setting, "seed": self.seed, "label": self.label}
+
+
+# --------------------------------------------------------------------------- loading
+def _fail(path: Path, key: str, expected: str, value: Any) -> P2MInputError:
+    return P2MInputError(f"sweep spec {path}: key '{key}' expects {expected}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _grid_blocks(path: Path, raw: Any) -> tuple[dict[str, list], ...]:
+    blocks = raw if isinstance(raw, list) else [raw]
+    if not blocks or raw is None:
+        raise _fail(path, "grid", "a non-empty mapping of dotted config keys to lists of values", raw)
+    checked = []
+    for i, block in enumerate(blocks):
+        where = "grid" if not isinstance(raw, list) else f"grid[{i}]"
+        if not isinstance(block, dict) or not block:
+            raise _fail(path, where, "a non-empty mapping of dotted config keys to lists of values", block)
+        for key, values in block.items():
+            if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+                raise _fail(path, where, "dotted config keys such as pseudo.k_scheme", key)
+            if not isinstance(values, list) or not values:
+                raise _fail(path, f"{where}.{key}", "a non-empty list of values", values)
+        checked.append(dict(block))
+    return tuple(checked)
+
+
+def load_spec(path: PathLike) -> SweepSpec:
+    """Read a spec and check its own fields (the configs are checked by :func:`expand_trials`)."""
+    path = Path(path).resolve()
+    raw = load_yaml(path, what="sweep spec")
+    if not isinstance(raw, dict):
+        raise P2MInputError(f"sweep spec {path}: top level must be a mapping, got {type(raw).__name__}")
+    for key in raw:
+        if key not in SPEC_FIELDS:
+            raise P2MInputError(
+                f"sweep spec {path}: unknown key '{key}' (value {raw[key]!r}); a spec accepts: {', '.join(SPEC_FIELDS)}"
+            )
+    for key in ("base", "grid"):
+        if key not in raw:
+            raise P2MInputError(f"sweep spec {path}: missing key '{key}'")
+    for key in ("name", "description", "paper_table", "base", "stage", "split", "mlflow_experiment"):
+        if key in raw and not isinstance(raw[key], str):
+            raise _fail(path, key, "a string", raw[key])
+    name = raw.get("name", path.stem)
+    if not name:
+        raise _fail(path, "name", "a non-empty string", name)
+
+    stage = raw.get("stage", "pseudo")
+    if stage not in STAGES:
+        raise _fail(path, "stage", f"one of {', '.join(STAGES)}", stage)
+    if stage not in AVAILABLE_STAGES:
+        raise P2MInputError(
+            f"sweep spec {path}: key 'stage' is {stage!r}, which is not available yet (training sweeps come with "
+            f"the training stage); available: {', '.join(AVAILABLE_STAGES)}"
+        )
+    split = raw.get("split", "val")
+    if split not in ("train", "val"):
+        raise _fail(path, "split", "'train' or 'val'", split)
+
+    base = path.parent / raw["base"]
+    if not base.is_file():
+        raise _fail(path, "base", f"an existing config file (relative to {path.parent})", raw["base"])
+    fixed = raw.get("set", {}) or {}
+    if not isinstance(fixed, dict) or not all(isinstance(k, str) and k for k in fixed):
+        raise _fail(path, "set", "a mapping of dotted config keys to values", fixed)
+
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise _fail(path, "seeds", "a non-empty list of distinct non-negative integers", seeds)
+    seed_keys = raw.get("seed_keys", list(DEFAULT_SEED_KEYS[stage]))
+    if not isinstance(seed_keys, list) or not all(isinstance(k, str) and k for k in seed_keys):
+        raise _fail(path, "seed_keys", "a list of dotted config keys", seed_keys)
+
+    res = raw.get("resources", {}) or {}
+    if not isinstance(res, dict) or set(res) - {"cpu", "gpu"}:
+        raise _fail(path, "resources", "a mapping with cpu and/or gpu", res)
+    cpu, gpu = res.get("cpu", 1), res.get("gpu", 0)
+    if not _is_number(cpu) or cpu <= 0:
+        raise _fail(path, "resources.cpu", "a number > 0 (use 0.01 for a trial that barely computes)", cpu)
+    if not _is_number(gpu) or gpu < 0:
+        raise _fail(path, "resources.gpu", "a number >= 0", gpu)
+
+    experiment = raw.get("mlflow_experiment", "p2m-" + stage)
+    if not experiment:
+        raise _fail(path, "mlflow_experiment", "a non-empty string", experiment)
+    grid = _grid_blocks(path, raw["grid"])
+    for key in itertools.chain(*grid):
+        if key in seed_keys:
+            raise _fail(path, f"grid.{key}", "a key that is not also a seed key (seeds are written there)", key)
+    return SweepSpec(
+        path=path, name=name, description=raw.get("description", ""), paper_table=raw.get("paper_table", ""),
+        base=base.resolve(), stage=stage, split=split, fixed=dict(fixed), grid=grid, seeds=tuple(seeds),
+        seed_keys=tuple(seed_keys), resources=Resources(float(cpu), float(gpu)), mlflow_experiment=experiment,
+        raw=raw,
+    )
+
+
+# --------------------------------------------------------------------------- trials
+def _short_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Labels for grid keys: the last dotted component, unless two keys share it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(_format_value(v) for v in value) or "[]"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def setting_label(setting: dict[str, Any], short: dict[str, str]) -> str:
+    return ", ".join(f"{short[k]}={_format_value(v)}" for k, v in setting.items())
+
+
+def absolute_paths(cfg: Config, launch_dir: Path) -> Config:
+    """``cfg`` with :data:`PATH_KEYS` made absolute against ``launch_dir`` (empty stays empty)."""
+    def absolute(value: str) -> str:
+        return value if not value or Path(value).is_absolute() else str((launch_dir / value).resolve())
+
+    data = replace(cfg.data, root=absolute(cfg.data.root), edge_model=absolute(cfg.data.edge_model))
+    ablation = replace(cfg.ablation, checkpoint=absolute(cfg.ablation.checkpoint))
+    return replace(cfg, data=data, ablation=ablation)
+
+
+def in_ray_job() -> bool:
+    """True inside ``ray job submit``'s entrypoint, whose working directory is a temporary copy."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: PathLike | None = None) -> list[Trial]:
+    """Every trial of the sweep (grid order, then seeds), each config built and checked.
+
+    ``overrides`` are command-line ``--set KEY=VALUE`` strings for the base config of every
+    trial; they may not touch a grid or seed key (that would silently collapse the grid).
+    Relative paths are made absolute against ``launch_dir`` (default: the current directory);
+    inside a Ray job a relative ``data.root`` is refused, since it would point into the job's
+    temporary copy of the working directory.
+    """
+    from p2m_core.ablation import check_pseudo_config
+    from p2m_core.data.splits import require_split
+
+    launch = Path(launch_dir if launch_dir is not None else os.getcwd()).resolve()
+    where = f"sweep spec {spec.path}"
+    protected = set(spec.grid_keys) | set(spec.seed_keys)
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key in protected:
+            raise P2MInputError(f"--set {text!r}: '{key}' is a grid or seed key of {where}; edit the spec instead")
+    sources: dict[str, str] = {}
+    base_raw = load_raw(spec.base, sources)
+    base_raw = apply_values(base_raw, spec.fixed, sources, f"{where}, key 'set'")
+    base_raw = apply_overrides(base_raw, list(overrides), sources)
+    if spec.stage == "pseudo":
+        base_raw = apply_values(base_raw, {"ablation.split": spec.split}, sources, f"{where}, key 'split'")
+
+    short = _short_keys(spec.grid_keys)
+    trials: list[Trial] = []
+    seen: dict[str, str] = {}
+    for setting in spec.settings():
+        label = setting_label(setting, short)
+        for seed in spec.seeds:
+            trial_sources = dict(sources)
+            raw = apply_values(copy.deepcopy(base_raw), setting, trial_sources, f"{where}, key 'grid' ({label})")
+            raw = apply_values(raw, {k: seed for k in spec.seed_keys}, trial_sources, f"{where}, key 'seeds' ({seed})")
+            cfg = from_dict(raw, trial_sources)
+            if in_ray_job() and not Path(cfg.data.root).is_absolute():
+                raise P2MInputError(
+                    f"{where}: key 'data.root' is the relative path {cfg.data.root!r}, but this runs as a Ray job whose "
+                    "working directory is a temporary copy without data; pass --set data.root=/absolute/path"
+                )
+            cfg = absolute_paths(cfg, launch)
+            if spec.stage == "pseudo":
+                check_pseudo_config(cfg, f"{where} ({label})")
+            config_hash = stage_hash(cfg, spec.stage)
+            if config_hash in seen:
+                raise P2MInputError(
+                    f"{where}: settings '{seen[config_hash]}' and '{label} seed={seed}' compute the same thing "
+                    f"(config hash {config_hash}); remove one from the grid"
+                )
+            seen[config_hash] = f"{label} seed={seed}"
+            trials.append(Trial(len(trials), label, dict(setting), seed, cfg, config_hash))
+    try:
+        require_split(trials[0].config.data, spec.split)
+    except P2MInputError as exc:
+        raise P2MInputError(f"{where}: {exc}") from None
+    return trials
+
+
+def sweep_hash(spec: SweepSpec, trials: Sequence[Trial]) -> str:
+    """16 hex digits over the spec's name, stage and its trials' hashes, in order."""
+    payload = {"spec": spec.name, "stage": spec.stage, "trials": [t.config_hash for t in trials]}
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()[:16]

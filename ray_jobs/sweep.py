@@ -1,0 +1,300 @@
+"""Run sweep specs as Ray Tune grids, one MLflow child run per trial.
+
+    python -m ray_jobs.sweep SPEC [SPEC ...] [--set KEY=VALUE ...] [--seeds S,S] [--resume]
+                             [--max-concurrent N] [--storage-path DIR] [--dry-run] [--quiet]
+
+For each spec (:mod:`ray_jobs.spec`) the driver, before Ray starts: builds and checks every
+trial's config; chooses the tracking store (docs/TRACKING.md) and fails if it does not answer;
+creates the experiment; opens the sweep's parent run (the same one when this sweep ran before);
+marks that run's orphaned RUNNING children KILLED; and skips every trial whose config hash
+already has a FINISHED run in the experiment. Only the remaining trials go to Ray Tune
+(``ray.init`` in-process, or the cluster named by ``RAY_ADDRESS``), with ``reuse_actors`` on:
+a fresh actor per short trial would triple its cost.
+
+So an interrupted sweep is completed by running the same command again (``--resume`` says so
+explicitly), and a finished one runs nothing. Exit status: 0 when every trial finished, 1 when
+some failed (each is a FAILED child run carrying its error; the others still finish), 2 for bad
+input (nothing started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2m_core.config import HASH_VERSION, add_config_arguments
+from p2m_core.errors import P2MInputError
+from ray_jobs.spec import SweepSpec, Trial, expand_trials, in_ray_job, load_spec, sweep_hash
+
+
+@dataclass
+class SweepPlan:
+    """One spec, ready to run: its trials, where they are logged, and which are still to do."""
+
+    spec: SweepSpec
+    trials: list[Trial]
+    sweep_hash: str
+    tracking_uri: str
+    overrides: tuple[str, ...] = ()
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    reused_parent: bool = False
+    killed: int = 0
+    done: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def todo(self) -> list[Trial]:
+        return [t for t in self.trials if t.config_hash not in self.done]
+
+
+def say(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def sweep_tags(plan: SweepPlan) -> dict[str, str]:
+    from p2m_core.tracking import tags as T
+    from p2m_core.tracking.provenance import git_commit
+
+    cfg = plan.trials[0].config
+    spec = plan.spec
+    return {
+        T.SPEC: spec.name,
+        T.PAPER_TABLE: spec.paper_table,
+        T.STAGE: spec.stage,
+        T.DATASET: f"{cfg.data.dataset}:{cfg.data.root}",
+        T.SPLIT: spec.split,
+        T.SOURCE: cfg.ablation.source,
+        T.GRID_KEYS: json.dumps(spec.grid_keys),
+        T.SEED_KEYS: json.dumps(list(spec.seed_keys)),
+        T.GIT_COMMIT: git_commit(),
+    }
+
+
+def trials_record(plan: SweepPlan) -> dict[str, Any]:
+    from p2m_core.tracking import tags as T
+
+    spec = plan.spec
+    return {
+        "format": T.TRIALS_FORMAT,
+        "spec": spec.name,
+        "paper_table": spec.paper_table,
+        "grid_keys": spec.grid_keys,
+        "seed_keys": list(spec.seed_keys),
+        "trials": [t.record() for t in plan.trials],
+    }
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2`` -> (0, 1, 2): distinct non-negative integers."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise P2MInputError(f"--seeds {text!r}: expected comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise P2MInputError(f"--seeds {text!r}: expected distinct non-negative integers")
+    return seeds
+
+
+def plan_sweep(spec_path: str, overrides: Sequence[str], seeds: Sequence[int] | None = None) -> SweepPlan:
+    """Load, expand and check one spec; choose its tracking store (no MLflow or Ray yet).
+
+    ``seeds`` replaces the spec's seeds (a quick look with one seed is a different sweep)."""
+    from dataclasses import replace
+
+    from p2m_core.tracking.uri import resolve_tracking_uri, sqlite_path
+
+    spec = load_spec(spec_path)
+    if seeds is not None:
+        spec = replace(spec, seeds=tuple(seeds))
+    trials = expand_trials(spec, overrides)
+    configured = trials[0].config.tracking.tracking_uri
+    if in_ray_job() and not configured and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise P2MInputError(
+            "this runs as a Ray job, whose working directory is a temporary copy that Ray deletes: the default "
+            "sqlite store there would be lost; set MLFLOW_TRACKING_URI (e.g. the head's `mlflow server`) or "
+            "--set tracking.tracking_uri=sqlite:////absolute/path/mlflow.db"
+        )
+    uri = resolve_tracking_uri(configured)
+    if in_ray_job() and sqlite_path(uri) is not None and Path.cwd().resolve() in sqlite_path(uri).parents:
+        raise P2MInputError(f"tracking store {uri} lies inside the Ray job's temporary working directory; use an absolute path outside it")
+    return SweepPlan(spec, trials, sweep_hash(spec, trials), uri, tuple(overrides))
+
+
+def open_in_mlflow(plan: SweepPlan) -> None:
+    """Experiment, parent run (reused on resume), orphan clean-up and the finished hashes."""
+    from p2m_core.tracking import store
+    from p2m_core.tracking import tags as T
+
+    spec = plan.spec
+    plan.experiment_id = store.ensure_experiment(plan.tracking_uri, spec.mlflow_experiment)
+    run_name = f"sweep-{spec.name}-{plan.sweep_hash[:8]}"
+    plan.parent_run_id, plan.reused_parent = store.open_sweep_run(
+        plan.tracking_uri, plan.experiment_id, plan.sweep_hash, sweep_tags(plan), run_name
+    )
+    store.log_files(
+        plan.tracking_uri, plan.parent_run_id,
+        {T.SPEC_ARTIFACT: _spec_text(plan), T.TRIALS_ARTIFACT: json.dumps(trials_record(plan), indent=2)},
+    )
+    plan.killed = store.kill_orphaned_children(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
+    finished = store.finished_hashes(plan.tracking_uri, plan.experiment_id, spec.stage, HASH_VERSION)
+    plan.done = {t.config_hash: finished[t.config_hash] for t in plan.trials if t.config_hash in finished}
+
+
+def _spec_text(plan: SweepPlan) -> str:
+    """The spec as loaded, with the command line's ``--set`` overrides (each trial's full
+    resolved config is its own ``config.yaml`` artifact)."""
+    import yaml
+
+    lines = [f"# sweep spec {plan.spec.path}", f"# --set overrides: {json.dumps(list(plan.overrides))}"]
+    return "\n".join(lines) + "\n" + yaml.safe_dump(plan.spec.raw, sort_keys=False)
+
+
+def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | None, attached: bool, quiet: bool) -> tuple[int, int, list[str]]:
+    """Hand the plan's missing trials to Ray Tune; returns ``(finished, failed, error lines)``."""
+    from ray import tune
+
+    from p2m_core.tracking import tags as T
+    from ray_jobs.cluster import check_fits
+    from ray_jobs.trial import SweepContext, run_trial
+    from ray_jobs.tune_progress import TrialProgress
+
+    todo = plan.todo
+    resources = plan.spec.resources.as_ray()
+    check_fits(resources, attached, f"sweep spec {plan.spec.path}")
+    context = SweepContext(
+        plan.tracking_uri, plan.experiment_id, plan.parent_run_id,
+        {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash}, tuple(plan.trials),
+    )
+    progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+    run_config = tune.RunConfig(
+        name=f"{plan.spec.name}-{plan.sweep_hash[:8]}-{int(time.time())}",
+        storage_path=storage_path,
+        verbose=0,
+        callbacks=[progress],
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.index for t in todo])},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent),
+        run_config=run_config,
+    )
+    tuner.fit()
+    return progress.finished, progress.failed, progress.errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ray_jobs.sweep",
+        description="Run sweep specs (experiments/sweeps/*.yaml) as Ray Tune grids logged to MLflow.",
+    )
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help="sweep spec YAML file(s)")
+    add_config_arguments(parser)
+    parser.add_argument("--seeds", default=None, metavar="S,S,...", help="replace the specs' seeds, e.g. --seeds 0 for a quick look")
+    parser.add_argument("--resume", action="store_true", help="complete an interrupted sweep (re-running does the same: finished trials are never re-run)")
+    parser.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once (default: as many as the resources allow)")
+    parser.add_argument("--storage-path", default=None, help="Ray Tune's own results folder (default ~/ray_results; shared storage on multi-node clusters)")
+    parser.add_argument("--dry-run", action="store_true", help="check the specs and show what would run, without starting Ray")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Tune's rich console output reprints a status table and banners; TrialProgress prints one
+    # line per trial instead, which the legacy reporter at verbose=0 leaves alone.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    args = build_parser().parse_args(argv)
+    if args.config is not None:
+        print("error: --config does not apply to sweeps (each spec names its base config)", file=sys.stderr)
+        return 2
+    quiet = args.quiet
+    try:
+        if args.max_concurrent is not None and args.max_concurrent < 1:
+            raise P2MInputError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        plans = [plan_sweep(path, args.overrides, seeds) for path in args.specs]
+        from p2m_core.tracking import store
+
+        for uri in dict.fromkeys(p.tracking_uri for p in plans):
+            store.check_reachable(uri)
+        for plan in plans:
+            open_in_mlflow(plan)
+            say(
+                f"[{plan.spec.name}] {len(plan.trials)} trials ({len(plan.spec.settings())} settings x "
+                f"{len(plan.spec.seeds)} seeds): {len(plan.done)} already finished, {len(plan.todo)} to run"
+                + (f"; {plan.killed} interrupted runs marked KILLED" if plan.killed else "")
+                + f"; MLflow {plan.tracking_uri}, experiment {plan.spec.mlflow_experiment!r}",
+                quiet,
+            )
+    except P2MInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for plan in plans:
+            for t in plan.todo:
+                print(f"{plan.spec.name}\t{t.config_hash}\t{t.run_name}")
+        return 0
+    return _run(plans, args, quiet)
+
+
+def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool) -> int:
+    from p2m_core.tracking import store
+    from ray_jobs.cluster import connect
+
+    totals = {"finished": 0, "failed": 0}
+    errors: list[str] = []
+    attached = False
+    started = False
+    try:
+        for plan in plans:
+            finished = failed = 0
+            if plan.todo:
+                if not started:
+                    seconds, attached = connect()
+                    started = True
+                    say(f"Ray {'attached' if attached else 'started in-process'} in {seconds:.1f} s", quiet)
+                try:
+                    finished, failed, lines = run_plan(plan, args.max_concurrent, args.storage_path, attached, quiet)
+                except P2MInputError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    store.close_sweep_run(plan.tracking_uri, plan.parent_run_id, {"trials_total": len(plan.trials)}, failed=True)
+                    return 2
+                errors.extend(f"[{plan.spec.name}] {line}" for line in lines)
+            counts = {
+                "trials_total": len(plan.trials), "trials_skipped": len(plan.done),
+                "trials_finished": finished, "trials_failed": failed,
+            }
+            missing = len(plan.todo) - finished - failed
+            store.close_sweep_run(plan.tracking_uri, plan.parent_run_id, counts, failed=bool(failed or missing))
+            totals["finished"] += finished
+            totals["failed"] += failed + missing
+            say(
+                f"[{plan.spec.name}] sweep run {plan.parent_run_id}: {finished} finished, {failed} failed"
+                + (f", {missing} not run" if missing else "") + f", {len(plan.done)} skipped (already finished)",
+                quiet,
+            )
+    finally:
+        if started and not attached:
+            from ray_jobs.cluster import shutdown
+
+            shutdown()
+    if totals["failed"]:
+        print(f"{totals['failed']} trial(s) did not finish:", file=sys.stderr)
+        for line in errors:
+            print(f"  {line}", file=sys.stderr)
+        print("re-run the same command to retry them (finished trials are not re-run)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The Ray Tune trial of a pseudo-stage sweep: run one setting, record it as an MLflow child run.
+
+Runs in a Ray worker. The sweep driver hands every trial the same :class:`SweepContext` (through
+``tune.with_parameters``, so it travels once through the object store) and the index of the
+trial to run in Tune's config. The trial creates its MLflow run first (RUNNING, with tags and
+params), runs :func:`p2m_core.ablation.run_pseudo_stage` into a temporary folder, logs the
+metrics and the folder's files, and ends the run FINISHED; if anything raises, the run ends
+FAILED with the error, and the exception goes on to Tune so the driver counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ray_jobs.spec import Trial
+
+log = logging.getLogger("p2m.trial")
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of one sweep shares: where to log and the trials themselves."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    tags: dict[str, str]
+    trials: tuple[Trial, ...]
+
+
+def trial_tags(context: SweepContext, trial: Trial) -> dict[str, str]:
+    import json
+
+    from p2m_core.config import HASH_VERSION
+    from p2m_core.tracking import tags as T
+
+    return {
+        **context.tags,
+        T.CONFIG_HASH: trial.config_hash,
+        T.HASH_VERSION: str(HASH_VERSION),
+        T.SEED: str(trial.seed),
+        T.SETTING: json.dumps(trial.setting),
+    }
+
+
+def setup_worker_logging() -> None:
+    """INFO lines of p2m's loggers on stderr, which Ray forwards to the driver's console."""
+    logger = logging.getLogger("p2m")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def run_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """Tune function trainable: ``config['trial']`` is the index into ``context.trials``."""
+    from ray import tune
+
+    from p2m_core.ablation import run_pseudo_stage
+    from p2m_core.tracking.trial import TrialRun
+
+    setup_worker_logging()
+    _limit_threads()
+    trial = context.trials[int(config["trial"])]
+    start = time.perf_counter()
+    run = TrialRun(
+        context.tracking_uri, context.experiment_id, context.parent_run_id, trial.run_name,
+        trial_tags(context, trial), trial.config,
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="p2m-trial-") as out:
+            result = run_pseudo_stage(trial.config, out)
+            seconds = time.perf_counter() - start
+            run.log_result(result, out, extra={"trial_seconds": seconds})
+        run.finish()
+    except BaseException as exc:
+        run.fail(exc)
+        log.error("trial %s (%s) failed: %s: %s", trial.index, trial.run_name, type(exc).__name__, exc)
+        raise
+    metrics = result["metrics"]
+    tune.report({"PQ": metrics["PQ"], "PQ_th": metrics["PQ_th"], "trial_seconds": seconds, "run_id": run.run_id})
+
+
+def _limit_threads() -> None:
+    """Torch intra-op threads = the CPUs Ray gave the trial (OMP_NUM_THREADS), so concurrent
+    trials do not oversubscribe the cores."""
+    import torch
+
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
