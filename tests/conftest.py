@@ -29,3 +29,27 @@ def coco_sample() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return SHARED_SAMPLE
+
+# Since Ray 2.52 a local ray.init() writes ~/.ray/auth_token and turns token auth on, which a
+# later `ray start` picks up and `ray job submit` then refuses; every Ray process of the tests
+# (in-process clusters, subprocesses, the head they start) runs without it.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_url(tmp_path_factory) -> str:
+    """A real `mlflow server` (sqlite backend) on 127.0.0.1, shared by the session's tests."""
+    from tests.services import mlflow_server
+
+    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ray_head_url(tmp_path_factory) -> str:
+    """A real `ray start --head` (with the job server) on 127.0.0.1, shared by the session's tests."""
+    from tests.services import ray_head
+
+    with ray_head(tmp_path_factory.mktemp("ray_head")) as url:
+        yield url
