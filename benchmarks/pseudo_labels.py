@@ -1,6 +1,6 @@
 """Benchmark of pseudo-label generation: our batched pipeline vs a reference-equivalent one.
 
-The setting of the issue (paper Sec. 4.2, ALGORITHM.md): a batch of 8 images, input 512x512,
+The setting of the issue (paper Sec. 4.2; docs/METHOD.md): a batch of 8 images, input 512x512,
 masks at 128x128 (``mask_stride=4``), graph at 1/16 of the input (``graph_stride=16``, 32x32
 nodes), 20 points per image (15 things, 5 stuff), all three maps, ``nearest_centroid`` capacities,
 OT with the reference's Sinkhorn (``reference`` mode, 80 iterations, eps 1e-3).
@@ -24,7 +24,7 @@ that load from other processes affects them alike):
   (:func:`p2m_core.pseudo.capacities.nearest_centroid` with the same per-source Dijkstra as
   its distance function), the reference's Sinkhorn transcribed plainly in torch for one image
   over its transported pixels only, argmax decoding, own pixels and stuff segments as in
-  ALGORITHM.md.
+  docs/METHOD.md.
 
 The pseudo masks of both must agree on >= 99.9 % of the pixels. Also reported: ours with the
 ``converged`` Sinkhorn, ours with the graph at 1/4 of the input (``graph_stride=4``: the graph at
@@ -158,7 +158,7 @@ def per_source_costs(graph: csr_matrix, coarse: tuple[int, int], f: int, size: t
 
 
 def reference_sinkhorn(cost: Tensor, supply: Tensor, epsilon: float, iters: int) -> Tensor:
-    """The reference's Sinkhorn for one image, transcribed plainly (ALGORITHM.md): cost [T, n]
+    """The reference's Sinkhorn for one image, transcribed plainly (docs/METHOD.md): cost [T, n]
     over the transported pixels, supply k [T], demand 1 per pixel -> log plan [T, n]."""
     log_x = torch.log(supply.float() + 1e-8)
     log_y = torch.log(torch.ones(cost.shape[1]) + 1e-8)

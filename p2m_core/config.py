@@ -71,6 +71,14 @@ class SplitConfig:
     points: str = ""  # point labels JSON (p2m_core.data.points); empty: sample on the fly
 
 
+def coco_layout(split: str) -> SplitConfig:
+    """COCO's file layout of a split under a dataset root: ``panoptic_<split>.json`` beside its
+    PNG folder ``panoptic_<split>/``, images in ``images/<split>/``, points in
+    ``points_<split>.json``. The default of ``data.<split>``, and what the synthetic generator
+    and the VOC converter write (docs/DATA.md)."""
+    return SplitConfig(f"panoptic_{split}.json", f"images/{split}", f"panoptic_{split}", f"points_{split}.json")
+
+
 @dataclass
 class SyntheticConfig:
     """The built-in synthetic panoptic dataset (``python -m p2m_core.data.synthetic``)."""
@@ -86,12 +94,8 @@ class DataConfig:
     dataset: Literal["synthetic", "coco_panoptic"] = "synthetic"
     root: str = "data/synthetic"
     # COCO's layout: panoptic_<split>.json beside its PNG folder panoptic_<split>/.
-    train: SplitConfig = field(
-        default_factory=lambda: SplitConfig("panoptic_train.json", "images/train", "panoptic_train", "points_train.json")
-    )
-    val: SplitConfig = field(
-        default_factory=lambda: SplitConfig("panoptic_val.json", "images/val", "panoptic_val", "points_val.json")
-    )
+    train: SplitConfig = field(default_factory=lambda: coco_layout("train"))
+    val: SplitConfig = field(default_factory=lambda: coco_layout("val"))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     point_seed: int = 0  # seed of the one-point-per-segment sampling
     # Training-time augmentation: shorter side resized into [min_size, max_size], random flip,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -188,6 +189,9 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
         tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent),
         run_config=run_config,
     )
+    # With Tune's file loggers off (MLflow is the record) its result grid warns that it found no
+    # result files; the grid is not used.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
     return progress.finished, progress.failed, progress.errors
 
@@ -212,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Tune's rich console output reprints a status table and banners; TrialProgress prints one
     # line per trial instead, which the legacy reporter at verbose=0 leaves alone.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # MLflow is the record; Tune's own CSV/JSON/TensorBoard loggers would only duplicate it (and
+    # TensorBoard's import pulls torch into the driver: ~2 s).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     args = build_parser().parse_args(argv)
     if args.config is not None:
         print("error: --config does not apply to sweeps (each spec names its base config)", file=sys.stderr)
@@ -226,34 +233,71 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for uri in dict.fromkeys(p.tracking_uri for p in plans):
             store.check_reachable(uri)
-        for plan in plans:
-            open_in_mlflow(plan)
-            say(
-                f"[{plan.spec.name}] {len(plan.trials)} trials ({len(plan.spec.settings())} settings x "
-                f"{len(plan.spec.seeds)} seeds): {len(plan.done)} already finished, {len(plan.todo)} to run"
-                + (f"; {plan.killed} interrupted runs marked KILLED" if plan.killed else "")
-                + f"; MLflow {plan.tracking_uri}, experiment {plan.spec.mlflow_experiment!r}",
-                quiet,
-            )
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Nothing can be finished in a store that does not exist yet: then Ray is needed for sure
+    # and starts while MLflow sets up (each takes seconds). Otherwise MLflow goes first, so a
+    # finished sweep never starts Ray.
+    overlap = not args.dry_run and all(_is_new_store(p.tracking_uri) for p in plans)
+    ray_started: tuple[float, bool] | None = None
+    try:
+        if overlap:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from ray_jobs.cluster import connect
+
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(prepare_tracking, plans, quiet)
+                ray_started = connect()
+                pending.result()
+        else:
+            prepare_tracking(plans, quiet)
+    except P2MInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if ray_started is not None:
+            from ray_jobs.cluster import shutdown
+
+            shutdown()
         return 2
     if args.dry_run:
         for plan in plans:
             for t in plan.todo:
                 print(f"{plan.spec.name}\t{t.config_hash}\t{t.run_name}")
         return 0
-    return _run(plans, args, quiet)
+    return _run(plans, args, quiet, ray_started)
 
 
-def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool) -> int:
+def _is_new_store(uri: str) -> bool:
+    from p2m_core.tracking.uri import sqlite_path
+
+    path = sqlite_path(uri)
+    return path is not None and not path.exists()
+
+
+def prepare_tracking(plans: list[SweepPlan], quiet: bool) -> None:
+    """Open every plan in MLflow and say what will run."""
+    for plan in plans:
+        open_in_mlflow(plan)
+        say(
+            f"[{plan.spec.name}] {len(plan.trials)} trials ({len(plan.spec.settings())} settings x "
+            f"{len(plan.spec.seeds)} seeds): {len(plan.done)} already finished, {len(plan.todo)} to run"
+            + (f"; {plan.killed} interrupted runs marked KILLED" if plan.killed else "")
+            + f"; MLflow {plan.tracking_uri}, experiment {plan.spec.mlflow_experiment!r}",
+            quiet,
+        )
+
+
+def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_started: tuple[float, bool] | None) -> int:
     from p2m_core.tracking import store
     from ray_jobs.cluster import connect
 
     totals = {"finished": 0, "failed": 0}
     errors: list[str] = []
-    attached = False
-    started = False
+    attached = bool(ray_started and ray_started[1])
+    started = ray_started is not None
+    if started:
+        say(f"Ray {'attached' if attached else 'started in-process'} in {ray_started[0]:.1f} s", quiet)
     try:
         for plan in plans:
             finished = failed = 0

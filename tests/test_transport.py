@@ -1,5 +1,5 @@
 """Sinkhorn solvers against independent oracles: POT's exact EMD, a NumPy transcription of the
-reference solver, and ALGORITHM.md's non-convergence case."""
+reference solver, and its non-convergence case (docs/METHOD.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def integer_supplies(rng: np.random.Generator, n_points: int, n_pixels: int) -> 
 
 
 def reference_numpy(cost: np.ndarray, x: np.ndarray, y: np.ndarray, eps: float, iters: int) -> np.ndarray:
-    """Direct float32 NumPy transcription of ALGORITHM.md's reference Sinkhorn (one image)."""
+    """Direct float32 NumPy transcription of the reference Sinkhorn (docs/METHOD.md) (one image)."""
     cost, x, y = cost.astype(np.float32), x.astype(np.float32), y.astype(np.float32)
     eps = np.float32(eps)
 
@@ -176,7 +176,7 @@ def test_unknown_mode_is_an_input_error() -> None:
         sinkhorn(torch.rand(1, 2, 3), torch.ones(1, 2), torch.ones(1, 3), mode="exact")
 
 
-# ----------------------------------------------------------------------------- ALGORITHM.md's case
+# ----------------------------------------------------------------------------- the non-convergence case
 def test_reference_does_not_converge_and_converged_meets_k() -> None:
     """64x64 grid, 3 points, costs 0-30: the reference stays at nearest-point, converged honours k."""
     H = W = 64

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from p2m_core.config import SPLITS, coco_layout
 from p2m_core.data.panoptic_format import coco_segments_info, id2rgb
 from p2m_core.errors import P2MInputError
 from p2m_core.progress import Progress
@@ -72,7 +73,6 @@ VOC_CLASSES = (
 )  # fmt: skip
 BACKGROUND_ID = 21  # category id of VOC's background (VOC index 0; panoptic id 0 is void)
 VOID_INDEX = 255
-SPLITS = ("train", "val")
 
 
 def voc_palette_color(index: int) -> tuple[int, int, int]:
@@ -327,9 +327,9 @@ def convert_image(source: ImageSource, out_dir: Path, split: str, copy_images: b
         )
     segment_ids, segments, dropped = panoptic_from_maps(class_map, instance_map, categories)
     png_name = f"{source.name}.png"
-    atomic_write_png(out_dir / f"panoptic_{split}" / png_name, id2rgb(segment_ids))
+    atomic_write_png(out_dir / coco_layout(split).panoptic / png_name, id2rgb(segment_ids))
     image_name = f"{source.name}.jpg"
-    _place_image(source.image_path, out_dir / "images" / split / image_name, copy_images)
+    _place_image(source.image_path, out_dir / coco_layout(split).images / image_name, copy_images)
     image_id = image_id_for(source.name)
     return {
         "image": {"id": image_id, "file_name": image_name, "height": height, "width": width},
@@ -391,7 +391,7 @@ def convert_split(
         "annotations": [r["annotation"] for r in results],
         "categories": voc_categories(),
     }
-    return atomic_write_json(out_dir / f"panoptic_{split}.json", document)
+    return atomic_write_json(out_dir / coco_layout(split).json, document)
 
 
 def convert(

@@ -1,4 +1,4 @@
-"""Low-level edge map ``P^b_low`` of an input image (paper Sec. 3.3.1, ALGORITHM.md).
+"""Low-level edge map ``P^b_low`` of an input image (paper Sec. 3.3.1; docs/METHOD.md, "Task-oriented maps").
 
 Two detectors behind one interface, :class:`EdgeDetector`:
 

@@ -39,13 +39,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from p2m_core.config import SyntheticConfig
+from p2m_core.config import SPLITS, SyntheticConfig, coco_layout
 from p2m_core.data.panoptic_format import coco_segments_info, id2rgb
 from p2m_core.errors import P2MInputError
 from p2m_core.progress import Progress
 from p2m_core.io import PathLike, atomic_write_json, atomic_write_png
 
-SPLITS = ("train", "val")
 MIN_SIZE = 32
 
 SYNTHETIC_CATEGORIES: list[dict[str, Any]] = [
@@ -370,9 +369,8 @@ def generate_synthetic(
     root = Path(out_dir)
     paths: dict[str, Path] = {"root": root}
     for split, count in zip(SPLITS, (int(num_train), int(num_val))):
-        json_path = root / f"panoptic_{split}.json"
-        png_dir = root / f"panoptic_{split}"
-        image_dir = root / "images" / split
+        layout = coco_layout(split)
+        json_path, png_dir, image_dir = root / layout.json, root / layout.panoptic, root / layout.images
         png_dir.mkdir(parents=True, exist_ok=True)
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []

@@ -2,7 +2,7 @@
 
 :func:`generate_pseudo_labels` turns task-oriented maps (:class:`~p2m_core.pseudo.maps.TaskMaps`)
 and point labels (:class:`~p2m_core.pseudo.maps.PointSet`) into one panoptic pseudo label per
-image, following ALGORITHM.md:
+image, following the paper (docs/METHOD.md, "Geodesic costs" to "Optimal transport"):
 
 1. **Pixel roles** (at mask resolution ``H x W``). Each pixel takes the class ``argmax_c P^s``
    over the classes that have a point in its image (the reference zeroes the other classes of

@@ -122,7 +122,7 @@ def semantic_cost_map(logits: Tensor, points: list[PointSet], dilation: int = 17
 
     Classes without a point in the image are zeroed (the image-level labels are known from the
     points), and each point's class is forced to 1 on a ``dilation x dilation`` square centred
-    on the point (clipped at the border; ALGORITHM.md, reference: 17). Both make the geodesic
+    on the point (clipped at the border; docs/METHOD.md, "Task-oriented maps"; reference: 17). Both make the geodesic
     costs trust the labels: no path is cheap through a class the image does not contain, and
     the neighbourhood of a point is certain of its class.
 

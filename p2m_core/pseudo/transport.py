@@ -14,7 +14,7 @@ Two solvers, one function each, same signature (POT style), chosen by :func:`sin
 ``mode``:
 
 :func:`sinkhorn_reference`
-    The reference code's solver, exactly (ALGORITHM.md, "The reference's Sinkhorn, exactly"):
+    The reference code's solver, exactly (docs/METHOD.md, "The reference Sinkhorn and why it does not converge"):
     duals start at 1, ``eps`` in raw cost units, exactly ``num_iters`` iterations. With eps =
     1e-3 and costs of order 10 a dual moves by at most ``eps * log N`` per iteration, so 80
     iterations leave the decoded labels at (almost) the minimum-cost assignment whatever k is.
@@ -162,7 +162,7 @@ def sinkhorn_reference(
         v_j <- eps * (log(y_j + 1e-8) - logsumexp_i M_ij) + v_j
         u_i <- eps * (log(x_i + 1e-8) - logsumexp_j M_ij) + u_i
 
-    returning ``log Gamma = M`` of the final duals, float32 (ALGORITHM.md). The ``+1e-8`` keeps
+    returning ``log Gamma = M`` of the final duals, float32 (docs/METHOD.md). The ``+1e-8`` keeps
     a zero supply or demand finite, as in the reference.
 
     Parameters
@@ -417,7 +417,7 @@ def disagreement(labels_a: Tensor, labels_b: Tensor, mask: Tensor) -> Tensor:
     """Share of the masked pixels whose labels differ, per image: [B, ...] x 2, mask -> [B].
 
     ``sum(mask & (a != b)) / sum(mask)``; 0 for an image with an empty mask. Used for the
-    OT-versus-MC diagnostic (ALGORITHM.md).
+    OT-versus-MC diagnostic (docs/METHOD.md, "The converged solver").
     """
     B = labels_a.shape[0]
     mask = mask.reshape(B, -1).bool()

@@ -9,6 +9,7 @@ is done, because it survives a killed driver and is shared by every machine of a
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,8 +31,14 @@ def quiet_mlflow_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@functools.lru_cache(maxsize=8)
 def client(uri: str) -> Any:
-    """An ``MlflowClient`` on ``uri`` (no global state: several stores may be used at once)."""
+    """An ``MlflowClient`` on ``uri``, one per store and process.
+
+    No global MLflow state (several stores may be used at once), but cached: opening a sqlite
+    store checks its schema, which costs ~0.3 s, and a Ray worker reused for the next trial
+    would pay it again on every trial.
+    """
     from mlflow.tracking import MlflowClient
 
     quiet_mlflow_logs()
