@@ -248,11 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ray_jobs.cluster import connect
 
             with ThreadPoolExecutor(max_workers=1) as pool:
-                pending = pool.submit(prepare_tracking, plans, quiet)
+                pending = pool.submit(prepare_tracking, plans, quiet, args.resume)
                 ray_started = connect()
                 pending.result()
         else:
-            prepare_tracking(plans, quiet)
+            prepare_tracking(plans, quiet, args.resume)
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if ray_started is not None:
@@ -275,10 +275,12 @@ def _is_new_store(uri: str) -> bool:
     return path is not None and not path.exists()
 
 
-def prepare_tracking(plans: list[SweepPlan], quiet: bool) -> None:
+def prepare_tracking(plans: list[SweepPlan], quiet: bool, resume: bool = False) -> None:
     """Open every plan in MLflow and say what will run."""
     for plan in plans:
         open_in_mlflow(plan)
+        if resume and not plan.reused_parent:
+            say(f"[{plan.spec.name}] --resume: no earlier run of this sweep in {plan.tracking_uri}; starting it", quiet)
         say(
             f"[{plan.spec.name}] {len(plan.trials)} trials ({len(plan.spec.settings())} settings x "
             f"{len(plan.spec.seeds)} seeds): {len(plan.done)} already finished, {len(plan.todo)} to run"

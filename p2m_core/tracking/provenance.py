@@ -7,6 +7,7 @@ environment variable ``P2M_GIT_COMMIT`` (if the submitter set it) or ``unknown``
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 ENV_VAR = "P2M_GIT_COMMIT"
 
 
+@functools.lru_cache(maxsize=4)
 def git_commit(path: str | os.PathLike | None = None) -> str:
     """``<sha>`` or ``<sha>-dirty`` of the repository holding ``path`` (default: this package)."""
     folder = Path(path) if path is not None else Path(__file__).resolve().parent
