@@ -29,14 +29,19 @@ def connect() -> tuple[float, bool]:
         return 0.0, bool(os.environ.get("RAY_ADDRESS"))
     start = time.perf_counter()
     address = os.environ.get("RAY_ADDRESS", "").strip()
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": True}
+    quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     if address:
         try:
-            ray.init(address=address, **quiet)
+            ray.init(address=address, log_to_driver=True, **quiet)
         except ConnectionError as exc:
             raise P2MInputError(f"RAY_ADDRESS={address!r}: cannot attach to that Ray cluster: {exc}") from None
         return time.perf_counter() - start, True
-    ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+    # Workers' output stays in Ray's log files (/tmp/ray/session_latest/logs): the driver prints a
+    # line per trial and Tune reports a failed trial's traceback itself.
+    ray.init(
+        address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        log_to_driver=False, **quiet,
+    )
     return time.perf_counter() - start, False
 
 

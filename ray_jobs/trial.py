@@ -19,7 +19,7 @@ from typing import Any
 
 from ray_jobs.spec import Trial
 
-log = logging.getLogger("p2m.trial")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,17 @@ def trial_tags(context: SweepContext, trial: Trial) -> dict[str, str]:
 
 
 def setup_worker_logging() -> None:
-    """INFO lines of p2m's loggers on stderr, which Ray forwards to the driver's console."""
-    logger = logging.getLogger("p2m")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    """INFO lines of p2m's loggers on the worker's stderr: Ray's worker log files, the dashboard
+    and, on an attached cluster, the job's log (an in-process sweep keeps its console to one
+    line per trial, printed by the driver)."""
+    for name in ("p2m_core", "ray_jobs"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
