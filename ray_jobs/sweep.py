@@ -20,77 +20,20 @@ input (nothing started).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-from p2m_core.config import HASH_VERSION, add_config_arguments
+from p2m_core.config import add_config_arguments
 from p2m_core.errors import P2MInputError
-from ray_jobs.spec import SweepSpec, Trial, expand_trials, in_ray_job, load_spec, sweep_hash
-
-
-@dataclass
-class SweepPlan:
-    """One spec, ready to run: its trials, where they are logged, and which are still to do."""
-
-    spec: SweepSpec
-    trials: list[Trial]
-    sweep_hash: str
-    tracking_uri: str
-    overrides: tuple[str, ...] = ()
-    experiment_id: str = ""
-    parent_run_id: str = ""
-    reused_parent: bool = False
-    killed: int = 0
-    done: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def todo(self) -> list[Trial]:
-        return [t for t in self.trials if t.config_hash not in self.done]
+from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep, sweep_tags
 
 
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
-
-
-def sweep_tags(plan: SweepPlan) -> dict[str, str]:
-    from p2m_core.tracking import tags as T
-    from p2m_core.tracking.provenance import git_commit
-
-    cfg = plan.trials[0].config
-    spec = plan.spec
-    return {
-        T.SPEC: spec.name,
-        T.PAPER_TABLE: spec.paper_table,
-        T.STAGE: spec.stage,
-        T.DATASET: f"{cfg.data.dataset}:{cfg.data.root}",
-        T.SPLIT: spec.split,
-        T.SOURCE: cfg.ablation.source,
-        T.GRID_KEYS: json.dumps(spec.grid_keys),
-        T.SEED_KEYS: json.dumps(list(spec.seed_keys)),
-        T.GIT_COMMIT: git_commit(),
-    }
-
-
-def trials_record(plan: SweepPlan) -> dict[str, Any]:
-    from p2m_core.tracking import tags as T
-
-    spec = plan.spec
-    return {
-        "format": T.TRIALS_FORMAT,
-        "spec": spec.name,
-        "paper_table": spec.paper_table,
-        "grid_keys": spec.grid_keys,
-        "seed_keys": list(spec.seed_keys),
-        "trials": [t.record() for t in plan.trials],
-    }
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -102,60 +45,6 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise P2MInputError(f"--seeds {text!r}: expected distinct non-negative integers")
     return seeds
-
-
-def plan_sweep(spec_path: str, overrides: Sequence[str], seeds: Sequence[int] | None = None) -> SweepPlan:
-    """Load, expand and check one spec; choose its tracking store (no MLflow or Ray yet).
-
-    ``seeds`` replaces the spec's seeds (a quick look with one seed is a different sweep)."""
-    from dataclasses import replace
-
-    from p2m_core.tracking.uri import resolve_tracking_uri, sqlite_path
-
-    spec = load_spec(spec_path)
-    if seeds is not None:
-        spec = replace(spec, seeds=tuple(seeds))
-    trials = expand_trials(spec, overrides)
-    configured = trials[0].config.tracking.tracking_uri
-    if in_ray_job() and not configured and not os.environ.get("MLFLOW_TRACKING_URI"):
-        raise P2MInputError(
-            "this runs as a Ray job, whose working directory is a temporary copy that Ray deletes: the default "
-            "sqlite store there would be lost; set MLFLOW_TRACKING_URI (e.g. the head's `mlflow server`) or "
-            "--set tracking.tracking_uri=sqlite:////absolute/path/mlflow.db"
-        )
-    uri = resolve_tracking_uri(configured)
-    if in_ray_job() and sqlite_path(uri) is not None and Path.cwd().resolve() in sqlite_path(uri).parents:
-        raise P2MInputError(f"tracking store {uri} lies inside the Ray job's temporary working directory; use an absolute path outside it")
-    return SweepPlan(spec, trials, sweep_hash(spec, trials), uri, tuple(overrides))
-
-
-def open_in_mlflow(plan: SweepPlan) -> None:
-    """Experiment, parent run (reused on resume), orphan clean-up and the finished hashes."""
-    from p2m_core.tracking import store
-    from p2m_core.tracking import tags as T
-
-    spec = plan.spec
-    plan.experiment_id = store.ensure_experiment(plan.tracking_uri, spec.mlflow_experiment)
-    run_name = f"sweep-{spec.name}-{plan.sweep_hash[:8]}"
-    plan.parent_run_id, plan.reused_parent = store.open_sweep_run(
-        plan.tracking_uri, plan.experiment_id, plan.sweep_hash, sweep_tags(plan), run_name
-    )
-    store.log_files(
-        plan.tracking_uri, plan.parent_run_id,
-        {T.SPEC_ARTIFACT: _spec_text(plan), T.TRIALS_ARTIFACT: json.dumps(trials_record(plan), indent=2)},
-    )
-    plan.killed = store.kill_orphaned_children(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
-    finished = store.finished_hashes(plan.tracking_uri, plan.experiment_id, spec.stage, HASH_VERSION)
-    plan.done = {t.config_hash: finished[t.config_hash] for t in plan.trials if t.config_hash in finished}
-
-
-def _spec_text(plan: SweepPlan) -> str:
-    """The spec as loaded, with the command line's ``--set`` overrides (each trial's full
-    resolved config is its own ``config.yaml`` artifact)."""
-    import yaml
-
-    lines = [f"# sweep spec {plan.spec.path}", f"# --set overrides: {json.dumps(list(plan.overrides))}"]
-    return "\n".join(lines) + "\n" + yaml.safe_dump(plan.spec.raw, sort_keys=False)
 
 
 def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | None, attached: bool, quiet: bool) -> tuple[int, int, list[str]]:
@@ -239,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Nothing can be finished in a store that does not exist yet: then Ray is needed for sure
     # and starts while MLflow sets up (each takes seconds). Otherwise MLflow goes first, so a
     # finished sweep never starts Ray.
-    overlap = not args.dry_run and all(_is_new_store(p.tracking_uri) for p in plans)
+    overlap = not args.dry_run and all(is_new_store(p.tracking_uri) for p in plans)
     ray_started: tuple[float, bool] | None = None
     try:
         if overlap:
@@ -266,13 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{plan.spec.name}\t{t.config_hash}\t{t.run_name}")
         return 0
     return _run(plans, args, quiet, ray_started)
-
-
-def _is_new_store(uri: str) -> bool:
-    from p2m_core.tracking.uri import sqlite_path
-
-    path = sqlite_path(uri)
-    return path is not None and not path.exists()
 
 
 def prepare_tracking(plans: list[SweepPlan], quiet: bool, resume: bool = False) -> None:

@@ -184,9 +184,9 @@ def test_range_error_in_a_file_names_the_file(tmp_path):
 
 
 def test_allowed_values_are_defined_once():
-    from p2m_core.pseudo import capacities, geodesic, labels, transport
+    from p2m_core.pseudo import geodesic, labels, transport
 
-    assert capacities.K_SCHEMES is config_values.K_SCHEMES
+    assert labels.K_SCHEMES is config_values.K_SCHEMES
     assert labels.ASSIGNMENTS is config_values.ASSIGNMENTS and labels.MC_DECODES is config_values.MC_DECODES
     assert transport.SINKHORN_MODES is config_values.SINKHORN_MODES
     assert geodesic.BACKENDS is config_values.GEODESIC_BACKENDS

@@ -19,7 +19,6 @@ only with ``with_gt=True`` (evaluation). Training code therefore sees the points
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np

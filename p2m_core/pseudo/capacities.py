@@ -35,7 +35,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from p2m_core.config import K_SCHEMES
 from p2m_core.errors import P2MInputError
 
 
