@@ -56,7 +56,6 @@ ASSIGNMENTS: tuple[str, ...] = typing.get_args(Assignment)
 MC_DECODES: tuple[str, ...] = typing.get_args(McDecode)
 SINKHORN_MODES: tuple[str, ...] = typing.get_args(SinkhornMode)
 GEODESIC_BACKENDS: tuple[str, ...] = typing.get_args(GeodesicBackend)
-MAP_SOURCES: tuple[str, ...] = typing.get_args(MapSourceKind)
 SPLITS: tuple[str, ...] = typing.get_args(SplitName)
 
 

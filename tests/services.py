@@ -62,21 +62,17 @@ def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
         return
 
 
-def kill_matching(marker: str) -> None:
-    """SIGKILL processes whose command line contains ``marker`` (Ray workers and agents that
-    moved to process groups of their own)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+@contextmanager
+def running(cmd: list[str], log: Path, health_url: str, timeout: float, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Start ``cmd`` in a new process group (output to ``log``), wait for ``health_url``, and
+    stop the whole group on exit."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_for(health_url, process, log, timeout)
+        yield
+    finally:
+        stop_group(process)
 
 
 @contextmanager
@@ -89,21 +85,17 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/health", process, log, timeout=90)
+    with running(cmd, log, f"{url}/health", timeout=90):
         yield url
-    finally:
-        stop_group(process)
 
 
 @contextmanager
 def ray_head(folder: Path) -> Iterator[str]:
     """``ray start --head --block`` with the dashboard (job server) on 127.0.0.1; yields its URL.
 
-    The head has its own short temp folder, which also names its processes for clean-up.
+    The head has its own short temp folder (removed afterwards); `ray start --block` stops every
+    process it started when its group gets SIGTERM.
     """
     dashboard = free_port()
     temp_dir = Path("/tmp") / f"p2m-ray-{secrets.token_hex(3)}"
@@ -116,13 +108,9 @@ def ray_head(folder: Path) -> Iterator[str]:
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         "--node-ip-address=127.0.0.1", "--port=0", "--disable-usage-stats", f"--temp-dir={temp_dir}",
     ]  # fmt: skip
-    with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
-        wait_for(f"{url}/api/version", process, log, timeout=120)
-        yield url
+        with running(cmd, log, f"{url}/api/version", timeout=120, env=env):
+            yield url
     finally:
-        stop_group(process)
-        kill_matching(str(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
