@@ -45,6 +45,12 @@ Assignment = Literal["ot", "mc"]
 McDecode = Literal["argmin", "psps"]
 SinkhornMode = Literal["reference", "converged"]
 GeodesicBackend = Literal["scipy", "torch"]
+KRanking = Literal["argmin", "likelihood"]
+CentroidRule = Literal["paper", "release"]
+WarmupAssignment = Literal["mc", "release"]
+MapResize = Literal["area", "bilinear"]
+PixelRoles = Literal["evidence", "argmax"]
+OtPixels = Literal["transported", "all"]
 MapSourceKind = Literal["oracle", "oracle_corrupt", "image", "checkpoint"]
 PointsFrom = Literal["sample", "file"]
 SplitName = Literal["train", "val"]
@@ -56,6 +62,12 @@ ASSIGNMENTS: tuple[str, ...] = typing.get_args(Assignment)
 MC_DECODES: tuple[str, ...] = typing.get_args(McDecode)
 SINKHORN_MODES: tuple[str, ...] = typing.get_args(SinkhornMode)
 GEODESIC_BACKENDS: tuple[str, ...] = typing.get_args(GeodesicBackend)
+K_RANKINGS: tuple[str, ...] = typing.get_args(KRanking)
+CENTROID_RULES: tuple[str, ...] = typing.get_args(CentroidRule)
+WARMUP_ASSIGNMENTS: tuple[str, ...] = typing.get_args(WarmupAssignment)
+MAP_RESIZES: tuple[str, ...] = typing.get_args(MapResize)
+PIXEL_ROLES: tuple[str, ...] = typing.get_args(PixelRoles)
+OT_PIXELS: tuple[str, ...] = typing.get_args(OtPixels)
 SPLITS: tuple[str, ...] = typing.get_args(SplitName)
 
 
@@ -111,7 +123,12 @@ class DataConfig:
 
 @dataclass
 class PseudoConfig:
-    """Pseudo-label generation by optimal transport (paper Sec. 3.2-3.3; docs/METHOD.md)."""
+    """Pseudo-label generation by optimal transport (paper Sec. 3.2-3.3; docs/METHOD.md).
+
+    The defaults are the paper's reading. The fields from ``k_ranking`` to ``ot_pixels`` switch
+    each step to what the authors' release does instead (docs/METHOD.md, "The release's
+    pseudo-label variant"); ``experiments/presets/release.yaml`` selects all of them.
+    """
 
     maps: list[MapName] = field(default_factory=lambda: ["semantic", "boundary_low", "boundary_high"])
     beta: float = 0.1  # weight of boundary terms in the edge length, Eq. 3 (paper)
@@ -131,7 +148,19 @@ class PseudoConfig:
     sinkhorn_mode: SinkhornMode = "reference"
     geodesic_backend: GeodesicBackend = "torch"
     point_dilation: int = 17  # reference: labelled points forced into P^s as 17x17 squares
-    mc_warmup_iters: int = 0  # reference: 12k (VOC) / 60k (COCO) MC iterations before OT
+    # Training iterations that use the warm-up assignment instead of OT (reference: 12k on VOC,
+    # 60k on COCO); warmup_assignment says what that assignment is.
+    warmup_iters: int = 0
+    warmup_assignment: WarmupAssignment = "mc"  # release: its Sinkhorn, nearest-point k, all pixels
+    # How nearest_point / nearest_centroid rank the transported pixels among the points: minimum
+    # cost (paper) or the release's (1 - normalised distance) x class likelihood.
+    k_ranking: KRanking = "argmin"
+    centroid_rule: CentroidRule = "paper"  # release: truncated centre of mass, corner check
+    map_resize: MapResize = "area"  # maps to the graph: f x f block means, or the release's bilinear
+    pixel_roles: PixelRoles = "evidence"  # argmax: the release's plain argmax over all classes
+    ot_pixels: OtPixels = "transported"  # all: the release's plan over every pixel, stuff demand 0
+    force_own_pixels: bool = True  # the release never forces a point's own pixel
+    stuff_void_threshold: float = 0.0  # stuff pixels void where max P^s < this (release: 0.5)
 
     def invalid_fields(self) -> list[tuple[str, str]]:
         """(field, expectation) pairs this section violates; empty when valid."""
@@ -149,8 +178,10 @@ class PseudoConfig:
         for name in ("beta", "extra_weight"):
             if not getattr(self, name) >= 0:
                 bad.append((name, "a number >= 0"))
-        if self.mc_warmup_iters < 0:
-            bad.append(("mc_warmup_iters", "an integer >= 0"))
+        if self.warmup_iters < 0:
+            bad.append(("warmup_iters", "an integer >= 0"))
+        if not 0.0 <= self.stuff_void_threshold <= 1.0:
+            bad.append(("stuff_void_threshold", "a number in [0, 1]"))
         return bad
 
 

@@ -126,6 +126,38 @@ def force_own_pixels(labels: Tensor, own_pixels: Tensor, point_mask: Tensor, pix
     return torch.where((winner < M) & pixel_mask, winner, labels)
 
 
+def batch_likelihood_labels(
+    dist: Tensor, likelihood: Tensor, point_mask: Tensor, pixel_mask: Tensor, own_pixels: Tensor | None = None
+) -> Tensor:
+    """The release's ranking: ``argmax_i (1 - dist_i) * likelihood_i`` per pixel, [B, M, N] -> [B, N].
+
+    ``dist`` are distances already divided by a maximum (so ``1 - dist`` is a distance
+    likelihood in [0, 1]) and ``likelihood`` the class likelihood of each point at each pixel.
+    Pixels outside ``pixel_mask`` get -1; padded points never win; ties go to the lowest index
+    (``torch.argmax``); ``own_pixels`` as in :func:`batch_argmin_labels`.
+    """
+    score = (1 - dist) * likelihood
+    score = torch.where(point_mask[:, :, None] & pixel_mask[:, None, :], score, -torch.inf)
+    B, M, N = score.shape
+    if M == 0:
+        return torch.full((B, N), -1, dtype=torch.long, device=score.device)
+    labels = torch.where(pixel_mask & point_mask.any(1, keepdim=True), score.argmax(1), -1)
+    if own_pixels is not None:
+        labels = force_own_pixels(labels, own_pixels, point_mask, pixel_mask)
+    return labels
+
+
+def normalise_costs(cost: Tensor, point_mask: Tensor) -> Tensor:
+    """``cost / (max + 1e-5)`` with the maximum over each image's real points and every pixel,
+    [B, M, ...] -> same shape, float32 (the release's normalisation; the 1e-5 keeps an all-zero
+    map finite)."""
+    B = cost.shape[0]
+    real = point_mask.reshape(B, -1, *([1] * (cost.dim() - 2)))
+    peak = torch.where(real, cost.float(), -torch.inf).flatten(1).amax(1) if cost[0].numel() else cost.new_zeros(B)
+    peak = torch.where(torch.isfinite(peak), peak, 0.0)
+    return cost.float() / (peak + 1e-5).reshape(B, *([1] * (cost.dim() - 1)))
+
+
 def count_labels(labels: Tensor, num_points: int) -> Tensor:
     """Pixels per point, [B, N] long (-1 ignored) -> [B, M] long."""
     B = labels.shape[0]
@@ -172,13 +204,7 @@ def batch_mask_centroids(labels: Tensor, points_yx: Tensor, point_mask: Tensor) 
     M = points_yx.shape[1]
     dev = labels.device
     flat = labels.reshape(B, -1)
-    idx = torch.where(flat >= 0, flat, M)
-    ys = torch.arange(h, device=dev, dtype=torch.float64).repeat_interleave(w).expand(B, -1)
-    xs = torch.arange(w, device=dev, dtype=torch.float64).repeat(h).expand(B, -1)
-    zeros = torch.zeros(B, M + 1, dtype=torch.float64, device=dev)
-    count = zeros.scatter_add(1, idx, torch.ones_like(ys))[:, :M]
-    sum_y = zeros.scatter_add(1, idx, ys)[:, :M]
-    sum_x = zeros.scatter_add(1, idx, xs)[:, :M]
+    count, sum_y, sum_x = _region_sums(flat, M, h, w)
     safe = count.clamp_min(1)
     # round half up, deterministic (torch.round is half-to-even)
     cy = torch.floor(sum_y / safe + 0.5).long().clamp(0, h - 1)
@@ -187,6 +213,42 @@ def batch_mask_centroids(labels: Tensor, points_yx: Tensor, point_mask: Tensor) 
     use = (count > 0) & inside & point_mask
     centroids = torch.stack([cy, cx], dim=-1)
     return torch.where(use[..., None], centroids, points_yx.long())
+
+
+def batch_release_centroids(labels: Tensor, points_yx: Tensor, point_mask: Tensor, factor: int) -> Tensor:
+    """The release's centroid rule, batched: ``labels [B, h, w]`` -> sources ``[B, M, 2]`` long.
+
+    Each region's centre of mass is truncated to integers (not rounded), and it replaces the
+    point only when the region contains both that pixel and the top-left corner of the point's
+    ``factor x factor`` graph cell (``(y // factor) * factor``, same for x); otherwise, or for an
+    empty region, the point is kept. The corner test is the release's, which checks the point's
+    cell at graph resolution rather than the point's own pixel.
+    """
+    B, h, w = labels.shape
+    M = points_yx.shape[1]
+    dev = labels.device
+    flat = labels.reshape(B, -1)
+    count, sum_y, sum_x = _region_sums(flat, M, h, w)
+    cy = torch.floor(sum_y / count.clamp_min(1)).long().clamp(0, h - 1)
+    cx = torch.floor(sum_x / count.clamp_min(1)).long().clamp(0, w - 1)
+    corner = (points_yx.long() // factor) * factor
+    own = torch.arange(M, device=dev)
+    at_centre = flat.gather(1, cy * w + cx) == own
+    at_corner = flat.gather(1, corner[..., 0].clamp(0, h - 1) * w + corner[..., 1].clamp(0, w - 1)) == own
+    use = (count > 0) & at_centre & at_corner & point_mask
+    return torch.where(use[..., None], torch.stack([cy, cx], dim=-1), points_yx.long())
+
+
+def _region_sums(flat: Tensor, M: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pixel count and sums of y and x of each region of ``flat [B, h*w]`` (float64, exact)."""
+    B = flat.shape[0]
+    dev = flat.device
+    idx = torch.where(flat >= 0, flat, M)
+    ys = torch.arange(h, device=dev, dtype=torch.float64).repeat_interleave(w).expand(B, -1)
+    xs = torch.arange(w, device=dev, dtype=torch.float64).repeat(h).expand(B, -1)
+    zeros = torch.zeros(B, M + 1, dtype=torch.float64, device=dev)
+    count = zeros.scatter_add(1, idx, torch.ones_like(ys))[:, :M]
+    return count, zeros.scatter_add(1, idx, ys)[:, :M], zeros.scatter_add(1, idx, xs)[:, :M]
 
 
 def mask_centroids(labels: Tensor, points_yx: Tensor) -> Tensor:
@@ -208,23 +270,31 @@ def batch_nearest_centroid(
     distance_fn: Callable[[Tensor], Tensor],
     iters: int = 1,
     own_pixels: Tensor | None = None,
+    label_fn: Callable[[Tensor], Tensor] | None = None,
+    centroid_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Centroid capacities for a batch: ``cost [B, M, h, w]`` -> k ``[B, M]`` long.
 
     ``distance_fn(centroids [B, M, 2] long) -> [B, M, h, w]`` gives the costs from the
     centroids (the pipeline: geodesic distances on the coarse graph, upsampled). ``pixel_mask
     [B, h, w]`` are the transported pixels, ``own_pixels [B, M]`` as in :func:`nearest_point`.
-    See the module docstring for the scheme.
+    See the module docstring for the scheme. Two steps can be swapped for the release's:
+    ``label_fn(dist [B, M, h*w]) -> labels [B, h*w]`` ranks the pixels (default: minimum cost
+    within ``pixel_mask``, own pixels forced) and ``centroid_fn(labels [B, h, w], points_yx,
+    point_mask) -> [B, M, 2]`` picks the new sources (default :func:`batch_mask_centroids`).
     """
     if iters < 0:
         raise P2MInputError(f"pseudo.centroid_iters must be >= 0, got {iters}")
     B, M, h, w = cost.shape
     pix = pixel_mask.reshape(B, -1).bool()
-    labels = batch_argmin_labels(cost.reshape(B, M, -1), point_mask, pix, own_pixels)
+    if label_fn is None:
+        def label_fn(dist: Tensor) -> Tensor:
+            return batch_argmin_labels(dist, point_mask, pix, own_pixels)
+    centroid_fn = centroid_fn or batch_mask_centroids
+    labels = label_fn(cost.reshape(B, M, -1))
     for _ in range(iters):
-        centroids = batch_mask_centroids(labels.reshape(B, h, w), points_yx, point_mask)
-        dist = distance_fn(centroids)
-        labels = batch_argmin_labels(dist.reshape(B, M, -1), point_mask, pix, own_pixels)
+        centroids = centroid_fn(labels.reshape(B, h, w), points_yx, point_mask)
+        labels = label_fn(distance_fn(centroids).reshape(B, M, -1))
     return count_labels(labels, M)
 
 

@@ -38,6 +38,11 @@ image, following the paper (docs/METHOD.md, "Geodesic costs" to "Optimal transpo
    thing points). The MC labels are always computed, so an ``ot`` run reports the share of
    transported pixels where OT and MC disagree.
 
+The release's variant (docs/METHOD.md, "The release's pseudo-label variant") changes single
+steps, each by its own field: ``pixel_roles``, ``stuff_void_threshold`` and ``force_own_pixels``
+(steps 1-2), ``map_resize`` (step 3), ``k_ranking`` and ``centroid_rule`` (step 4), ``ot_pixels``
+and ``warmup_assignment`` (step 5, the latter when called with ``warmup=True``).
+
 Ties: exactly equal costs (a flat region of ``P^s`` has zero-length edges; two points can share
 a coarse node) go to the lowest supplier index, so only then does a result depend on the order
 in which the points are listed.
@@ -57,14 +62,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from p2m_core.config import ASSIGNMENTS, K_SCHEMES, MAP_NAMES, MC_DECODES
+from p2m_core.config import (
+    ASSIGNMENTS,
+    CENTROID_RULES,
+    K_RANKINGS,
+    K_SCHEMES,
+    MAP_NAMES,
+    MAP_RESIZES,
+    MC_DECODES,
+    OT_PIXELS,
+    PIXEL_ROLES,
+    WARMUP_ASSIGNMENTS,
+)
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo.capacities import (
     batch_argmin_labels,
     batch_equal_division,
+    batch_likelihood_labels,
+    batch_mask_centroids,
     batch_nearest_centroid,
+    batch_release_centroids,
     count_labels,
     force_own_pixels,
+    normalise_costs,
 )
 from p2m_core.pseudo.edge_lengths import edge_lengths
 from p2m_core.pseudo.geodesic import geodesic_distances
@@ -187,9 +207,19 @@ def _check_cfg(cfg: Any) -> None:
         ("k_scheme", cfg.k_scheme, K_SCHEMES),
         ("assignment", cfg.assignment, ASSIGNMENTS),
         ("mc_decode", cfg.mc_decode, MC_DECODES),
+        ("k_ranking", cfg.k_ranking, K_RANKINGS),
+        ("centroid_rule", cfg.centroid_rule, CENTROID_RULES),
+        ("warmup_assignment", cfg.warmup_assignment, WARMUP_ASSIGNMENTS),
+        ("map_resize", cfg.map_resize, MAP_RESIZES),
+        ("pixel_roles", cfg.pixel_roles, PIXEL_ROLES),
+        ("ot_pixels", cfg.ot_pixels, OT_PIXELS),
     ):
         if value not in allowed:
             raise P2MInputError(f"pseudo.{name}: unknown value {value!r}, expected one of {allowed}")
+    if not isinstance(cfg.force_own_pixels, bool):
+        raise P2MInputError(f"pseudo.force_own_pixels: expected true or false, got {cfg.force_own_pixels!r}")
+    if not 0.0 <= cfg.stuff_void_threshold <= 1.0:
+        raise P2MInputError(f"pseudo.stuff_void_threshold={cfg.stuff_void_threshold!r}: expected a number in [0, 1]")
     unknown = [m for m in cfg.maps if m not in ("semantic", *BOUNDARY_MAPS)]
     if unknown or "semantic" not in cfg.maps:
         raise P2MInputError(
@@ -230,52 +260,85 @@ def _selected_maps(maps: TaskMaps, cfg: Any) -> tuple[Tensor, Tensor | None, Ten
     return sem.float(), high, low, extra
 
 
-def _area_downsample(x: Tensor, f: int) -> Tensor:
-    """Mean over ``f x f`` blocks, [B, C, H, W] -> [B, C, ceil(H/f), ceil(W/f)]."""
-    return x if f == 1 else F.avg_pool2d(x, f, f, ceil_mode=True)
+def graph_size(size: tuple[int, int], f: int, resize: str) -> tuple[int, int]:
+    """Graph size for a mask of ``size``: ``ceil(H/f) x ceil(W/f)`` for ``area`` (partial blocks
+    at the border are nodes too), ``floor(H/f) x floor(W/f)`` for ``bilinear`` (the release's
+    ``H // 16``)."""
+    H, W = size
+    if resize == "area":
+        return -(-H // f), -(-W // f)
+    if H < f or W < f:
+        raise P2MInputError(
+            f"pseudo.map_resize='bilinear': a {H}x{W} mask is smaller than one graph cell "
+            f"(graph_stride / mask_stride = {f})"
+        )
+    return H // f, W // f
+
+
+def to_graph(x: Tensor, f: int, resize: str) -> Tensor:
+    """Maps ``[B, C, H, W]`` at mask resolution -> the graph resolution (:func:`graph_size`):
+    the mean over ``f x f`` blocks (``area``) or a bilinear resize, ``align_corners=False``,
+    no antialiasing (``bilinear``: the release samples the two middle pixels of each block)."""
+    if f == 1:
+        return x
+    if resize == "area":
+        return F.avg_pool2d(x, f, f, ceil_mode=True)
+    return F.interpolate(x, size=graph_size(tuple(x.shape[-2:]), f, resize), mode="bilinear", align_corners=False)
+
+
+def to_mask(x: Tensor, f: int, size: tuple[int, int], resize: str) -> Tensor:
+    """Graph maps ``[B, T, h, w]`` -> mask resolution ``size``, bilinear with
+    ``align_corners=False``: by the scale factor f and cropped (``area``, node i at the centre
+    of its block), or straight to ``size`` (``bilinear``, the release's resize)."""
+    if f == 1:
+        return x
+    if resize == "area":
+        return F.interpolate(x, scale_factor=f, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def coarse_edge_lengths(maps: TaskMaps, cfg: Any) -> Tensor:
-    """Edge lengths of the graph at ``1/f`` of the mask resolution, ``[B, 8, ceil(H/f), ceil(W/f)]``."""
+    """Edge lengths of the graph at ``1/f`` of the mask resolution (size: :func:`graph_size`)."""
     f = graph_factor(cfg)
     sem, high, low, extra = _selected_maps(maps, cfg)
 
     def down(m: Tensor | None) -> Tensor | None:
-        return None if m is None else _area_downsample(m[:, None], f)[:, 0]
+        return None if m is None else to_graph(m[:, None], f, cfg.map_resize)[:, 0]
 
     return edge_lengths(
-        _area_downsample(sem, f), down(high), down(low), [down(e) for e in extra],
+        to_graph(sem, f, cfg.map_resize), down(high), down(low), [down(e) for e in extra],
         beta=cfg.beta, extra_weight=cfg.extra_weight,
     )
 
 
 def distance_maps(
-    lengths: Tensor, sources_yx: Tensor, source_mask: Tensor, f: int, size: tuple[int, int], backend: str
+    lengths: Tensor, sources_yx: Tensor, source_mask: Tensor, f: int, size: tuple[int, int], backend: str,
+    resize: str = "area", normalise: bool = False,
 ) -> Tensor:
     """Geodesic costs at mask resolution from sources given at mask resolution.
 
     ``lengths [B, 8, h, w]`` (coarse graph), ``sources_yx [B, T, 2]`` long, ``source_mask [B, T]``
     (real sources form a prefix of each row) -> ``[B, T, H, W]`` float32 (0 on padded rows).
-    Each source maps to its coarse node ``(y // f, x // f)``; the coarse distance maps are
-    upsampled bilinearly by f (``align_corners=False``, so node i sits at the centre of its
-    ``f x f`` block) and cropped to ``size``.
+    Each source maps to its coarse node ``(y // f, x // f)`` (clamped to the graph); the coarse
+    distance maps go to ``size`` by :func:`to_mask`. ``normalise`` divides them by their maximum
+    (+1e-5) over the image's sources at graph resolution, before the upsampling, as the release
+    does for the distances from its centroids.
     """
     B, T = source_mask.shape
     h, w = lengths.shape[-2:]
-    H, W = size
     coarse = torch.stack([(sources_yx[..., 0] // f).clamp(0, h - 1), (sources_yx[..., 1] // f).clamp(0, w - 1)], -1)
     n = source_mask.sum(1).tolist()
     dist = geodesic_distances(lengths, [coarse[b, : n[b]] for b in range(B)], backend=backend)
     out = lengths.new_zeros(B, T, h, w, dtype=torch.float32)
     for b in range(B):
         out[b, : n[b]] = dist[b].float()
-    if f > 1:
-        out = F.interpolate(out, scale_factor=f, mode="bilinear", align_corners=False)[..., :H, :W]
-    return out
+    if normalise:
+        out = normalise_costs(out, source_mask)
+    return to_mask(out, f, size, resize)
 
 
 def generate_pseudo_labels(
-    maps: TaskMaps, points: list[PointSet], cfg: Any, *, profile: bool = False
+    maps: TaskMaps, points: list[PointSet], cfg: Any, *, warmup: bool = False, profile: bool = False
 ) -> PseudoLabels:
     """Pseudo panoptic labels for a batch of images from their maps and points (module docstring).
 
@@ -289,7 +352,12 @@ def generate_pseudo_labels(
         Points at mask resolution.
     cfg : PseudoConfig
         The ``pseudo`` config section: maps, beta, extra_weight, graph_stride, mask_stride,
-        k_scheme, centroid_iters, assignment, mc_decode, sinkhorn_* and geodesic_backend.
+        k_scheme, centroid_iters, assignment, mc_decode, sinkhorn_*, geodesic_backend and the
+        release switches (k_ranking, centroid_rule, warmup_assignment, map_resize, pixel_roles,
+        ot_pixels, force_own_pixels, stuff_void_threshold).
+    warmup : bool
+        Use the warm-up assignment (``cfg.warmup_assignment``) instead of ``cfg.assignment``:
+        the training loop passes True for its first ``cfg.warmup_iters`` iterations.
     profile : bool
         On CUDA, synchronise after each stage so that ``timings`` are per-stage GPU times
         (off by default: it would stall the training step).
@@ -312,35 +380,10 @@ def generate_pseudo_labels(
     M = yx.shape[1]
     is_thing = is_thing & pmask
     own = yx[..., 0] * W + yx[..., 1]  # [B, M] flat pixel of each point
-    index_m = torch.arange(M, device=dev).expand(B, M)
 
-    # -- 1. pixel roles
-    thing_cls = _class_flags(labels, is_thing, C)
-    stuff_cls = _class_flags(labels, pmask & ~is_thing, C)
-    if bool((thing_cls & stuff_cls).any()):
-        b, c = (thing_cls & stuff_cls).nonzero()[0].tolist()
-        raise P2MInputError(f"points[{b}]: class {c} has both thing and stuff points")
-    present = thing_cls | stuff_cls
-    scores = torch.where(present[:, :, None, None], sem.float(), -math.inf)
-    best, cls = scores.max(1) if C else (sem.new_full((B, H, W), -math.inf), sem.new_zeros((B, H, W), dtype=torch.long))
-    cls = cls.reshape(B, N)
-    evidence = best.reshape(B, N) > 0
-    px_thing = thing_cls.gather(1, cls) & evidence
-    px_stuff = stuff_cls.gather(1, cls) & evidence
-    big = M * (N + 1)
-    stuff_key = torch.where(pmask & ~is_thing, own * M + index_m, big)
-    stuff_owner = torch.full((B, C + 1), big, dtype=torch.long, device=dev)
-    stuff_owner = stuff_owner.scatter_reduce(1, torch.where(pmask & ~is_thing, labels, C), stuff_key, "amin")[:, :C]
-    stuff_owner = torch.where(stuff_owner < big, stuff_owner % max(M, 1), -1)
-
-    # -- 2. own pixels: thing before stuff, then lowest index
-    prio = torch.where(is_thing, index_m, index_m + M)
-    winner = torch.full((B, N + 1), 2 * M, dtype=torch.long, device=dev)
-    winner = winner.scatter_reduce(1, torch.where(pmask, own, N), torch.where(pmask, prio, 2 * M), "amin")[:, :N]
-    forced = torch.where(winner < 2 * M, winner % max(M, 1), -1)
-    forced_thing = (forced >= 0) & (winner < M)
-    forced_stuff = (forced >= 0) & (winner >= M)
-    transported = (px_thing & ~forced_stuff) | forced_thing
+    # -- 1-2. pixel roles and own pixels
+    roles = _pixel_roles(sem, labels, is_thing, pmask, own, cfg)
+    transported = roles.transported
 
     # suppliers: the thing points, in order, padded to T
     n_things = is_thing.sum(1)
@@ -350,50 +393,55 @@ def generate_pseudo_labels(
     thing_index = torch.where(tmask, order, -1)
     t_yx = yx.gather(1, order[..., None].expand(B, T, 2))
     t_own = torch.where(tmask, own.gather(1, order), -1)
+    forced_own = t_own if cfg.force_own_pixels else None  # own pixels the assignments keep
+    t_labels = labels.gather(1, order) if T else labels[:, :0]
     timer.lap("roles")
 
     # -- 3. costs
+    lengths = None
     if T:
         lengths = coarse_edge_lengths(maps, cfg)
         timer.lap("edge_lengths")
-        cost = distance_maps(lengths, t_yx, tmask, f, (H, W), cfg.geodesic_backend).reshape(B, T, N)
+        cost = distance_maps(
+            lengths, t_yx, tmask, f, (H, W), cfg.geodesic_backend, resize=cfg.map_resize
+        ).reshape(B, T, N)
         timer.lap("geodesic")
     else:
         cost = sem.new_zeros(B, 0, N, dtype=torch.float32)
 
     # -- 5a. MC labels (always)
-    mc = _mc_labels(cost, sem, labels.gather(1, order) if T else labels[:, :0], tmask, transported, t_own, cfg.mc_decode)
+    mc = _mc_labels(cost, sem, t_labels, tmask, transported, forced_own, cfg.mc_decode)
 
     nan = torch.full((B,), math.nan, device=dev)
-    if cfg.assignment == "mc":
+    mode = cfg.warmup_assignment if warmup and cfg.assignment == "ot" else cfg.assignment
+    if mode == "mc":
         assigned = mc
         k = count_labels(mc, T)
         diag = (torch.zeros(B, dtype=torch.long, device=dev), nan, nan, nan, torch.zeros(B, dtype=torch.bool, device=dev))
         share = nan
         timer.lap("assignment")
     else:
-        # -- 4. capacities
-        k = _capacities(cfg, cost, lengths if T else None, t_yx, tmask, transported, t_own, f, (H, W))
+        if mode == "release":
+            # the release's warm-up: nearest-point k over every pixel, all pixels consumers
+            everywhere = torch.ones(B, N, dtype=torch.bool, device=dev)
+            k = count_labels(batch_argmin_labels(cost, tmask, everywhere, forced_own), T)
+            demand = everywhere
+        else:
+            # -- 4. capacities
+            k = _capacities(cfg, cost, lengths, sem, t_yx, t_labels, tmask, roles, forced_own, f, (H, W))
+            demand = transported
         timer.lap("capacities")
-        # -- 5b. OT, over the transported pixels only (gathered to the front of each row)
-        cols, col_mask = _transported_columns(transported)
-        log_plan, slog = sinkhorn(
-            cost.gather(2, cols[:, None, :].expand(B, T, cols.shape[1])), k.float(), col_mask.float(),
-            mode=cfg.sinkhorn_mode, epsilon=cfg.sinkhorn_epsilon, num_iters=cfg.sinkhorn_iters,
-            tol=cfg.sinkhorn_tol, max_iters=cfg.sinkhorn_max_iters, point_mask=tmask, pixel_mask=col_mask,
-        )
-        decoded = decode_plan(log_plan, tmask, col_mask)
-        assigned = torch.full((B, N + 1), -1, dtype=torch.long, device=dev)
-        assigned = assigned.scatter(1, torch.where(col_mask, cols, N), decoded)[:, :N]
-        assigned = force_own_pixels(assigned, t_own, tmask, transported)
+        # -- 5b. OT
+        assigned, slog = _transport(cfg, cost, k, demand, tmask, transported, all_pixels=mode == "release")
+        if forced_own is not None:
+            assigned = force_own_pixels(assigned, forced_own, tmask, transported)
         diag = (slog.iterations, slog.row_error, slog.col_error, slog.rel_error, slog.converged)
         share = disagreement(assigned, mc, transported)
         timer.lap("transport")
 
     # -- compose: stuff segments, transported pixels, own pixels
-    stuff_label = stuff_owner.gather(1, cls) if C else cls
-    base = torch.where(px_stuff, stuff_label, -1)
-    base = torch.where(forced_stuff, forced, base)
+    base = torch.where(roles.stuff, roles.stuff_label, -1)
+    base = torch.where(roles.forced_stuff, roles.forced, base)
 
     def compose(supplier: Tensor) -> Tensor:
         owner = thing_index.gather(1, supplier.clamp_min(0)) if T else supplier
@@ -412,6 +460,111 @@ def generate_pseudo_labels(
         iterations=diag[0], row_error=diag[1], col_error=diag[2], rel_error=diag[3], converged=diag[4],
         disagreement=share, timings=timer.times,
     )
+
+
+@dataclass
+class _Roles:
+    """What each pixel is, [B, N] each: ``transported`` (goes to the thing points), ``stuff``
+    (labelled with ``stuff_label``, the owning stuff point), ``forced`` / ``forced_stuff`` (own
+    pixels kept by a point, stuff points among them; all -1 / False when own pixels are not
+    forced)."""
+
+    transported: Tensor
+    stuff: Tensor
+    stuff_label: Tensor
+    forced: Tensor
+    forced_stuff: Tensor
+    stuff_classes: Tensor  # [B, C] bool: classes with a stuff point
+
+
+def _pixel_roles(sem: Tensor, labels: Tensor, is_thing: Tensor, pmask: Tensor, own: Tensor, cfg: Any) -> _Roles:
+    """Steps 1-2 of the module docstring: each pixel's class, its role, and the own pixels.
+
+    ``pixel_roles="evidence"``: the argmax over the classes with a point, nothing where they all
+    have probability 0. ``"argmax"`` (release): the plain argmax over all C channels (lowest
+    index on ties, so an all-zero pixel takes class 0); every pixel whose class has no stuff
+    point is transported. Stuff pixels are void where their ``max P^s`` is below
+    ``cfg.stuff_void_threshold``; they are never transported either way.
+    """
+    B, C, H, W = sem.shape
+    N = H * W
+    M = labels.shape[1]
+    dev = sem.device
+    index_m = torch.arange(M, device=dev).expand(B, M)
+    thing_cls = _class_flags(labels, is_thing, C)
+    stuff_cls = _class_flags(labels, pmask & ~is_thing, C)
+    if bool((thing_cls & stuff_cls).any()):
+        b, c = (thing_cls & stuff_cls).nonzero()[0].tolist()
+        raise P2MInputError(f"points[{b}]: class {c} has both thing and stuff points")
+    if not C:
+        best, cls = sem.new_full((B, N), -math.inf), sem.new_zeros((B, N), dtype=torch.long)
+    elif cfg.pixel_roles == "argmax":
+        flat = sem.float().reshape(B, C, N)
+        cls = flat.argmax(1)
+        best = flat.gather(1, cls[:, None])[:, 0]
+    else:
+        present = thing_cls | stuff_cls
+        best, cls = torch.where(present[:, :, None, None], sem.float(), -math.inf).max(1)
+        best, cls = best.reshape(B, N), cls.reshape(B, N)
+    stuff_role = stuff_cls.gather(1, cls) & (best > 0 if cfg.pixel_roles == "evidence" else True)
+    if cfg.pixel_roles == "argmax":
+        px_thing = ~stuff_role
+    else:
+        px_thing = thing_cls.gather(1, cls) & (best > 0)
+    big = M * (N + 1)
+    stuff_key = torch.where(pmask & ~is_thing, own * M + index_m, big)
+    stuff_owner = torch.full((B, C + 1), big, dtype=torch.long, device=dev)
+    stuff_owner = stuff_owner.scatter_reduce(1, torch.where(pmask & ~is_thing, labels, C), stuff_key, "amin")[:, :C]
+    stuff_owner = torch.where(stuff_owner < big, stuff_owner % max(M, 1), -1)
+
+    # own pixels: thing before stuff, then lowest index
+    prio = torch.where(is_thing, index_m, index_m + M)
+    winner = torch.full((B, N + 1), 2 * M, dtype=torch.long, device=dev)
+    winner = winner.scatter_reduce(1, torch.where(pmask, own, N), torch.where(pmask, prio, 2 * M), "amin")[:, :N]
+    if not cfg.force_own_pixels:
+        winner = torch.full_like(winner, 2 * M)
+    forced = torch.where(winner < 2 * M, winner % max(M, 1), -1)
+    forced_thing = (forced >= 0) & (winner < M)
+    forced_stuff = (forced >= 0) & (winner >= M)
+    return _Roles(
+        transported=(px_thing & ~forced_stuff) | forced_thing,
+        stuff=stuff_role & (best >= cfg.stuff_void_threshold),
+        stuff_label=stuff_owner.gather(1, cls) if C else cls,
+        forced=forced,
+        forced_stuff=forced_stuff,
+        stuff_classes=stuff_cls,
+    )
+
+
+def _transport(
+    cfg: Any, cost: Tensor, k: Tensor, demand: Tensor, tmask: Tensor, transported: Tensor, all_pixels: bool
+) -> tuple[Tensor, Any]:
+    """Sinkhorn with supplies k and the given pixels as consumers, decoded to ``[B, N]`` labels
+    (-1 outside ``transported``), and its :class:`SinkhornLog`.
+
+    With ``ot_pixels="transported"`` (and not ``all_pixels``) only the pixels of ``demand`` enter
+    the plan and it is decoded in the log domain. Otherwise, as in the release, every pixel is a
+    consumer with demand ``demand`` (1 or 0) and the plan is decoded from its float32
+    exponential: ``argmax_i exp(M_ij)``, lowest index on ties (``exp`` can round two close
+    entries to one value).
+    """
+    B, T, N = cost.shape
+    kwargs = dict(
+        mode=cfg.sinkhorn_mode, epsilon=cfg.sinkhorn_epsilon, num_iters=cfg.sinkhorn_iters,
+        tol=cfg.sinkhorn_tol, max_iters=cfg.sinkhorn_max_iters, point_mask=tmask,
+    )
+    if all_pixels or cfg.ot_pixels == "all":
+        everywhere = torch.ones(B, N, dtype=torch.bool, device=cost.device)
+        log_plan, slog = sinkhorn(cost, k.float(), demand.float(), pixel_mask=everywhere, **kwargs)
+        return decode_plan(torch.exp(log_plan), tmask, transported), slog
+    cols, col_mask = _transported_columns(demand)
+    log_plan, slog = sinkhorn(
+        cost.gather(2, cols[:, None, :].expand(B, T, cols.shape[1])), k.float(), col_mask.float(),
+        pixel_mask=col_mask, **kwargs,
+    )
+    decoded = decode_plan(log_plan, tmask, col_mask)
+    assigned = torch.full((B, N + 1), -1, dtype=torch.long, device=cost.device)
+    return assigned.scatter(1, torch.where(col_mask, cols, N), decoded)[:, :N], slog
 
 
 def _transported_columns(transported: Tensor) -> tuple[Tensor, Tensor]:
@@ -435,7 +588,8 @@ def _class_flags(labels: Tensor, which: Tensor, num_classes: int) -> Tensor:
 
 
 def _mc_labels(
-    cost: Tensor, sem: Tensor, t_labels: Tensor, tmask: Tensor, transported: Tensor, t_own: Tensor, decode: str
+    cost: Tensor, sem: Tensor, t_labels: Tensor, tmask: Tensor, transported: Tensor, t_own: Tensor | None,
+    decode: str,
 ) -> Tensor:
     """Minimum-cost supplier per transported pixel, [B, T, N] -> [B, N] (-1 elsewhere)."""
     if decode == "argmin":
@@ -446,26 +600,70 @@ def _mc_labels(
     cmax = torch.where(valid, cost, 0.0).flatten(1).amax(1) if T * N else cost.new_ones(B)
     cmax = torch.where(cmax > 0, cmax, 1.0)
     likelihood = sem.float().reshape(B, sem.shape[1], N).gather(1, t_labels[..., None].expand(B, T, N))
-    score = (1 - cost / cmax[:, None, None]) * likelihood
-    score = torch.where(valid, score, -math.inf)
-    return force_own_pixels(decode_plan(score, tmask, transported), t_own, tmask, transported)
+    return batch_likelihood_labels(cost / cmax[:, None, None], likelihood, tmask, transported, t_own)
+
+
+def class_likelihood(sem: Tensor, t_labels: Tensor, stuff_classes: Tensor) -> Tensor:
+    """The release's class likelihood of each thing point, ``[B, T, N]``:
+    ``L_i = P^s(class_i) + S`` with ``S`` the sum of ``P^s`` over the image's stuff classes
+    (those with a stuff point), added one channel at a time in channel order. Where a point's
+    class is likely or the pixel looks like stuff the point may take it; the fixed order of the
+    float32 sum makes the result reproducible."""
+    B, C = sem.shape[:2]
+    flat = sem.float().reshape(B, C, -1)
+    stuff_sum = flat.new_zeros(B, flat.shape[2])
+    for c in stuff_classes.any(0).nonzero().flatten().tolist():
+        stuff_sum = stuff_sum + torch.where(stuff_classes[:, c, None], flat[:, c], 0.0)
+    own_class = flat.gather(1, t_labels[..., None].expand(*t_labels.shape, flat.shape[2]))
+    return own_class + stuff_sum[:, None]
 
 
 def _capacities(
-    cfg: Any, cost: Tensor, lengths: Tensor | None, t_yx: Tensor, tmask: Tensor, transported: Tensor,
-    t_own: Tensor, f: int, size: tuple[int, int],
+    cfg: Any, cost: Tensor, lengths: Tensor | None, sem: Tensor, t_yx: Tensor, t_labels: Tensor, tmask: Tensor,
+    roles: _Roles, forced_own: Tensor | None, f: int, size: tuple[int, int],
 ) -> Tensor:
-    """k [B, T] long by ``cfg.k_scheme``, summing per image to ``transported.sum()``."""
-    B, T, _ = cost.shape
+    """k [B, T] long by ``cfg.k_scheme``, summing per image to ``roles.transported.sum()``.
+
+    The pixels are ranked among the points by ``cfg.k_ranking``: minimum cost, or the release's
+    ``(1 - d / max d) * L`` (:func:`class_likelihood`, distances normalised over the image). For
+    ``nearest_centroid``, ``cfg.centroid_rule`` picks the new sources and, for ``release``, the
+    distances from them are normalised at graph resolution, before the upsampling.
+    """
+    B, T, N = cost.shape
+    H, W = size
+    transported = roles.transported
     if cfg.k_scheme == "equal_division":
         # remainder to the suppliers first in raster order: independent of the point order
-        key = t_own.clamp_min(0) * max(T, 1) + torch.arange(T, device=cost.device)
+        key = (t_yx[..., 0] * W + t_yx[..., 1]) * max(T, 1) + torch.arange(T, device=cost.device)
         return batch_equal_division(transported.sum(1), tmask, key)
+    if cfg.k_ranking == "likelihood":
+        likelihood = class_likelihood(sem, t_labels, roles.stuff_classes)
+
+        def rank(dist: Tensor) -> Tensor:
+            return batch_likelihood_labels(dist, likelihood, tmask, transported, forced_own)
+
+        first = normalise_costs(cost, tmask)
+    else:
+        def rank(dist: Tensor) -> Tensor:
+            return batch_argmin_labels(dist, tmask, transported, forced_own)
+
+        first = cost
     if cfg.k_scheme == "nearest_point" or T == 0:
-        return count_labels(batch_argmin_labels(cost, tmask, transported, t_own), T)
-    H, W = size
+        return count_labels(rank(first), T)
+    release = cfg.centroid_rule == "release"
+
+    def from_centroids(centroids: Tensor) -> Tensor:
+        dist = distance_maps(
+            lengths, centroids, tmask, f, size, cfg.geodesic_backend, resize=cfg.map_resize, normalise=release
+        )
+        return normalise_costs(dist, tmask) if cfg.k_ranking == "likelihood" and not release else dist
+
+    def centroids_of(labels: Tensor, points_yx: Tensor, point_mask: Tensor) -> Tensor:
+        if release:
+            return batch_release_centroids(labels, points_yx, point_mask, f)
+        return batch_mask_centroids(labels, points_yx, point_mask)
+
     return batch_nearest_centroid(
-        cost.reshape(B, T, H, W), t_yx, tmask, transported.reshape(B, H, W),
-        lambda centroids: distance_maps(lengths, centroids, tmask, f, size, cfg.geodesic_backend),
-        iters=cfg.centroid_iters, own_pixels=t_own,
+        first.reshape(B, T, H, W), t_yx, tmask, transported.reshape(B, H, W), from_centroids,
+        iters=cfg.centroid_iters, label_fn=rank, centroid_fn=centroids_of,
     )
