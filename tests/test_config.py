@@ -124,7 +124,7 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(path) == cfg
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(REPO / "experiments").glob("*.yaml"), *(REPO / "experiments" / "presets").glob("*.yaml")]), ids=lambda p: p.name)
 def test_shipped_experiment_configs_load(path):
     # one config dialect: every shipped config, ablation sections included, loads with load_config
     cfg = load_config(path)
