@@ -2,7 +2,8 @@
 
 Modules follow the paper's steps: :mod:`~p2m_core.pseudo.maps` (inputs, the cost-ready P^s),
 :mod:`~p2m_core.pseudo.edge_lengths` (Eq. 2-3), :mod:`~p2m_core.pseudo.geodesic` (costs),
-:mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.transport` (Sinkhorn, decoding)
+:mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.transport` (the OT solvers:
+:mod:`~p2m_core.pseudo.sinkhorn_reference`, :mod:`~p2m_core.pseudo.newton`, :mod:`~p2m_core.pseudo.exact`)
 and :mod:`~p2m_core.pseudo.labels` (the pipeline, :func:`generate_pseudo_labels`); the method is
 explained in docs/METHOD.md. This package holds the algorithm only: the stage that scores pseudo
 masks against the ground truth is :mod:`p2m_core.ablation`.
@@ -23,11 +24,12 @@ _EXPORTS = {
     "ImagePseudoLabels": "labels",
     "generate_pseudo_labels": "labels",
     "sinkhorn": "transport",
-    "sinkhorn_reference": "transport",
-    "sinkhorn_converged": "transport",
-    "SinkhornLog": "transport",
-    "decode_plan": "transport",
     "disagreement": "transport",
+    "sinkhorn_reference": "sinkhorn_reference",
+    "sinkhorn_converged": "newton",
+    "SinkhornLog": "semidual",
+    "TransportResult": "semidual",
+    "semidual_log_plan": "semidual",
     "equal_division": "capacities",
     "nearest_point": "capacities",
     "nearest_centroid": "capacities",

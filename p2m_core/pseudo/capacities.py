@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from p2m_core.errors import P2MInputError
+from p2m_core.pseudo.semidual import argmax_lowest, argmin_lowest
 
 
 
@@ -103,7 +104,7 @@ def batch_argmin_labels(
         return torch.full((B, N), -1, dtype=torch.long, device=cost.device)
     masked = torch.where(point_mask[:, :, None], cost.float(), torch.inf)
     masked = torch.nan_to_num(masked, nan=torch.inf)
-    labels = masked.argmin(1)
+    labels = argmin_lowest(masked)
     labels = torch.where(pixel_mask & point_mask.any(1, keepdim=True), labels, -1)
     if own_pixels is not None:
         labels = force_own_pixels(labels, own_pixels, point_mask, pixel_mask)
@@ -141,7 +142,7 @@ def batch_likelihood_labels(
     B, M, N = score.shape
     if M == 0:
         return torch.full((B, N), -1, dtype=torch.long, device=score.device)
-    labels = torch.where(pixel_mask & point_mask.any(1, keepdim=True), score.argmax(1), -1)
+    labels = torch.where(pixel_mask & point_mask.any(1, keepdim=True), argmax_lowest(score), -1)
     if own_pixels is not None:
         labels = force_own_pixels(labels, own_pixels, point_mask, pixel_mask)
     return labels

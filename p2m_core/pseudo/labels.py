@@ -89,7 +89,8 @@ from p2m_core.pseudo.capacities import (
 from p2m_core.pseudo.edge_lengths import edge_lengths
 from p2m_core.pseudo.geodesic import geodesic_distances
 from p2m_core.pseudo.maps import PointSet, TaskMaps, check_points, pad_points
-from p2m_core.pseudo.transport import decode_plan, disagreement, sinkhorn
+from p2m_core.pseudo.semidual import argmax_lowest
+from p2m_core.pseudo.transport import SinkhornLog, disagreement, sinkhorn
 
 BOUNDARY_MAPS = tuple(m for m in MAP_NAMES if m != "semantic")
 
@@ -228,8 +229,13 @@ def _check_cfg(cfg: Any) -> None:
         )
 
 
-def _selected_maps(maps: TaskMaps, cfg: Any) -> tuple[Tensor, Tensor | None, Tensor | None, list[Tensor]]:
-    """The float32 maps that enter the edge lengths, validated: (semantic, high, low, extra)."""
+def _selected_maps(
+    maps: TaskMaps, cfg: Any, check_values: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None, list[Tensor]]:
+    """The float32 maps that enter the edge lengths, validated: (semantic, high, low, extra).
+
+    Shapes are always checked; values (no NaN or inf) only with ``check_values``, because that
+    check waits for the device once per map."""
     sem = maps.semantic
     if sem.dim() != 4 or not sem.is_floating_point():
         raise P2MInputError(f"TaskMaps.semantic must be a float [B, C, H, W] tensor, got {sem.dtype} {tuple(sem.shape)}")
@@ -252,7 +258,7 @@ def _selected_maps(maps: TaskMaps, cfg: Any) -> tuple[Tensor, Tensor | None, Ten
         extra.append(e.float().to(sem.device))
     named = [("semantic", sem.float())] + [(n, v) for n, v in chosen.items() if v is not None]
     named += [(f"extra[{i}]", e) for i, e in enumerate(extra)]
-    for name, value in named:
+    for name, value in named if check_values else []:
         if not bool(torch.isfinite(value).all()):
             raise P2MInputError(f"TaskMaps.{name} contains NaN or infinite values")
     high = None if chosen["boundary_high"] is None else chosen["boundary_high"].to(sem.device)
@@ -297,10 +303,10 @@ def to_mask(x: Tensor, f: int, size: tuple[int, int], resize: str) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def coarse_edge_lengths(maps: TaskMaps, cfg: Any) -> Tensor:
+def coarse_edge_lengths(maps: TaskMaps, cfg: Any, check_values: bool = True) -> Tensor:
     """Edge lengths of the graph at ``1/f`` of the mask resolution (size: :func:`graph_size`)."""
     f = graph_factor(cfg)
-    sem, high, low, extra = _selected_maps(maps, cfg)
+    sem, high, low, extra = _selected_maps(maps, cfg, check_values)
 
     def down(m: Tensor | None) -> Tensor | None:
         return None if m is None else to_graph(m[:, None], f, cfg.map_resize)[:, 0]
@@ -338,7 +344,8 @@ def distance_maps(
 
 
 def generate_pseudo_labels(
-    maps: TaskMaps, points: list[PointSet], cfg: Any, *, warmup: bool = False, profile: bool = False
+    maps: TaskMaps, points: list[PointSet], cfg: Any, *, warmup: bool = False, profile: bool = False,
+    check_values: bool = True,
 ) -> PseudoLabels:
     """Pseudo panoptic labels for a batch of images from their maps and points (module docstring).
 
@@ -361,6 +368,11 @@ def generate_pseudo_labels(
     profile : bool
         On CUDA, synchronise after each stage so that ``timings`` are per-stage GPU times
         (off by default: it would stall the training step).
+    check_values : bool
+        Check the values of the inputs (finite maps, points inside the grid, no class with both
+        thing and stuff points), each check a wait for the device. Shapes are always checked.
+        The training step passes False: its inputs come from the network and the data loader,
+        which were checked once.
 
     Returns
     -------
@@ -375,14 +387,14 @@ def generate_pseudo_labels(
     N = H * W
     dev = sem.device
     timer = _Timer(dev, synchronize=profile)
-    check_points(points, B, C, H, W)
+    check_points(points, B, C, H, W, check_values=check_values)
     yx, labels, is_thing, pmask = pad_points(points, dev)
     M = yx.shape[1]
     is_thing = is_thing & pmask
     own = yx[..., 0] * W + yx[..., 1]  # [B, M] flat pixel of each point
 
     # -- 1-2. pixel roles and own pixels
-    roles = _pixel_roles(sem, labels, is_thing, pmask, own, cfg)
+    roles = _pixel_roles(sem, labels, is_thing, pmask, own, cfg, check_values)
     transported = roles.transported
 
     # suppliers: the thing points, in order, padded to T
@@ -400,7 +412,7 @@ def generate_pseudo_labels(
     # -- 3. costs
     lengths = None
     if T:
-        lengths = coarse_edge_lengths(maps, cfg)
+        lengths = coarse_edge_lengths(maps, cfg, check_values)
         timer.lap("edge_lengths")
         cost = distance_maps(
             lengths, t_yx, tmask, f, (H, W), cfg.geodesic_backend, resize=cfg.map_resize
@@ -413,7 +425,7 @@ def generate_pseudo_labels(
     mc = _mc_labels(cost, sem, t_labels, tmask, transported, forced_own, cfg.mc_decode)
 
     nan = torch.full((B,), math.nan, device=dev)
-    mode = cfg.warmup_assignment if warmup and cfg.assignment == "ot" else cfg.assignment
+    mode = cfg.warmup_assignment if warmup and cfg.assignment != "mc" else cfg.assignment
     if mode == "mc":
         assigned = mc
         k = count_labels(mc, T)
@@ -477,7 +489,9 @@ class _Roles:
     stuff_classes: Tensor  # [B, C] bool: classes with a stuff point
 
 
-def _pixel_roles(sem: Tensor, labels: Tensor, is_thing: Tensor, pmask: Tensor, own: Tensor, cfg: Any) -> _Roles:
+def _pixel_roles(
+    sem: Tensor, labels: Tensor, is_thing: Tensor, pmask: Tensor, own: Tensor, cfg: Any, check_values: bool = True
+) -> _Roles:
     """Steps 1-2 of the module docstring: each pixel's class, its role, and the own pixels.
 
     ``pixel_roles="evidence"``: the argmax over the classes with a point, nothing where they all
@@ -493,19 +507,20 @@ def _pixel_roles(sem: Tensor, labels: Tensor, is_thing: Tensor, pmask: Tensor, o
     index_m = torch.arange(M, device=dev).expand(B, M)
     thing_cls = _class_flags(labels, is_thing, C)
     stuff_cls = _class_flags(labels, pmask & ~is_thing, C)
-    if bool((thing_cls & stuff_cls).any()):
+    if check_values and bool((thing_cls & stuff_cls).any()):
         b, c = (thing_cls & stuff_cls).nonzero()[0].tolist()
         raise P2MInputError(f"points[{b}]: class {c} has both thing and stuff points")
     if not C:
         best, cls = sem.new_full((B, N), -math.inf), sem.new_zeros((B, N), dtype=torch.long)
     elif cfg.pixel_roles == "argmax":
         flat = sem.float().reshape(B, C, N)
-        cls = flat.argmax(1)
+        cls = argmax_lowest(flat)
         best = flat.gather(1, cls[:, None])[:, 0]
     else:
         present = thing_cls | stuff_cls
-        best, cls = torch.where(present[:, :, None, None], sem.float(), -math.inf).max(1)
-        best, cls = best.reshape(B, N), cls.reshape(B, N)
+        scores = torch.where(present[:, :, None], sem.float().reshape(B, C, N), -math.inf)
+        cls = argmax_lowest(scores)
+        best = scores.gather(1, cls[:, None])[:, 0]
     stuff_role = stuff_cls.gather(1, cls) & (best > 0 if cfg.pixel_roles == "evidence" else True)
     if cfg.pixel_roles == "argmax":
         px_thing = ~stuff_role
@@ -538,33 +553,38 @@ def _pixel_roles(sem: Tensor, labels: Tensor, is_thing: Tensor, pmask: Tensor, o
 
 def _transport(
     cfg: Any, cost: Tensor, k: Tensor, demand: Tensor, tmask: Tensor, transported: Tensor, all_pixels: bool
-) -> tuple[Tensor, Any]:
-    """Sinkhorn with supplies k and the given pixels as consumers, decoded to ``[B, N]`` labels
-    (-1 outside ``transported``), and its :class:`SinkhornLog`.
+) -> tuple[Tensor, SinkhornLog]:
+    """Transport with supplies k and the pixels of ``demand`` as consumers, as ``[B, N]`` labels
+    (-1 outside ``transported``) and the solver's :class:`SinkhornLog`.
 
-    With ``ot_pixels="transported"`` (and not ``all_pixels``) only the pixels of ``demand`` enter
-    the plan and it is decoded in the log domain. Otherwise, as in the release, every pixel is a
-    consumer with demand ``demand`` (1 or 0) and the plan is decoded from its float32
-    exponential: ``argmax_i exp(M_ij)``, lowest index on ties (``exp`` can round two close
-    entries to one value).
+    ``assignment="ot_exact"`` solves the unregularised problem (every point gets exactly k_i
+    pixels); ``"ot"`` the entropic one in ``cfg.sinkhorn_mode``. With ``ot_pixels="transported"``
+    (and not ``all_pixels``) only the pixels of ``demand`` enter the problem. Otherwise, as in
+    the release, every pixel is a consumer with demand ``demand`` (1 or 0; Sinkhorn gives a
+    zero-demand pixel a mass of 1e-8, as the reference does).
     """
     B, T, N = cost.shape
-    kwargs = dict(
-        mode=cfg.sinkhorn_mode, epsilon=cfg.sinkhorn_epsilon, num_iters=cfg.sinkhorn_iters,
-        tol=cfg.sinkhorn_tol, max_iters=cfg.sinkhorn_max_iters, point_mask=tmask,
-    )
+    exact = cfg.assignment == "ot_exact" and not all_pixels
     if all_pixels or cfg.ot_pixels == "all":
-        everywhere = torch.ones(B, N, dtype=torch.bool, device=cost.device)
-        log_plan, slog = sinkhorn(cost, k.float(), demand.float(), pixel_mask=everywhere, **kwargs)
-        return decode_plan(torch.exp(log_plan), tmask, transported), slog
-    cols, col_mask = _transported_columns(demand)
-    log_plan, slog = sinkhorn(
-        cost.gather(2, cols[:, None, :].expand(B, T, cols.shape[1])), k.float(), col_mask.float(),
-        pixel_mask=col_mask, **kwargs,
-    )
-    decoded = decode_plan(log_plan, tmask, col_mask)
+        cols = torch.arange(N, device=cost.device).expand(B, N)
+        col_mask = torch.ones(B, N, dtype=torch.bool, device=cost.device)
+        sub_cost, weights = cost, demand.float()
+    else:
+        cols, col_mask = _transported_columns(demand)
+        sub_cost, weights = cost.gather(2, cols[:, None, :].expand(B, T, cols.shape[1])), col_mask.float()
+    if exact:
+        from p2m_core.pseudo.exact import transport_exact
+
+        result = transport_exact(sub_cost, k, tmask, col_mask & (weights > 0))
+    else:
+        result = sinkhorn(
+            sub_cost, k.float(), weights, mode=cfg.sinkhorn_mode, epsilon=cfg.sinkhorn_epsilon,
+            num_iters=cfg.sinkhorn_iters, tol=cfg.sinkhorn_tol, max_iters=cfg.sinkhorn_max_iters,
+            point_mask=tmask, pixel_mask=col_mask,
+        )
     assigned = torch.full((B, N + 1), -1, dtype=torch.long, device=cost.device)
-    return assigned.scatter(1, torch.where(col_mask, cols, N), decoded)[:, :N], slog
+    assigned = assigned.scatter(1, torch.where(col_mask, cols, N), result.labels)[:, :N]
+    return torch.where(transported, assigned, -1), result.log
 
 
 def _transported_columns(transported: Tensor) -> tuple[Tensor, Tensor]:

@@ -62,8 +62,12 @@ class PointSet:
         return PointSet(self.yx.to(device), self.labels.to(device), self.is_thing.to(device))
 
 
-def check_points(points: list[PointSet], batch: int, num_classes: int, height: int, width: int) -> None:
-    """Raise :class:`P2MInputError` naming the image and field when a point set is malformed."""
+def check_points(
+    points: list[PointSet], batch: int, num_classes: int, height: int, width: int, check_values: bool = True
+) -> None:
+    """Raise :class:`P2MInputError` naming the image and field when a point set is malformed.
+
+    ``check_values=False`` checks shapes only (a value check waits for the device)."""
     if len(points) != batch:
         raise P2MInputError(f"points: got {len(points)} point sets for a batch of {batch} images")
     for b, p in enumerate(points):
@@ -75,7 +79,7 @@ def check_points(points: list[PointSet], batch: int, num_classes: int, height: i
                 f"points[{b}]: labels {tuple(p.labels.shape)} / is_thing {tuple(p.is_thing.shape)} "
                 f"do not match yx {tuple(p.yx.shape)} (expected [{m}])"
             )
-        if m == 0:
+        if m == 0 or not check_values:
             continue
         y, x = p.yx[:, 0], p.yx[:, 1]
         if bool(((y < 0) | (y >= height) | (x < 0) | (x >= width)).any()):
