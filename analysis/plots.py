@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 PLOTS_ARTIFACT_DIR = "plots"
 MODE, EPSILON, ITERS = "pseudo.sinkhorn_mode", "pseudo.sinkhorn_epsilon", "pseudo.sinkhorn_iters"
-SINKHORN_PANELS = (("PQ", "PQ (%)"), ("col_error", "marginal error col_error"), ("disagreement_pct", "OT vs MC disagreement (%)"))
+ASSIGNMENT = "pseudo.assignment"
+SINKHORN_PANELS = (("PQ", "PQ (%)"), ("rel_error", "misplaced mass rel_error"), ("disagreement_pct", "OT vs MC disagreement (%)"))
 OVERLAY_ROWS = 3
 
 
@@ -111,11 +112,17 @@ def plot_centroid_iters(client: MlflowClient, experiment: str | None) -> tuple[b
 
 
 def sinkhorn_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (mode, epsilon, iterations) of the finished trials."""
+    """Mean and std over seeds per (solver, epsilon, iterations) of the finished trials.
+
+    The solver is the Sinkhorn mode for ``assignment=ot`` and the assignment otherwise (``mc``,
+    ``ot_exact``), whose epsilon and iterations do not apply: they show as levels."""
     done = frame[~frame["missing"]].copy()
     if done.empty:
         return pd.DataFrame()
     done[MODE] = done[MODE].fillna("?").astype(str)
+    if ASSIGNMENT in done.columns:
+        assignment = done[ASSIGNMENT].fillna("ot").astype(str)
+        done[MODE] = done[MODE].where(assignment == "ot", assignment)
     for key in (EPSILON, ITERS):
         done[key] = pd.to_numeric(done[key], errors="coerce")
     metrics = [m for m, _ in SINKHORN_PANELS if m in done.columns]
@@ -140,8 +147,8 @@ def _sinkhorn_figure(summary: pd.DataFrame, x: str, line_keys: tuple[str, str], 
                 # One value of x (a converged solver has one iteration cap): a level to compare with.
                 ax.axhline(float(mean.iloc[0]), color=f"C{i % 10}", linestyle=":", linewidth=1)
         _log_if_wide(ax, summary[x])
-        if metric == "col_error":
-            _log_if_wide(ax, summary.get("col_error_mean", []), axis="y", ratio=100.0)
+        if metric == "rel_error":
+            _log_if_wide(ax, summary.get("rel_error_mean", []), axis="y", ratio=100.0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -153,7 +160,7 @@ def _sinkhorn_figure(summary: pd.DataFrame, x: str, line_keys: tuple[str, str], 
 def plot_sinkhorn(client: MlflowClient, experiment: str | None) -> list[tuple[str, bytes, str]]:
     """``sinkhorn.png`` (against iterations) and ``sinkhorn_epsilon.png`` (against epsilon)."""
     sweep = runs.find_sweep(client, "sinkhorn", experiment)
-    frame = runs.trial_frame(client, sweep, param_keys=(MODE, EPSILON, ITERS))
+    frame = runs.trial_frame(client, sweep, param_keys=(MODE, EPSILON, ITERS, ASSIGNMENT))
     summary = sinkhorn_summary(frame)
     if summary.empty:
         raise Skip(f"sinkhorn sweep {sweep.info.run_id} has no finished trial")

@@ -38,8 +38,10 @@ SPEC_METRICS: dict[str, tuple[str, ...]] = {
     "table5": PQ_COLUMNS,
     "table6": PQ_COLUMNS,
     "table7": PQ_COLUMNS,
-    "sinkhorn": ("PQ", "PQ_th", "disagreement_pct", "col_error", "rel_error", "sinkhorn_iterations", "seconds_per_image"),
+    "sinkhorn": ("PQ", "PQ_th", "disagreement_pct", "k_violation_pct", "col_error", "rel_error", "sinkhorn_iterations",
+                 "seconds_per_image"),
     "beta": ("PQ", "PQ_th", "PQ_st", "mIoU"),
+    "release": ("PQ", "PQ_th", "PQ_st", "disagreement_pct", "k_violation_pct", "seconds_per_image"),
 }
 PERCENT_METRICS = frozenset({
     "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st",

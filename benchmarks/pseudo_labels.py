@@ -16,21 +16,26 @@ texture noise.
 Pipelines, timed side by side in one run (best of ``--repeats``, the pipelines taking turns so
 that load from other processes affects them alike):
 
-- **ours**: :func:`p2m_core.pseudo.generate_pseudo_labels` on the whole batch (torch geodesic
-  backend: batched raster sweeps for all sources of all images; batched Sinkhorn);
 - **reference-equivalent**: what the reference code does, image by image: one
   ``scipy.sparse.csgraph.dijkstra`` call per source (the reference's C++ Dijkstra runs one
   source at a time), the same bilinear upsampling, the same capacities
   (:func:`p2m_core.pseudo.capacities.nearest_centroid` with the same per-source Dijkstra as
   its distance function), the reference's Sinkhorn transcribed plainly in torch for one image
   over its transported pixels only, argmax decoding, own pixels and stuff segments as in
-  docs/METHOD.md.
+  docs/METHOD.md;
+- **ours** (:func:`p2m_core.pseudo.generate_pseudo_labels` on the whole batch) with each
+  assignment: the reference Sinkhorn, the converged solver (eps 1e-3 relative), exact transport
+  and minimum cost.
 
-The pseudo masks of both must agree on >= 99.9 % of the pixels. Also reported: ours with the
-``converged`` Sinkhorn, ours with the graph at 1/4 of the input (``graph_stride=4``: the graph at
-mask resolution) and, when CUDA is available, our per-image time on the GPU (synchronised).
+Then the transport solvers alone on the problem the pipeline hands them for this batch: the
+previous implementation of the reference mode (dense, every entry twice per iteration) against
+the current one (semi-dual, pixels near a tie), the converged solver at three epsilons and the
+exact solver, with the share of pixels where the two reference implementations agree (goal
+>= 99.99 %) and how far each result is from k. ``--mask-stride 1`` adds the pipeline at the
+input resolution (the release's setting), and on CUDA the per-image GPU times and their
+agreement with the CPU.
 
-    .venv/bin/python benchmarks/pseudo_labels.py [--repeats 3] [--threads N] [--seed 0]
+    .venv/bin/python benchmarks/pseudo_labels.py [--repeats 3] [--threads N] [--seed 0] [--mask-stride 1]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -64,6 +70,7 @@ from p2m_core.pseudo.labels import (
     graph_factor,
 )
 from p2m_core.pseudo.maps import PointSet, TaskMaps
+from p2m_core.pseudo.transport import sinkhorn
 
 THING_CLASSES = 10
 STUFF_CLASSES = 5
@@ -280,14 +287,90 @@ def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int) -> tupl
     return best, results
 
 
+def capture_transport_problem(maps: TaskMaps, points: list[PointSet], cfg: PseudoConfig) -> dict[str, Tensor]:
+    """The transport problem the pipeline hands its solver for this batch (cost over the
+    transported pixels, supplies k, demands, masks), recorded by wrapping the solver once."""
+    import p2m_core.pseudo.labels as pipeline
+
+    captured: dict[str, Tensor] = {}
+    solver = pipeline.sinkhorn
+
+    def record(cost: Tensor, supply: Tensor, demand: Tensor, **kwargs: object) -> object:
+        captured.update(cost=cost, supply=supply, demand=demand, point_mask=kwargs["point_mask"],
+                        pixel_mask=kwargs["pixel_mask"])  # fmt: skip
+        return solver(cost, supply, demand, **kwargs)
+
+    pipeline.sinkhorn = record
+    try:
+        generate_pseudo_labels(maps, points, cfg)
+    finally:
+        pipeline.sinkhorn = solver
+    return captured
+
+
+def dense_reference_sinkhorn(problem: dict[str, Tensor], epsilon: float, iters: int) -> Tensor:
+    """The previous implementation of the reference mode, for the side-by-side: the reference's
+    iterations on the whole batch, two log-sum-exps over every entry per iteration -> labels."""
+    cost, pm, qm = problem["cost"], problem["point_mask"], problem["pixel_mask"]
+    valid = pm[:, :, None] & qm[:, None, :]
+    neg_cost = torch.where(valid, -cost, -math.inf)
+    log_x = torch.log(problem["supply"] + 1e-8)
+    log_y = torch.log(problem["demand"] + 1e-8)
+    u = torch.ones(cost.shape[:2])
+    v = torch.ones(cost.shape[0], cost.shape[2])
+
+    def lse(x: Tensor, dim: int) -> Tensor:
+        top = x.amax(dim, keepdim=True).nan_to_num(neginf=0.0)
+        return ((x - top).clamp_min_(-80.0).exp_().sum(dim, keepdim=True).log_() + top).squeeze(dim)
+
+    for _ in range(iters):
+        v = torch.where(qm, epsilon * (log_y - lse((neg_cost + u[:, :, None] + v[:, None, :]) / epsilon, 1)) + v, v)
+        u = torch.where(pm, epsilon * (log_x - lse((neg_cost + u[:, :, None] + v[:, None, :]) / epsilon, 2)) + u, u)
+    return torch.where(qm, ((neg_cost + u[:, :, None] + v[:, None, :]) / epsilon).argmax(1), -1)
+
+
+def solver_rows(problem: dict[str, Tensor], cfg: PseudoConfig, repeats: int) -> tuple[list[str], float]:
+    """Table rows of the transport solvers on the captured problem, and the share of pixels on
+    which the fast reference solver's labels equal the previous dense implementation's."""
+    from p2m_core.pseudo.exact import transport_exact
+
+    args = (problem["cost"], problem["supply"], problem["demand"])
+    masks = dict(point_mask=problem["point_mask"], pixel_mask=problem["pixel_mask"])
+    qm = problem["pixel_mask"]
+    fns: dict[str, Callable[[], object]] = {
+        "previous reference (dense, all pixels)": lambda: dense_reference_sinkhorn(problem, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters),
+        "reference (semi-dual, pixels near a tie)": lambda: sinkhorn(*args, mode="reference", **masks),
+    }
+    for eps in (1e-2, 1e-3, 1e-4):
+        fns[f"converged, eps {eps:g}"] = partial(sinkhorn, *args, mode="converged", epsilon=eps, tol=cfg.sinkhorn_tol, **masks)
+    fns["exact (ot_exact)"] = lambda: transport_exact(problem["cost"], problem["supply"].long(), **masks)
+    times, results = interleaved_best(fns, repeats)
+    previous = results["previous reference (dense, all pixels)"]
+    same = float((((results["reference (semi-dual, pixels near a tie)"].labels == previous) & qm).sum()) / qm.sum())
+    rows = []
+    for name, seconds in times.items():
+        result = results[name]
+        if name.startswith("previous"):
+            detail = "labels of record"
+        else:
+            counts = torch.stack([torch.bincount(lab[m], minlength=problem["supply"].shape[1])
+                                  for lab, m in zip(result.labels, qm)])  # fmt: skip
+            k_off = float(((counts - problem["supply"]).abs().sum(1) / qm.sum(1)).max())
+            detail = (f"iterations {int(result.log.iterations.max())} (max), rel error {float(result.log.rel_error.max()):.1e} (max), "
+                      f"k violated on {100 * k_off:.2f} % of pixels (worst image)")  # fmt: skip
+        rows.append(f"| {name} | {1000 * seconds:.1f} | {times['previous reference (dense, all pixels)'] / seconds:.1f}x | {detail} |")
+    return rows, same
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--mask-size", type=int, default=128, help="mask side (input = 4x)")
+    parser.add_argument("--mask-size", type=int, default=128, help="mask side at --mask-stride 4 (input = 4x)")
+    parser.add_argument("--mask-stride", type=int, default=4, choices=(1, 2, 4),
+                        help="also time the pipeline with masks at this stride (1: input resolution, the release's)")  # fmt: skip
     parser.add_argument("--things", type=int, default=15)
     parser.add_argument("--stuff", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--converged-repeats", type=int, default=1, help="runs of the (slow) converged mode, no warm-up")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -301,49 +384,77 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.things}+{args.stuff} points, torch threads {torch.get_num_threads()}\n")  # fmt: skip
 
     ref_timings: dict[str, float] = {}
-    fine_cfg = dataclasses.replace(cfg, graph_stride=4)
-    scipy_cfg = dataclasses.replace(cfg, geodesic_backend="scipy")
-    times, results = interleaved_best(
-        {
-            "ref": lambda: reference_pipeline(maps, points, cfg, ref_timings),
-            "ours": lambda: generate_pseudo_labels(maps, points, cfg),
-            "scipy": lambda: generate_pseudo_labels(maps, points, scipy_cfg),
-            "fine": lambda: generate_pseudo_labels(maps, points, fine_cfg),
-        },
-        args.repeats,
-    )
-    t_ref, t_ours, t_scipy, t_fine = times["ref"], times["ours"], times["scipy"], times["fine"]
-    ref, ours = results["ref"], results["ours"]
+    pipelines = {
+        "reference-equivalent (per-image, per-source scipy Dijkstra, per-image Sinkhorn)": (cfg, None),
+        "ours, reference Sinkhorn (ot, sinkhorn_mode: reference)": (cfg, None),
+        "ours, converged (ot, sinkhorn_mode: converged, eps 1e-3)": (dataclasses.replace(cfg, sinkhorn_mode="converged"), None),
+        "ours, exact (ot_exact)": (dataclasses.replace(cfg, assignment="ot_exact"), None),
+        "ours, minimum cost (mc)": (dataclasses.replace(cfg, assignment="mc"), None),
+    }
+    fns: dict[str, Callable[[], object]] = {}
+    for name, (pcfg, _) in pipelines.items():
+        if name.startswith("reference-equivalent"):
+            fns[name] = partial(reference_pipeline, maps, points, pcfg, ref_timings)
+        else:
+            fns[name] = partial(generate_pseudo_labels, maps, points, pcfg)
+    times, results = interleaved_best(fns, args.repeats)
+    names = list(pipelines)
+    ref, ours = results[names[0]], results[names[1]]
+    t_ref, t_ours = times[names[0]], times[names[1]]
     runs = args.repeats + 1  # the warm-up run accumulates too
     equal = float((ours.panoptic == ref).float().mean())
-    stages = {k: v for k, v in ours.timings.items() if k != "total"}
-    converged_cfg = dataclasses.replace(cfg, sinkhorn_mode="converged")
-    t_conv, conv = best_of(lambda: generate_pseudo_labels(maps, points, converged_cfg), args.converged_repeats, warmup=False)
 
-    rows = [
-        ("reference-equivalent (per-image, per-source scipy Dijkstra, per-image Sinkhorn)", t_ref),
-        ("ours, batched (torch geodesic, reference Sinkhorn)", t_ours),
-        ("ours, batched, scipy geodesic backend", t_scipy),
-        (f"ours, converged Sinkhorn (mean {float(conv.iterations.float().mean()):.0f} iterations)", t_conv),
-        ("ours, graph at 1/4 of the input (graph_stride=4, 128x128 nodes)", t_fine),
-    ]
+    print("| pipeline | batch time (s) | per image (ms) | vs reference-equivalent | vs ours, reference | OT-vs-MC disagreement |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        seconds = times[name]
+        share = "" if name == names[0] else f"{100 * float(results[name].disagreement.nan_to_num(0).mean()):.2f} %"
+        print(f"| {name} | {seconds:.3f} | {1000 * seconds / B:.1f} | {t_ref / seconds:.2f}x | {seconds / t_ours:.2f}x | {share} |")
+    print(f"\npseudo masks of ours (reference Sinkhorn) equal to the reference-equivalent on {100 * equal:.3f} % of pixels")
+    for name in names[1:]:
+        stages = {k: v for k, v in results[name].timings.items() if k != "total"}
+        print(f"stage times (s), {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
+    print("reference-equivalent stage times (s, mean per run): " + ", ".join(f"{k} {v / runs:.3f}" for k, v in ref_timings.items()))
+
+    problem = capture_transport_problem(maps, points, cfg)
+    rows, same = solver_rows(problem, cfg, args.repeats)
+    n_pix = int(problem["pixel_mask"].sum())
+    print(f"\ntransport solvers alone, on the batch's problem ({problem['cost'].shape[1]} points x up to "
+          f"{problem['cost'].shape[2]} pixels per image, {n_pix} pixels in all):\n")  # fmt: skip
+    print("| solver | batch time (ms) | vs previous reference | result |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nreference-mode labels equal to the previous implementation's on {100 * same:.4f} % of pixels (goal >= 99.99 %)")
+
+    if args.mask_stride != 4:
+        s = args.mask_stride
+        size = args.mask_size * 4 // s
+        fine_maps, fine_points = make_batch(B, size, args.things, args.stuff, args.seed)
+        fine_cfg = dataclasses.replace(cfg, mask_stride=s)
+        fine = {
+            f"masks at stride {s} ({size}^2), reference Sinkhorn": fine_cfg,
+            f"masks at stride {s} ({size}^2), converged": dataclasses.replace(fine_cfg, sinkhorn_mode="converged"),
+            f"masks at stride {s} ({size}^2), exact": dataclasses.replace(fine_cfg, assignment="ot_exact"),
+        }
+        fine_times, fine_results = interleaved_best(
+            {name: partial(generate_pseudo_labels, fine_maps, fine_points, c) for name, c in fine.items()}, 1
+        )
+        print("\n| pipeline | batch time (s) | per image (ms) | transport share |")
+        print("|---|---|---|---|")
+        for name, seconds in fine_times.items():
+            t = fine_results[name].timings
+            print(f"| {name} | {seconds:.3f} | {1000 * seconds / B:.1f} | {100 * t.get('transport', 0) / t['total']:.0f} % |")
+
     if torch.cuda.is_available():
         dev_maps = TaskMaps(maps.semantic.cuda(), maps.boundary_high.cuda(), maps.boundary_low.cuda())
         dev_points = [p.to("cuda") for p in points]
-        t_gpu, _ = best_of(lambda: generate_pseudo_labels(dev_maps, dev_points, cfg), args.repeats, cuda=True)
-        t_gpu_conv, _ = best_of(lambda: generate_pseudo_labels(dev_maps, dev_points, converged_cfg), args.repeats, cuda=True)
-        rows += [(f"ours on {torch.cuda.get_device_name()} (reference Sinkhorn)", t_gpu),
-                 (f"ours on {torch.cuda.get_device_name()} (converged Sinkhorn)", t_gpu_conv)]  # fmt: skip
-    print("| pipeline | batch time (s) | per image (ms) | speed-up vs reference-equivalent |")
-    print("|---|---|---|---|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.3f} | {1000 * seconds / B:.1f} | {t_ref / seconds:.2f}x |")
-    print(f"\npseudo masks equal to the reference-equivalent on {100 * equal:.3f} % of pixels (goal >= 99.9 %)")
-    print("our stage times (s, last run of the reference setting): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()))
-    print("reference-equivalent stage times (s, mean per run): " + ", ".join(f"{k} {v / runs:.3f}" for k, v in ref_timings.items()))
-    print(f"OT-vs-MC disagreement (reference mode): {100 * float(ours.disagreement.mean()):.2f} % of transported pixels; "
-          f"converged mode: {100 * float(conv.disagreement.mean()):.2f} %")  # fmt: skip
-    return 0 if equal >= 0.999 else 1
+        print(f"\non {torch.cuda.get_device_name()}:\n\n| pipeline | per image (ms) | masks equal to CPU |\n|---|---|---|")
+        for name in names[1:]:
+            pcfg = pipelines[name][0]
+            t_gpu, out = best_of(lambda: generate_pseudo_labels(dev_maps, dev_points, pcfg), args.repeats, cuda=True)
+            same_gpu = float((out.panoptic.cpu() == results[name].panoptic).float().mean())
+            print(f"| {name} | {1000 * t_gpu / B:.2f} | {100 * same_gpu:.3f} % |")
+    return 0 if equal >= 0.999 and same >= 0.9999 else 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from p2m_core.io import PathLike, atomic_write_text, load_yaml
 # the same values (imported by the code that branches on it). Define a new value here only.
 MapName = Literal["semantic", "boundary_low", "boundary_high"]
 KScheme = Literal["equal_division", "nearest_point", "nearest_centroid"]
-Assignment = Literal["ot", "mc"]
+Assignment = Literal["ot", "ot_exact", "mc"]
 McDecode = Literal["argmin", "psps"]
 SinkhornMode = Literal["reference", "converged"]
 GeodesicBackend = Literal["scipy", "torch"]
@@ -304,7 +304,8 @@ class Config:
 # --------------------------------------------------------------------------- what a run computes from
 #: Bump when the code changes what some setting computes: runs hashed under another version
 #: are then never taken for finished (docs/TRACKING.md, "The config hash").
-HASH_VERSION = 1
+#: 2: the converged Sinkhorn became a Newton solver (same problem, different stopping point).
+HASH_VERSION = 2
 
 #: Dotted prefixes of the keys each stage reads, and the keys among them that change only speed
 #: or artifacts. A stage's hash covers exactly these, so e.g. ``train.lr`` never changes a

@@ -274,9 +274,28 @@ def test_input_errors_name_the_problem() -> None:
     mixed = PointSet(torch.tensor([[1, 1], [5, 5]]), torch.tensor([0, 0]), torch.tensor([True, False]))
     with pytest.raises(P2MInputError, match="both thing and stuff"):
         generate_pseudo_labels(maps, [mixed], cfg_for())
+    nan_map = dataclasses.replace(maps, boundary_high=maps.boundary_high.clone().fill_(float("nan")))
+    with pytest.raises(P2MInputError, match="boundary_high contains NaN"):
+        generate_pseudo_labels(nan_map, pts, cfg_for())
     # a map that is provided but not listed is simply not used
     out = generate_pseudo_labels(maps, pts, cfg_for(maps=["semantic"]))
     assert out.panoptic.shape == (1, 8, 8)
+
+
+def test_value_checks_can_be_skipped_but_shape_checks_cannot() -> None:
+    """The training step skips the value checks (each one waits for the device)."""
+    maps = random_maps(np.random.default_rng(0), 1, 2, 8, 8)
+    pts = [PointSet(torch.tensor([[1, 1]]), torch.tensor([0]), torch.tensor([True]))]
+    inf_map = dataclasses.replace(maps, boundary_high=maps.boundary_high.clone().fill_(float("inf")))
+    with pytest.raises(P2MInputError, match="boundary_high contains NaN or infinite"):
+        generate_pseudo_labels(inf_map, pts, cfg_for())
+    out = generate_pseudo_labels(inf_map, pts, cfg_for(), check_values=False)
+    assert out.panoptic.shape == (1, 8, 8)
+    checked = generate_pseudo_labels(maps, pts, cfg_for(), check_values=False)
+    assert torch.equal(checked.panoptic, generate_pseudo_labels(maps, pts, cfg_for()).panoptic)
+    with pytest.raises(P2MInputError, match="boundary_high: expected shape"):
+        generate_pseudo_labels(dataclasses.replace(maps, boundary_high=maps.boundary_high[:, :4]), pts, cfg_for(),
+                               check_values=False)
 
 
 # ----------------------------------------------------------------------------- semantic_cost_map

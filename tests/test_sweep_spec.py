@@ -38,7 +38,7 @@ def write_spec(folder: Path, **fields) -> Path:
 
 
 def test_shipped_specs_expand_into_checked_trials(data_root):
-    assert {p.stem for p in SHIPPED} == {"table3", "table5", "table6", "table7", "sinkhorn", "beta"}
+    assert {p.stem for p in SHIPPED} == {"table3", "table5", "table6", "table7", "sinkhorn", "beta", "release"}
     for path in SHIPPED:
         spec = load_spec(path)
         trials = expand_trials(spec, [f"data.root={data_root}"])
@@ -61,9 +61,10 @@ def test_shipped_specs_expand_into_checked_trials(data_root):
 
 def test_sinkhorn_grid_is_a_union_of_blocks(data_root):
     spec = load_spec(REPO / "experiments" / "sweeps" / "sinkhorn.yaml")
-    modes = [s["pseudo.sinkhorn_mode"] for s in spec.settings()]
-    assert modes.count("reference") == 9 and modes.count("converged") == 2
-    assert all("pseudo.sinkhorn_iters" not in s for s in spec.settings() if s["pseudo.sinkhorn_mode"] == "converged")
+    modes = [s.get("pseudo.sinkhorn_mode", s.get("pseudo.assignment")) for s in spec.settings()]
+    assert modes.count("reference") == 9 and modes.count("converged") == 4
+    assert modes.count("mc") == 1 and modes.count("ot_exact") == 1
+    assert all("pseudo.sinkhorn_iters" not in s for s in spec.settings() if s.get("pseudo.sinkhorn_mode") == "converged")
 
 
 def test_grid_over_ablation_settings_reaches_the_stage(tmp_path, data_root):
@@ -116,7 +117,7 @@ def test_bad_spec_fields_name_file_key_and_value(tmp_path, fields, fragment):
     [
         ({"pseudo.k_shceme": ["nearest_point"]}, "unknown key 'pseudo.k_shceme'"),
         ({"pseudo.centroid_iters": [1, "two"]}, "key 'pseudo.centroid_iters' expects an integer, got 'two'"),
-        ({"pseudo.assignment": ["greedy"]}, "key 'pseudo.assignment' expects one of 'ot', 'mc', got 'greedy'"),
+        ({"pseudo.assignment": ["greedy"]}, "key 'pseudo.assignment' expects one of 'ot', 'ot_exact', 'mc', got 'greedy'"),
         ({"ablation.corruption.boundary_drop": [2.0]}, "key 'ablation.corruption.boundary_drop' expects a number in [0, 1], got 2.0"),
         ({"ablation.batch_size": [1, 2]}, "compute the same thing"),
         ({"pseudo.maps": [["semantic", "boundary_high"]], "ablation.source": ["image"]}, "provides no boundary_high"),
