@@ -2,10 +2,11 @@
 
 Modules follow the paper's steps: :mod:`~p2m_core.pseudo.maps` (inputs, the cost-ready P^s),
 :mod:`~p2m_core.pseudo.edge_lengths` (Eq. 2-3), :mod:`~p2m_core.pseudo.geodesic` (costs),
-:mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.transport` (Sinkhorn, decoding)
-and :mod:`~p2m_core.pseudo.labels` (the pipeline, :func:`generate_pseudo_labels`); the method is
-explained in docs/METHOD.md. This package holds the algorithm only: the stage that scores pseudo
-masks against the ground truth is :mod:`p2m_core.ablation`.
+:mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.transport` (Sinkhorn, decoding),
+:mod:`~p2m_core.pseudo.exact` (exact unregularised transport) and :mod:`~p2m_core.pseudo.labels`
+(the pipeline, :func:`generate_pseudo_labels`); the method is explained in docs/METHOD.md. This
+package holds the algorithm only: the stage that scores pseudo masks against the ground truth is
+:mod:`p2m_core.ablation`.
 
 The public names below are imported lazily, so that importing the package does not load torch.
 """
@@ -28,6 +29,8 @@ _EXPORTS = {
     "SinkhornLog": "transport",
     "decode_plan": "transport",
     "disagreement": "transport",
+    "transport_exact": "exact",
+    "ExactLog": "exact",
     "equal_division": "capacities",
     "nearest_point": "capacities",
     "nearest_centroid": "capacities",
