@@ -70,7 +70,7 @@ from p2m_core.pseudo.labels import (
     graph_factor,
 )
 from p2m_core.pseudo.maps import PointSet, TaskMaps
-from p2m_core.pseudo.transport import sinkhorn
+from p2m_core.pseudo.transport import exact, sinkhorn
 
 THING_CLASSES = 10
 STUFF_CLASSES = 5
@@ -332,8 +332,6 @@ def dense_reference_sinkhorn(problem: dict[str, Tensor], epsilon: float, iters: 
 def solver_rows(problem: dict[str, Tensor], cfg: PseudoConfig, repeats: int) -> tuple[list[str], float]:
     """Table rows of the transport solvers on the captured problem, and the share of pixels on
     which the fast reference solver's labels equal the previous dense implementation's."""
-    from p2m_core.pseudo.exact import transport_exact
-
     args = (problem["cost"], problem["supply"], problem["demand"])
     masks = dict(point_mask=problem["point_mask"], pixel_mask=problem["pixel_mask"])
     qm = problem["pixel_mask"]
@@ -343,7 +341,7 @@ def solver_rows(problem: dict[str, Tensor], cfg: PseudoConfig, repeats: int) -> 
     }
     for eps in (1e-2, 1e-3, 1e-4):
         fns[f"converged, eps {eps:g}"] = partial(sinkhorn, *args, mode="converged", epsilon=eps, tol=cfg.sinkhorn_tol, **masks)
-    fns["exact (ot_exact)"] = lambda: transport_exact(problem["cost"], problem["supply"].long(), **masks)
+    fns["exact (ot_exact)"] = lambda: exact(problem["cost"], problem["supply"], **masks)
     times, results = interleaved_best(fns, repeats)
     previous = results["previous reference (dense, all pixels)"]
     same = float((((results["reference (semi-dual, pixels near a tie)"].labels == previous) & qm).sum()) / qm.sum())

@@ -30,6 +30,8 @@ _EXPORTS = {
     "SinkhornLog": "semidual",
     "TransportResult": "semidual",
     "semidual_log_plan": "semidual",
+    "transport_exact": "exact",
+    "ExactLog": "exact",
     "equal_division": "capacities",
     "nearest_point": "capacities",
     "nearest_centroid": "capacities",

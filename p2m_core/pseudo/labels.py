@@ -90,7 +90,7 @@ from p2m_core.pseudo.edge_lengths import edge_lengths
 from p2m_core.pseudo.geodesic import geodesic_distances
 from p2m_core.pseudo.maps import PointSet, TaskMaps, check_points, pad_points
 from p2m_core.pseudo.semidual import argmax_lowest
-from p2m_core.pseudo.transport import SinkhornLog, disagreement, sinkhorn
+from p2m_core.pseudo.transport import SinkhornLog, disagreement, exact, sinkhorn
 
 BOUNDARY_MAPS = tuple(m for m in MAP_NAMES if m != "semantic")
 
@@ -564,7 +564,7 @@ def _transport(
     zero-demand pixel a mass of 1e-8, as the reference does).
     """
     B, T, N = cost.shape
-    exact = cfg.assignment == "ot_exact" and not all_pixels
+    unregularised = cfg.assignment == "ot_exact" and not all_pixels
     if all_pixels or cfg.ot_pixels == "all":
         cols = torch.arange(N, device=cost.device).expand(B, N)
         col_mask = torch.ones(B, N, dtype=torch.bool, device=cost.device)
@@ -572,10 +572,8 @@ def _transport(
     else:
         cols, col_mask = _transported_columns(demand)
         sub_cost, weights = cost.gather(2, cols[:, None, :].expand(B, T, cols.shape[1])), col_mask.float()
-    if exact:
-        from p2m_core.pseudo.exact import transport_exact
-
-        result = transport_exact(sub_cost, k, tmask, col_mask & (weights > 0))
+    if unregularised:
+        result = exact(sub_cost, k, tmask, col_mask & (weights > 0))
     else:
         result = sinkhorn(
             sub_cost, k.float(), weights, mode=cfg.sinkhorn_mode, epsilon=cfg.sinkhorn_epsilon,

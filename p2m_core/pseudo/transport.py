@@ -33,15 +33,17 @@ and ``rel_error``, the misplaced share of the mass (total-variation distance).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from p2m_core.config import SINKHORN_MODES
 from p2m_core.errors import P2MInputError
+from p2m_core.pseudo.exact import transport_exact
 from p2m_core.pseudo.newton import sinkhorn_converged
 from p2m_core.pseudo.semidual import SinkhornLog, TransportResult
 from p2m_core.pseudo.sinkhorn_reference import sinkhorn_reference
 
-__all__ = ["SinkhornLog", "TransportResult", "disagreement", "sinkhorn"]
+__all__ = ["SinkhornLog", "TransportResult", "disagreement", "exact", "sinkhorn"]
 
 
 def sinkhorn(
@@ -81,6 +83,31 @@ def sinkhorn(
             point_mask=point_mask, pixel_mask=pixel_mask,
         )
     raise P2MInputError(f"pseudo.sinkhorn_mode: unknown mode {mode!r}, expected one of {SINKHORN_MODES}")
+
+
+def exact(
+    cost: Tensor,
+    supply: Tensor,
+    point_mask: Tensor | None = None,
+    pixel_mask: Tensor | None = None,
+    potentials: Tensor | None = None,
+) -> TransportResult:
+    """:func:`~p2m_core.pseudo.exact.transport_exact` as a :class:`TransportResult`, so that every
+    solver answers alike: ``epsilon`` 0, marginal errors 0 (counts equal k exactly, which the
+    solver certifies), ``iterations`` its dual rounds plus augmenting paths."""
+    labels, log = transport_exact(cost, supply, point_mask, pixel_mask, potentials)
+    B = cost.shape[0]
+    zero = torch.zeros(B, device=labels.device)
+    return TransportResult(
+        labels=labels,
+        potentials=log.potentials.to(labels.device),
+        epsilon=torch.zeros(B, dtype=torch.float64, device=labels.device),
+        log=SinkhornLog(
+            iterations=(log.coordinate_steps + log.augmentations).to(labels.device),
+            row_error=zero, col_error=zero.clone(), rel_error=zero.clone(),
+            converged=torch.ones(B, dtype=torch.bool, device=labels.device),
+        ),
+    )
 
 
 def disagreement(labels_a: Tensor, labels_b: Tensor, mask: Tensor) -> Tensor:
