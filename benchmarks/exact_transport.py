@@ -21,7 +21,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import ot
@@ -29,10 +28,7 @@ import torch
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's p2m_core, then make_batch
-
-from pseudo_labels import make_batch  # noqa: E402
+from pseudo_labels import make_batch  # run as a script, benchmarks/ is on sys.path
 
 from p2m_core.config import PseudoConfig  # noqa: E402
 from p2m_core.pseudo.capacities import batch_equal_division, batch_nearest_centroid  # noqa: E402

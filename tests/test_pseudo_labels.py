@@ -95,7 +95,7 @@ def check_invariants(out, maps: TaskMaps, points: list[PointSet]) -> None:
     f=st.sampled_from([1, 2, 4]),
     k_scheme=st.sampled_from(["equal_division", "nearest_point", "nearest_centroid"]),
     mode=st.sampled_from(["reference", "converged"]),
-    assignment=st.sampled_from(["ot", "mc"]),
+    assignment=st.sampled_from(["ot", "ot_exact", "mc"]),
 )
 def test_properties(seed, h, w, c, m, f, k_scheme, mode, assignment) -> None:
     rng = np.random.default_rng(seed)
@@ -188,6 +188,22 @@ def test_converged_ot_honours_k_in_the_pipeline() -> None:
     # the fixed 80-iteration reference stays near minimum cost instead
     assert float(ref.disagreement[0]) < float(conv.disagreement[0])
     assert int((ref.counts - ref.k).abs().max()) > 3
+
+
+@pytest.mark.parametrize("k_scheme", ["equal_division", "nearest_centroid"])
+def test_exact_ot_gives_every_point_exactly_k(k_scheme: str) -> None:
+    rng = np.random.default_rng(9)
+    maps = random_maps(rng, 2, 3, 20, 24)
+    points = [random_points(rng, m, 3, 20, 24, 4) for m in (5, 3)]
+    cfg = cfg_for(k_scheme=k_scheme, assignment="ot_exact", force_own_pixels=False)
+    out = generate_pseudo_labels(maps, points, cfg)
+    assert torch.equal(out.counts, out.k)
+    assert bool(out.converged.all()) and float(out.rel_error.max()) == 0.0
+    # the converged entropic solver at small eps approaches it
+    conv = generate_pseudo_labels(maps, points, dataclasses.replace(cfg, assignment="ot", sinkhorn_mode="converged",
+                                                                    sinkhorn_epsilon=1e-4))  # fmt: skip
+    same = float((conv.panoptic == out.panoptic).float().mean())
+    assert same >= 0.97
 
 
 # ----------------------------------------------------------------------------- edge cases

@@ -43,7 +43,6 @@ from torch import Tensor
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo.semidual import (
     SOFTMAX_FLOOR,
-    SinkhornLog,
     TransportResult,
     argmin_lowest,
     check_problem,
