@@ -194,6 +194,18 @@ def test_reference_starved_point_moves_as_in_the_log_domain() -> None:
     np.testing.assert_allclose(result.potentials[0].numpy(), u, atol=1e-5)
 
 
+def test_reference_points_that_tie_everywhere() -> None:
+    """Two points on one graph node have equal costs everywhere: neither settles a pixel."""
+    rng = np.random.default_rng(9)
+    base = (rng.random((3, 150)) * 10).astype(np.float32)
+    cost = np.concatenate([base, base[1:2]]).astype(np.float32)
+    supply = integer_supplies(rng, 4, 150).astype(np.float32)
+    log_plan, u = reference_numpy(cost, supply, np.ones(150, np.float32), 1e-3, 80)
+    result = sinkhorn_reference(*one(cost, supply))
+    np.testing.assert_array_equal(result.labels[0].numpy(), log_plan.argmax(0))
+    np.testing.assert_allclose(result.potentials[0].numpy(), u, atol=1e-5)
+
+
 def test_reference_batched_with_padding_equals_unbatched() -> None:
     rng = np.random.default_rng(4)
     sizes = [(3, 50), (5, 70), (1, 20)]
