@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 PLOTS_ARTIFACT_DIR = "plots"
 MODE, EPSILON, ITERS = "pseudo.sinkhorn_mode", "pseudo.sinkhorn_epsilon", "pseudo.sinkhorn_iters"
 ASSIGNMENT = "pseudo.assignment"
+LEVEL_SOLVERS = ("mc", "ot_exact")  # assignments the sinkhorn settings do not apply to
 SINKHORN_PANELS = (("PQ", "PQ (%)"), ("rel_error", "misplaced mass rel_error"), ("disagreement_pct", "OT vs MC disagreement (%)"))
 OVERLAY_ROWS = 3
 
@@ -139,6 +140,10 @@ def _sinkhorn_figure(summary: pd.DataFrame, x: str, line_keys: tuple[str, str], 
             rows = rows.dropna(subset=[x]).sort_values(x)
             mean = rows.get(f"{metric}_mean")
             if mean is None or not np.isfinite(mean.to_numpy(dtype=float)).any():
+                continue
+            if group[0] in LEVEL_SOLVERS:  # no epsilon, no iterations: a level to compare with
+                ax.axhline(float(mean.iloc[0]), color=f"C{i % 10}", linestyle=":", linewidth=1.5,
+                           label=f"assignment={group[0]}")
                 continue
             label = f"{line_keys[0].rsplit('.', 1)[-1]}={group[0]}, {line_keys[1].rsplit('.', 1)[-1]}={group[1]:g}"
             std = rows[f"{metric}_std"].fillna(0.0)
