@@ -242,12 +242,60 @@ class AblationConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How the panoptic head's outputs become one prediction per image (the release's rules;
+    docs/METHOD.md, "The network")."""
+
+    top_k: int = 100  # (query, thing class) pairs kept
+    mask_threshold: float = 0.5
+    score_threshold: float = 0.25  # release; 0.3 for its VOC Swin-L model
+    thing_overlap: float = 0.4  # a thing is skipped when more of its area than this is painted
+    stuff_overlap: float = 0.2
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        bad = [("top_k", "an integer >= 1")] if self.top_k < 1 else []
+        for name in ("mask_threshold", "score_threshold", "thing_overlap", "stuff_overlap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad.append((name, "a number in [0, 1]"))
+        return bad
+
+
+@dataclass
 class ModelConfig:
+    """The network (docs/METHOD.md, "The network"); defaults are the paper's ResNet-50 model."""
+
     backbone: Literal["resnet18", "resnet50", "resnet101"] = "resnet50"
+    width: int = 64  # channels of the backbone's first stage (64 = torchvision; 8 for a tiny CPU model)
     pretrained: str = ""  # local torchvision-format state dict; empty: random init
+    frozen_stages: int = 1  # release: stem and stage 1 frozen (BN frozen everywhere)
     hidden_dim: int = 256
+    num_heads: int = 8
+    num_points: int = 4  # deformable sampling points per head and level
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    encoder_layers: int = 6
     num_queries: int = 300  # paper Sec. 4.2
-    num_decoder_layers: int = 6
+    num_decoder_layers: int = 6  # location decoder
+    semantic_layers: int = 6
+    thing_layers: int = 4
+    stuff_layers: int = 6
+    projector: bool = True  # the manifold projector and its pairwise edge term
+    projector_dim: int = 128
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        bad = []
+        for name in ("width", "hidden_dim", "num_heads", "num_points", "ffn_dim", "encoder_layers", "num_queries",
+                     "num_decoder_layers", "semantic_layers", "thing_layers", "stuff_layers", "projector_dim"):
+            if getattr(self, name) < 1:
+                bad.append((name, "an integer >= 1"))
+        if self.hidden_dim >= 1 and self.num_heads >= 1 and self.hidden_dim % self.num_heads:
+            bad.append(("hidden_dim", f"a multiple of model.num_heads ({self.num_heads})"))
+        if not 0 <= self.frozen_stages <= 4:
+            bad.append(("frozen_stages", "an integer in [0, 4]"))
+        if not 0.0 <= self.dropout < 1.0:
+            bad.append(("dropout", "a number in [0, 1)"))
+        return bad
 
 
 @dataclass
