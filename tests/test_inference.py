@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from p2m_core.model.inference import InferenceSettings, candidates, paint
+from p2m_core.config import InferenceConfig
+from p2m_core.model.inference import candidates, paint
 
-SETTINGS = InferenceSettings()
+SETTINGS = InferenceConfig()
 
 
 def logit(p: float) -> float:
@@ -26,7 +27,7 @@ def test_scores_are_class_times_mask_score_squared_and_topk_spans_classes() -> N
     masks = torch.stack([box(4, 4, 0, 2, 0, 2, 0.8), box(4, 4, 2, 4, 2, 4, 0.6)])
     logits = torch.tensor([[logit(0.9), logit(0.7)], [logit(0.2), logit(0.1)]])
     cands = candidates(logits, masks, [3, 5], torch.zeros(0), torch.zeros(0, 4, 4), [],
-                       InferenceSettings(top_k=3))  # fmt: skip
+                       InferenceConfig(top_k=3))  # fmt: skip
     assert [(c.label, round(c.score, 6)) for c in cands] == [
         (3, round(0.9 * 0.8**2, 6)), (5, round(0.7 * 0.8**2, 6)), (3, round(0.2 * 0.6**2, 6)),
     ]  # query 0 appears with both labels

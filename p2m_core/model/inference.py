@@ -12,7 +12,8 @@ Candidates are scored, then painted onto an empty canvas in descending score:
   empty, or the share of its area already painted exceeds ``thing_overlap`` (0.4) for things or
   ``stuff_overlap`` (0.2) for stuff; otherwise it paints its still-unpainted pixels.
 
-Unpainted pixels are void. Thresholds are settings (:class:`InferenceSettings`), not constants.
+Unpainted pixels are void. The numbers are settings (``model.inference``,
+:class:`~p2m_core.config.InferenceConfig`), not constants.
 """
 
 from __future__ import annotations
@@ -23,16 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """The painting rules' numbers (module docstring); defaults are the release's."""
-
-    top_k: int = 100
-    mask_threshold: float = 0.5
-    score_threshold: float = 0.25
-    thing_overlap: float = 0.4
-    stuff_overlap: float = 0.2
+from p2m_core.config import InferenceConfig
 
 
 @dataclass
@@ -48,7 +40,7 @@ class Candidate:
 
 def candidates(
     thing_logits: Tensor, thing_masks: Tensor, thing_classes: list[int],
-    stuff_logits: Tensor, stuff_masks: Tensor, stuff_classes: list[int], settings: InferenceSettings,
+    stuff_logits: Tensor, stuff_masks: Tensor, stuff_classes: list[int], settings: InferenceConfig,
 ) -> list[Candidate]:
     """Scored candidates of one image (module docstring).
 
@@ -70,14 +62,14 @@ def candidates(
     return out
 
 
-def _candidate(label: int, is_thing: bool, class_score: float, prob: Tensor, settings: InferenceSettings) -> Candidate:
+def _candidate(label: int, is_thing: bool, class_score: float, prob: Tensor, settings: InferenceConfig) -> Candidate:
     binary = prob > settings.mask_threshold
     area = int(binary.sum())
     mask_score = float(prob[binary].mean()) if area else 0.0
     return Candidate(label, is_thing, class_score * mask_score**2, binary)
 
 
-def paint(cands: list[Candidate], size: tuple[int, int], settings: InferenceSettings) -> tuple[Tensor, list[dict[str, Any]]]:
+def paint(cands: list[Candidate], size: tuple[int, int], settings: InferenceConfig) -> tuple[Tensor, list[dict[str, Any]]]:
     """Paint candidates in descending score -> ``(segment ids [H, W] long, 0 = void;
     segments [{"id", "label", "isthing", "score", "area"}])`` (module docstring)."""
     canvas = torch.zeros(size, dtype=torch.long)
