@@ -7,7 +7,6 @@ import torch
 
 from p2m_core.errors import P2MInputError
 from p2m_core.model.backbone import FrozenBatchNorm2d, ResNet, load_pretrained
-from tests.torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 

@@ -12,7 +12,6 @@ from p2m_core.model.backbone import ResNet
 from p2m_core.model.deformable import MSDeformAttn, level_start_index
 from p2m_core.model.neck import DeformableEncoder, EncoderNeck, encoder_reference_points, valid_ratios
 from p2m_core.model.position import sine_position_encoding
-from tests.torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 SHAPES = [(4, 5), (2, 3), (1, 2)]  # (H_l, W_l) of three levels
 

@@ -89,3 +89,55 @@ def test_pixel_heads_are_detached_from_the_memory() -> None:
     (logits.sum() + embedding.sum()).backward()
     assert all(m.grad is None for m in mem)
     assert boundary.body[0].weight.grad is not None and projector.body[2].weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- panoptic head
+def tiny_neck_output(seed: int = 0, batch: int = 2):
+    from p2m_core.model.backbone import ResNet
+    from p2m_core.model.neck import EncoderNeck
+
+    torch.manual_seed(seed)
+    backbone = ResNet(18, width=8, frozen_stages=0)
+    neck = EncoderNeck(backbone.out_channels, d_model=D, n_heads=HEADS, n_points=2, num_layers=1, d_ffn=32, dropout=0.0)
+    return neck(backbone(torch.randn(batch, 3, 64, 80)))
+
+
+def test_location_decoder_refines_centres_and_classes_start_at_the_prior() -> None:
+    from p2m_core.model.location_decoder import LocationDecoder, inverse_sigmoid
+
+    torch.manual_seed(3)
+    out = tiny_neck_output()
+    decoder = LocationDecoder(num_classes=3, num_queries=6, d_model=D, n_heads=HEADS, n_points=2, d_ffn=32,
+                              num_layers=2, dropout=0.0)  # fmt: skip
+    located = decoder(out)
+    assert len(located.logits) == len(located.boxes) == 2
+    assert located.logits[0].shape == (2, 6, 3) and located.boxes[0].shape == (2, 6, 4)
+    # the box MLP's last layer starts at zero: the first boxes are the reference points, size 0.5
+    query_pos = decoder.queries.weight.chunk(2, dim=-1)[1]
+    torch.testing.assert_close(located.boxes[0][0, :, :2], decoder.reference(query_pos).sigmoid())
+    torch.testing.assert_close(located.boxes[0][..., 2:], torch.full((2, 6, 2), 0.5))
+    # focal-loss prior: the class bias says "1 % foreground"
+    torch.testing.assert_close(decoder.class_heads[0].bias.sigmoid(), torch.full((3,), 0.01))
+    torch.testing.assert_close(inverse_sigmoid(torch.tensor([0.25])), torch.log(torch.tensor([1 / 3])))
+    (located.boxes[-1].sum() + located.logits[-1].sum()).backward()
+    assert decoder.layers[0].cross_attn.sampling_offsets.weight.grad is not None
+
+
+def test_panoptic_head_thing_and_stuff_masks() -> None:
+    from p2m_core.model.panoptic_head import PanopticHead
+
+    torch.manual_seed(4)
+    out = tiny_neck_output()
+    head = PanopticHead(3, 2, num_queries=6, d_model=D, n_heads=HEADS, n_points=2, d_ffn=32, location_layers=2,
+                        thing_layers=2, stuff_layers=3, dropout=0.0)  # fmt: skip
+    located = head.locate(out)
+    memory = out.memory[:3]
+    size = tuple(memory[0].shape[-2:])
+    index = torch.tensor([[0, 5], [2, 2]])
+    masks = head.thing_masks(located, index, memory, size)
+    assert len(masks) == 2 and masks[-1].shape == (2, 2, *size)
+    # a query selected twice gets the same mask twice
+    torch.testing.assert_close(masks[-1][1, 0], masks[-1][1, 1])
+    stuff = head.stuff_masks(memory, size)
+    assert len(stuff.masks) == len(stuff.presence) == 3
+    assert stuff.masks[-1].shape == (2, 2, *size) and stuff.presence[-1].shape == (2, 2)

@@ -4,8 +4,11 @@ Image ``[B, 3, H, W]`` -> :mod:`~p2m_core.model.backbone` (ResNet, frozen batch 
 strides 8/16/32) -> :mod:`~p2m_core.model.neck` (projections to ``d_model``, an extra stride-64
 level, :mod:`~p2m_core.model.position` sine encodings plus level embeddings, and a stack of
 :mod:`~p2m_core.model.deformable` multi-scale deformable-attention encoder layers) -> memory at
-strides 8/16/32/64, which the heads read. docs/METHOD.md ("The network: backbone and encoder")
-explains the design.
+strides 8/16/32/64, which the heads read: :mod:`~p2m_core.model.semantic_head` (``P^s``),
+:mod:`~p2m_core.model.boundary_head` (``P^b_high`` and the manifold projector, on detached
+memory), :mod:`~p2m_core.model.panoptic_head` (:mod:`~p2m_core.model.location_decoder` and the
+thing / stuff :mod:`~p2m_core.model.mask_decoder`), and :mod:`~p2m_core.model.inference` (the
+painting rules). docs/METHOD.md ("The network: backbone and encoder") explains the design.
 
 Modules take plain keyword arguments (sizes, depths); building them from a ``ModelConfig`` is
 the caller's job. Nothing here calls ``.cuda()``: tensors follow the inputs' device.
