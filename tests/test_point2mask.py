@@ -62,3 +62,25 @@ def test_a_dataset_without_things_is_refused(tiny) -> None:
     cfg = tiny[0]
     with pytest.raises(P2MInputError, match="no thing class"):
         build_model(cfg.model, ClassInfo((False, False)))
+
+
+def test_task_maps_feed_the_pseudo_label_pipeline(tiny) -> None:
+    from p2m_core.data.edges import classical_edges
+    from p2m_core.model.task_maps import mask_grid, points_at_mask, task_maps
+    from p2m_core.pseudo.labels import generate_pseudo_labels
+
+    cfg, dataset, batch, model = tiny
+    out = model(batch["images"], batch["padding_mask"])
+    grid = mask_grid(batch["images"].shape, cfg.pseudo.mask_stride)
+    points = points_at_mask(batch["points_yx"], batch["point_labels"], batch["point_is_thing"], cfg.pseudo.mask_stride, grid)
+    images = (batch["images"].permute(0, 2, 3, 1) * 255).to(torch.uint8).numpy()
+    low = torch.stack([torch.from_numpy(classical_edges(im)) for im in images])
+    maps = task_maps(out, points, grid, cfg.pseudo, boundary_low=low)
+    assert maps.semantic.shape == (2, model.classes.num_classes, *grid) and not maps.semantic.requires_grad
+    assert maps.boundary_high.shape == maps.boundary_low.shape == (2, *grid)
+    labels = generate_pseudo_labels(maps, points, cfg.pseudo, check_values=False)
+    assert labels.panoptic.shape == (2, *grid)
+    # every point owns its own pixel on the mask grid
+    for b, p in enumerate(points):
+        owners = labels.panoptic[b, p.yx[:, 0], p.yx[:, 1]]
+        assert bool((owners >= 0).all())

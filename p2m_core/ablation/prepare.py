@@ -20,7 +20,6 @@ Per image (docs/METHOD.md, "The pseudo-label ablation stage"):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -199,12 +198,6 @@ def prepare_batches(data: StageData, cfg: Config) -> Iterator[list[PreparedImage
             yield bucket
 
 
-def dilation_at_mask(point_dilation: int, mask_stride: int) -> int:
-    """The odd side (mask pixels) nearest to ``point_dilation / mask_stride`` (input pixels)."""
-    side = point_dilation / mask_stride
-    return max(1, int(2 * math.floor((side - 1) / 2 + 0.5) + 1))
-
-
 def batch_inputs(batch: Sequence[PreparedImage], cfg: Config, device: Any = "cpu"):
     """``(TaskMaps, [PointSet])`` of a batch on ``device``, semantic made cost-ready (module doc).
 
@@ -213,7 +206,7 @@ def batch_inputs(batch: Sequence[PreparedImage], cfg: Config, device: Any = "cpu
     """
     import torch
 
-    from p2m_core.pseudo.maps import PointSet, TaskMaps, semantic_cost_map
+    from p2m_core.pseudo.maps import PointSet, TaskMaps, dilation_at_mask, semantic_cost_map
 
     stacked = stack_image_maps([item.maps for item in batch])
     semantic = torch.from_numpy(stacked["semantic"]).to(device)
@@ -281,7 +274,6 @@ __all__ = [
     "StageData",
     "batch_inputs",
     "check_maps_available",
-    "dilation_at_mask",
     "image_count",
     "load_stage_data",
     "prepare_batches",

@@ -9,6 +9,7 @@ build costs from the same map.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -114,6 +115,13 @@ def present_classes(labels: Tensor, mask: Tensor, num_classes: int) -> Tensor:
     present = torch.zeros(B, num_classes + 1, dtype=torch.bool, device=labels.device)
     present.scatter_(1, torch.where(mask, labels, num_classes), True)
     return present[:, :num_classes]
+
+
+def dilation_at_mask(point_dilation: int, mask_stride: int) -> int:
+    """The odd side (mask pixels) nearest to ``point_dilation / mask_stride``: the squares
+    forced around the points are set in input pixels (reference: 17) and drawn on the mask grid."""
+    side = point_dilation / mask_stride
+    return max(1, int(2 * math.floor((side - 1) / 2 + 0.5) + 1))
 
 
 def semantic_cost_map(logits: Tensor, points: list[PointSet], dilation: int = 17) -> Tensor:

@@ -1,0 +1,66 @@
+"""From the network's outputs to the pseudo-label pipeline's inputs, at the mask resolution.
+
+Pseudo masks are made on the grid ``ceil(H / s) x ceil(W / s)`` of the padded input, ``s =
+pseudo.mask_stride`` (paper reading: 4; release: 1). The network predicts at stride 8, so:
+
+- ``P^s``: the last semantic layer's logits, resized bilinearly to the mask grid and made
+  cost-ready (:func:`~p2m_core.pseudo.maps.semantic_cost_map`: classes without a point zeroed,
+  each point's class forced on a ``pseudo.point_dilation`` square, given in input pixels);
+- ``P^b_high``: the sigmoid of the boundary logits resized to the mask grid;
+- ``P^b_low``: the image's low-level edges when the batch carries them (``[B, H, W]`` at the
+  input resolution), max-pooled to the mask grid;
+- points: ``(y // s, x // s)``.
+
+Everything here is computed without gradient: pseudo labels are targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from p2m_core.config import PseudoConfig
+from p2m_core.model.point2mask import NetworkOutput
+from p2m_core.pseudo.maps import PointSet, TaskMaps, dilation_at_mask, semantic_cost_map
+
+
+def mask_grid(image_shape: Sequence[int], stride: int) -> tuple[int, int]:
+    """``(ceil(H / s), ceil(W / s))`` of a padded input ``[..., H, W]``."""
+    H, W = image_shape[-2:]
+    return -(-H // stride), -(-W // stride)
+
+
+def points_at_mask(
+    points_yx: Sequence[Tensor], labels: Sequence[Tensor], is_thing: Sequence[Tensor], stride: int,
+    grid: tuple[int, int],
+) -> list[PointSet]:
+    """Point sets on the mask grid: ``(y // s, x // s)`` (clamped to the grid)."""
+    h, w = grid
+    out = []
+    for yx, lab, thing in zip(points_yx, labels, is_thing):
+        yx = yx.long() // stride
+        yx = torch.stack([yx[:, 0].clamp(0, h - 1), yx[:, 1].clamp(0, w - 1)], 1) if len(yx) else yx.reshape(0, 2)
+        out.append(PointSet(yx, lab.long(), thing.bool()))
+    return out
+
+
+@torch.no_grad()
+def task_maps(
+    out: NetworkOutput, points: list[PointSet], grid: tuple[int, int], cfg: PseudoConfig,
+    boundary_low: Tensor | None = None,
+) -> TaskMaps:
+    """The :class:`TaskMaps` of a batch on the mask grid (module docstring)."""
+    def resize(x: Tensor) -> Tensor:
+        return x if tuple(x.shape[-2:]) == grid else F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+
+    logits = resize(out.semantic.logits[-1].float())
+    semantic = semantic_cost_map(logits, points, dilation=dilation_at_mask(cfg.point_dilation, cfg.mask_stride))
+    high = resize(out.boundary.float()).sigmoid()[:, 0] if "boundary_high" in cfg.maps else None
+    low = None
+    if boundary_low is not None and "boundary_low" in cfg.maps:
+        low = F.max_pool2d(boundary_low[:, None].float(), cfg.mask_stride, cfg.mask_stride, ceil_mode=True)[:, 0]
+        low = low[:, : grid[0], : grid[1]]
+    return TaskMaps(semantic, high, low)
