@@ -197,3 +197,12 @@ def test_filter_rejects_mismatched_tree():
     tree = grid_mst(torch.rand(1, 3, 4, 4))
     with pytest.raises(P2MInputError):
         tree_filter(torch.rand(1, 2, 4, 5), torch.rand(1, 3, 4, 5), tree)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (4, 1)])
+def test_degenerate_grids_give_finite_losses(size: tuple[int, int]):
+    probs = torch.softmax(torch.randn(2, 3, *size), dim=1).requires_grad_(True)
+    loss = tree_energy_loss(probs, torch.rand(2, 3, *size), torch.ones(2, *size, dtype=torch.bool))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(probs.grad).all()
+    assert grid_mst(torch.rand(1, 3, *size)).depth == (max(size) - 1 + 1) // 2
