@@ -1,0 +1,89 @@
+r"""Sigmoid focal loss, and the class-presence loss of the semantic decoder.
+
+For a logit ``x`` with probability ``p = sigmoid(x)`` and a 0/1 target ``t`` (Lin et al.,
+"Focal Loss for Dense Object Detection", ICCV 2017):
+
+.. math::
+
+    p_t = t\,p + (1 - t)(1 - p), \qquad \alpha_t = t\,\alpha + (1 - t)(1 - \alpha),
+
+    \mathrm{FL}(x, t) = -\alpha_t (1 - p_t)^\gamma \log p_t ,
+
+with ``alpha = 0.25`` and ``gamma = 2``. ``-log p_t`` is the binary cross-entropy with logits,
+computed stably. The same function serves the panoptic branch's classification loss
+(:mod:`p2m_core.losses.panoptic`), where the sum is divided by the number of boxes.
+
+The presence loss applies it to the semantic decoder's per-class presence logits ``s_c``: the
+target of class ``c`` in an image is 1 iff the image has a point of class ``c`` (release weight 2,
+on every semantic layer).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from p2m_core.errors import P2MInputError
+
+Reduction = Literal["mean", "sum", "none"]
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Element-wise sigmoid focal loss ``FL(x, t)`` (module doc), then reduced.
+
+    Parameters
+    ----------
+    logits : Tensor [...]
+        Raw scores ``x``.
+    targets : Tensor [...]
+        Targets in [0, 1] (0/1 for classification), same shape; any dtype, cast to ``logits``'.
+    alpha, gamma : float
+        Balance of the positives and focusing exponent. ``alpha < 0`` disables the balance.
+    reduction : "mean" | "sum" | "none"
+        Mean over all elements (0 for an empty input), sum, or the element-wise tensor.
+    """
+    if logits.shape != targets.shape:
+        raise P2MInputError(f"sigmoid_focal_loss: logits {list(logits.shape)} and targets {list(targets.shape)} differ")
+    t = targets.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / max(loss.numel(), 1)
+    raise P2MInputError(f"sigmoid_focal_loss: reduction must be mean, sum or none, got {reduction!r}")
+
+
+def presence_targets(point_labels: list[Tensor], num_classes: int, device: torch.device | str | None = None) -> Tensor:
+    """Presence targets [B, C] float: 1 where image ``b`` has a point of class ``c``.
+
+    ``point_labels[b]`` is a long tensor [m_b] of class indices in ``[0, num_classes)``."""
+    out = torch.zeros(len(point_labels), num_classes, device=device)
+    for b, labels in enumerate(point_labels):
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise P2MInputError(f"presence_targets: image {b} has a class outside [0, {num_classes})")
+        out[b, labels.to(out.device)] = 1.0
+    return out
+
+
+def presence_loss(logits: Tensor, targets: Tensor, weight: float = 2.0, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """``weight * mean_{b,c} FL(s_{b,c}, t_{b,c})``: the presence logits [B, C] against the
+    0/1 targets [B, C] (:func:`presence_targets`). Release weight 2."""
+    if logits.dim() != 2:
+        raise P2MInputError(f"presence_loss: logits must be [B, C], got {list(logits.shape)}")
+    return weight * sigmoid_focal_loss(logits, targets, alpha, gamma, "mean")
