@@ -51,6 +51,7 @@ WarmupAssignment = Literal["mc", "release"]
 MapResize = Literal["area", "bilinear"]
 PixelRoles = Literal["evidence", "argmax"]
 OtPixels = Literal["transported", "all"]
+SemanticTerm = Literal["partial", "lab", "rgb_tree"]
 MapSourceKind = Literal["oracle", "oracle_corrupt", "image", "checkpoint"]
 PointsFrom = Literal["sample", "file"]
 SplitName = Literal["train", "val"]
@@ -68,6 +69,7 @@ WARMUP_ASSIGNMENTS: tuple[str, ...] = typing.get_args(WarmupAssignment)
 MAP_RESIZES: tuple[str, ...] = typing.get_args(MapResize)
 PIXEL_ROLES: tuple[str, ...] = typing.get_args(PixelRoles)
 OT_PIXELS: tuple[str, ...] = typing.get_args(OtPixels)
+SEMANTIC_TERMS: tuple[str, ...] = typing.get_args(SemanticTerm)
 SPLITS: tuple[str, ...] = typing.get_args(SplitName)
 
 
@@ -300,17 +302,36 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    semantic_terms: list[Literal["partial", "lab", "rgb_tree"]] = field(
-        default_factory=lambda: ["partial", "lab", "rgb_tree"]
-    )
+    """Loss terms and weights (paper Sec. 3.4; docs/METHOD.md, "Losses"). Where the paper gives
+    no number the release's is used and marked."""
+
+    # Table 4: which terms train P^s (the presence focal loss always does).
+    semantic_terms: list[SemanticTerm] = field(default_factory=lambda: ["partial", "lab", "rgb_tree"])
+    presence_weight: float = 2.0  # release
     alpha1: float = 3.0  # weight of the local LAB affinity loss, Eq. 5 (paper)
     alpha2: float = 3.0  # weight of the long-range RGB tree loss, Eq. 5 (paper)
+    lab_threshold: float = 0.3  # release: a neighbour pair counts when its colour similarity >= this
+    tree_sigma: float = 0.02  # release: edge strength exp(-||dI||^2 / sigma) of the tree filter
     boundary_weight: float = 1.0
-    # Panoptic branch (Panoptic SegFormer defaults; not stated in the paper).
+    projector_weight: float = 1.0  # release
+    projector_temperature: float = 0.07  # release
+    # Panoptic branch (release; Panoptic SegFormer's values).
     focal_weight: float = 2.0
     l1_weight: float = 5.0
     giou_weight: float = 2.0
-    dice_weight: float = 1.0
+    dice_weight: float = 2.0  # thing masks
+    stuff_dice_weight: float = 2.0
+    stuff_presence_weight: float = 4.0
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        bad = [(f.name, "a number >= 0") for f in dataclasses.fields(self)
+               if f.name.endswith(("weight", "alpha1", "alpha2")) and not getattr(self, f.name) >= 0]  # fmt: skip
+        for name in ("tree_sigma", "projector_temperature"):
+            if not getattr(self, name) > 0:
+                bad.append((name, "a number > 0"))
+        if not 0.0 <= self.lab_threshold <= 1.0:
+            bad.append(("lab_threshold", "a number in [0, 1]"))
+        return bad
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""One training step in one process: data -> network -> pseudo labels -> losses -> AdamW step.
+
+:func:`train_step` is what every worker of a distributed run executes per iteration; it needs no
+Ray. The pseudo labels are made from the network's own maps, without gradient, by
+:func:`~p2m_core.pseudo.labels.generate_pseudo_labels` (the warm-up assignment for the first
+``pseudo.warmup_iters`` iterations), with its value checks off (each would wait for the device).
+The step reports every named loss term, the learning rate and the share of the step's wall time
+spent making pseudo labels (the paper reports about 25 %; docs/BENCHMARKS.md has ours).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from p2m_core.config import Config
+from p2m_core.data.edges import classical_edges
+from p2m_core.model.criterion import point2mask_losses
+from p2m_core.model.point2mask import Point2Mask
+from p2m_core.model.task_maps import mask_grid, points_at_mask, task_maps
+from p2m_core.pseudo.labels import PseudoLabels, generate_pseudo_labels
+
+
+@dataclass
+class StepResult:
+    """What one step measured: loss terms (floats), their sum, timings (seconds) and the pseudo
+    labels it trained on (for overlays and diagnostics)."""
+
+    losses: dict[str, float]
+    total: float
+    lr: float
+    step_seconds: float
+    pseudo_seconds: float
+    pseudo: PseudoLabels | None = field(default=None, repr=False)
+
+    @property
+    def pseudo_share(self) -> float:
+        """Share of the step's wall time spent making pseudo labels."""
+        return self.pseudo_seconds / self.step_seconds if self.step_seconds > 0 else 0.0
+
+
+def build_optimizer(model: Point2Mask, cfg: Config) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (``train.lr``, ``train.weight_decay``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def low_level_edges(batch: dict[str, Any]) -> Tensor:
+    """``P^b_low`` of a batch at the input resolution, ``[B, H, W]`` in [0, 1]: the classical edge
+    map of each image (docs/METHOD.md, "Task-oriented maps"); padding stays 0."""
+    images = batch["images"]
+    out = torch.zeros(images.shape[0], *images.shape[-2:])
+    for b, (h, w) in enumerate(batch["image_sizes"]):
+        rgb = (images[b, :, :h, :w].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        out[b, :h, :w] = torch.from_numpy(classical_edges(rgb))
+    return out.to(images.device)
+
+
+def train_step(
+    model: Point2Mask, batch: dict[str, Any], optimizer: torch.optim.Optimizer, cfg: Config, iteration: int,
+    keep_pseudo: bool = False,
+) -> StepResult:
+    """One optimisation step on ``batch`` (module docstring); ``iteration`` counts from 0."""
+    start = time.perf_counter()
+    model.train()
+    out = model(batch["images"], batch["padding_mask"])
+    pseudo_start = time.perf_counter()
+    stride = cfg.pseudo.mask_stride
+    grid = mask_grid(batch["images"].shape, stride)
+    points = points_at_mask(batch["points_yx"], batch["point_labels"], batch["point_is_thing"], stride, grid)
+    points = [p.to(batch["images"].device) for p in points]
+    low = low_level_edges(batch) if "boundary_low" in cfg.pseudo.maps else None
+    maps = task_maps(out, points, grid, cfg.pseudo, boundary_low=low)
+    pseudo = generate_pseudo_labels(maps, points, cfg.pseudo, warmup=iteration < cfg.pseudo.warmup_iters, check_values=False)
+    pseudo_seconds = time.perf_counter() - pseudo_start
+    terms = point2mask_losses(model, out, batch, pseudo, points, cfg)
+    total = sum(terms.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    return StepResult(
+        losses={k: float(v.detach()) for k, v in terms.items()},
+        total=float(total.detach()),
+        lr=float(optimizer.param_groups[0]["lr"]),
+        step_seconds=time.perf_counter() - start,
+        pseudo_seconds=pseudo_seconds,
+        pseudo=pseudo if keep_pseudo else None,
+    )

@@ -1,0 +1,226 @@
+"""The training losses of Point2Mask from one forward pass and its pseudo labels (paper Sec. 3.4).
+
+Named terms, each already weighted (``loss`` settings), summed over decoder layers where every
+layer is supervised:
+
+- ``presence``, ``partial_ce``, ``lab_affinity``, ``tree_energy``: the semantic map ``P^s`` on
+  the stride-8 grid, every semantic layer (``loss.semantic_terms`` selects the last three, paper
+  Table 4): points dilated to ``pseudo.point_dilation`` input pixels, the LAB colour affinity of
+  3x3 and 5x5 dilated neighbourhoods, the tree energy over the image's minimum spanning tree;
+- ``boundary``: ``P^b_high`` against the pseudo segments at the input resolution (Eq. 6-7);
+- ``projector``: the manifold projector's contrastive loss against pseudo-mask prototypes;
+- ``cls``, ``l1``, ``giou``: the location decoder's queries matched (Hungarian, per layer) to the
+  boxes of the thing pseudo masks; ``thing_dice``: the thing mask decoder on the queries matched
+  at the last layer, every thing layer; ``stuff_dice``, ``stuff_presence``: the stuff decoder
+  against the stuff pseudo segments (dice on present classes, focal on presence).
+
+The pseudo labels come from :func:`~p2m_core.pseudo.labels.generate_pseudo_labels` on the mask
+grid (``pseudo.mask_stride``); they are targets, without gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from p2m_core.config import Config
+from p2m_core.losses import (
+    IGNORE_INDEX,
+    boundary_loss,
+    dice_loss,
+    hungarian_match,
+    lab_affinity_loss,
+    masks_to_boxes,
+    merge_stuff_segments,
+    partial_cross_entropy,
+    presence_loss,
+    presence_targets,
+    projector_contrastive_loss,
+    rasterise_points,
+    set_losses,
+    sigmoid_focal_loss,
+    tree_energy_loss,
+)
+from p2m_core.model.point2mask import NetworkOutput, Point2Mask
+from p2m_core.pseudo.labels import PseudoLabels
+from p2m_core.pseudo.maps import PointSet, pad_points
+
+
+def point2mask_losses(
+    model: Point2Mask, out: NetworkOutput, batch: dict[str, Any], pseudo: PseudoLabels, points: list[PointSet],
+    cfg: Config,
+) -> dict[str, Tensor]:
+    """Named, weighted loss terms (module docstring). ``batch`` as :func:`~p2m_core.data.dataset.collate_points`
+    returns it (images in [0, 1]); ``points`` the batch's points on the mask grid."""
+    images, padding = batch["images"], batch["padding_mask"]
+    terms: dict[str, Tensor] = {}
+    terms.update(_semantic_terms(out, batch, model.classes.num_classes, cfg))
+    _, labels, is_thing, point_mask = pad_points(points, images.device)
+    segments, segment_is_thing = merge_stuff_segments(pseudo.panoptic, labels, is_thing & point_mask, point_mask)
+    stride = cfg.pseudo.mask_stride
+    H, W = images.shape[-2:]
+    full = segments.repeat_interleave(stride, 1).repeat_interleave(stride, 2)[:, :H, :W] if stride > 1 else segments
+    boundary = F.interpolate(out.boundary, size=(H, W), mode="bilinear", align_corners=False).sigmoid()[:, 0]
+    terms["boundary"] = cfg.loss.boundary_weight * boundary_loss(boundary, full, segment_is_thing, valid=~padding)
+    if out.embedding is not None:
+        terms["projector"] = cfg.loss.projector_weight * _projector_term(out, batch, segments, labels, is_thing,
+                                                                         point_mask, stride, cfg)  # fmt: skip
+    terms.update(_panoptic_terms(model, out, segments, labels, is_thing, point_mask, batch, stride, cfg))
+    return terms
+
+
+def _semantic_terms(out: NetworkOutput, batch: dict[str, Any], num_classes: int, cfg: Config) -> dict[str, Tensor]:
+    images, padding = batch["images"], batch["padding_mask"]
+    h8, w8 = out.size8
+    valid = ~F.interpolate(padding[:, None].float(), size=(h8, w8), mode="nearest")[:, 0].bool()
+    labels = rasterise_points(batch["points_yx"], batch["point_labels"], tuple(images.shape[-2:]), (h8, w8),
+                              size=cfg.pseudo.point_dilation)  # fmt: skip
+    labels = labels.to(images.device).masked_fill(~valid, IGNORE_INDEX)
+    present = presence_targets(list(batch["point_labels"]), num_classes, images.device)
+    unlabelled = (labels == IGNORE_INDEX) & valid
+    wanted = set(cfg.loss.semantic_terms)
+    terms: dict[str, Tensor] = {}
+
+    def add(name: str, value: Tensor) -> None:
+        terms[name] = terms[name] + value if name in terms else value
+
+    for logits, presence in zip(out.semantic.logits, out.semantic.presence):
+        add("presence", presence_loss(presence, present, weight=cfg.loss.presence_weight))
+        probs = logits.softmax(1)
+        if "partial" in wanted:
+            add("partial_ce", partial_cross_entropy(logits, labels))
+        if "lab" in wanted:
+            add("lab_affinity", cfg.loss.alpha1 * lab_affinity_loss(probs, images, valid=valid,
+                                                                    threshold=cfg.loss.lab_threshold))  # fmt: skip
+        if "rgb_tree" in wanted:
+            add("tree_energy", cfg.loss.alpha2 * tree_energy_loss(probs, images, unlabelled, sigma=cfg.loss.tree_sigma))
+    return terms
+
+
+def _grid_sample_ids(segments: Tensor, stride: int, size: tuple[int, int], coarse_stride: int = 8) -> Tensor:
+    """Segment ids on the stride-8 grid (``size``) from the mask grid (``stride``): each coarse
+    cell takes the mask pixel under its centre, input pixel ``8 i + 4``."""
+    H, W = segments.shape[-2:]
+    centre = coarse_stride // 2
+    ys = ((torch.arange(size[0], device=segments.device) * coarse_stride + centre) // stride).clamp_(0, H - 1)
+    xs = ((torch.arange(size[1], device=segments.device) * coarse_stride + centre) // stride).clamp_(0, W - 1)
+    return segments[:, ys][:, :, xs]
+
+
+def _point_segments(labels: Tensor, is_thing: Tensor, point_mask: Tensor) -> Tensor:
+    """The merged segment id of each point, ``[B, M]``: itself for a thing point, the first stuff
+    point of its class for a stuff point (as :func:`merge_stuff_segments` merges them)."""
+    B, M = labels.shape
+    index = torch.arange(M, device=labels.device).expand(B, M)
+    stuff = point_mask & ~is_thing
+    same = (labels[:, :, None] == labels[:, None, :]) & stuff[:, :, None] & stuff[:, None, :]
+    first = torch.where(same, index[:, None, :], M).amin(2)
+    return torch.where(stuff, first, torch.where(point_mask, index, -1))
+
+
+def _projector_term(
+    out: NetworkOutput, batch: dict[str, Any], segments: Tensor, labels: Tensor, is_thing: Tensor,
+    point_mask: Tensor, stride: int, cfg: Config,
+) -> Tensor:
+    h8, w8 = out.size8
+    seg8 = _grid_sample_ids(segments, stride, (h8, w8))
+    own = _point_segments(labels, is_thing, point_mask)
+    points8, point_segments = [], []
+    for b, yx in enumerate(batch["points_yx"]):
+        yx = yx.to(seg8.device).long() // 8
+        points8.append(torch.stack([yx[:, 0].clamp(0, h8 - 1), yx[:, 1].clamp(0, w8 - 1)], 1) if len(yx) else yx.reshape(0, 2))
+        point_segments.append(own[b, : len(yx)])
+    return projector_contrastive_loss(out.embedding, seg8, points8, point_segments, temperature=cfg.loss.projector_temperature)
+
+
+def _panoptic_terms(
+    model: Point2Mask, out: NetworkOutput, segments: Tensor, labels: Tensor, is_thing: Tensor, point_mask: Tensor,
+    batch: dict[str, Any], stride: int, cfg: Config,
+) -> dict[str, Tensor]:
+    loss = cfg.loss
+    device = segments.device
+    h8, w8 = out.size8
+    thing_classes = model.classes.thing_classes
+    thing_pos = torch.full((model.classes.num_classes,), -1, dtype=torch.long, device=device)
+    thing_pos[thing_classes] = torch.arange(len(thing_classes), device=device)
+    B, M = labels.shape
+    targets = []  # per image: (gt labels [G], gt boxes [G, 4], masks on the stride-8 grid [G, h8, w8])
+    for b in range(B):
+        h, w = batch["image_sizes"][b]
+        vh, vw = -(-h // stride), -(-w // stride)
+        ids = [i for i in range(M) if bool(point_mask[b, i] & is_thing[b, i])]
+        masks = torch.stack([segments[b] == i for i in ids]) if ids else segments.new_zeros(0, *segments.shape[-2:]).bool()
+        keep = masks[:, :vh, :vw].flatten(1).any(1)
+        masks, ids = masks[keep], [i for i, k in zip(ids, keep.tolist()) if k]
+        boxes = masks_to_boxes(masks[:, :vh, :vw])
+        coarse = F.interpolate(masks[None].float(), size=(h8, w8), mode="area")[0] if len(ids) else masks.new_zeros(0, h8, w8).float()
+        gt = thing_pos[labels[b, ids]] if ids else labels.new_zeros(0)
+        targets.append((gt, boxes, coarse))
+    num = max(sum(len(t[0]) for t in targets), 1)
+    terms = {"cls": out.boundary.new_zeros(()), "l1": out.boundary.new_zeros(()), "giou": out.boundary.new_zeros(())}
+    last_match = []
+    for layer, (logits, boxes) in enumerate(zip(out.located.logits, out.located.boxes)):
+        for b, (gt, gt_boxes, _) in enumerate(targets):
+            with torch.no_grad():
+                q_idx, g_idx = hungarian_match(logits[b].float(), boxes[b].float(), gt, gt_boxes,
+                                               (loss.focal_weight, loss.l1_weight, loss.giou_weight))  # fmt: skip
+            part = set_losses(logits[b], boxes[b], gt, gt_boxes, q_idx, g_idx, num, loss.focal_weight, loss.l1_weight,
+                              loss.giou_weight)  # fmt: skip
+            for key in terms:
+                terms[key] = terms[key] + part[key]
+            if layer == len(out.located.logits) - 1:
+                last_match.append((q_idx, g_idx))
+    terms["thing_dice"] = _thing_dice(model, out, targets, last_match, num, loss.dice_weight)
+    terms.update(_stuff_terms(model, out, segments, labels, is_thing, point_mask, stride, cfg))
+    return terms
+
+
+def _thing_dice(
+    model: Point2Mask, out: NetworkOutput, targets: list, matches: list, num: int, weight: float
+) -> Tensor:
+    K = max((len(q) for q, _ in matches), default=0)
+    if K == 0:
+        return out.boundary.new_zeros(())
+    index = torch.zeros(len(matches), K, dtype=torch.long, device=out.boundary.device)
+    for b, (q, _) in enumerate(matches):
+        index[b, : len(q)] = q.to(index.device)
+    total = out.boundary.new_zeros(())
+    for layer_masks in model.thing_masks(out, index):
+        for b, ((q, g), (_, _, coarse)) in enumerate(zip(matches, targets)):
+            if len(q):
+                total = total + weight * dice_loss(layer_masks[b, : len(q)], coarse[g.to(coarse.device)], num)
+    return total
+
+
+def _stuff_terms(
+    model: Point2Mask, out: NetworkOutput, segments: Tensor, labels: Tensor, is_thing: Tensor, point_mask: Tensor,
+    stride: int, cfg: Config,
+) -> dict[str, Tensor]:
+    stuff_classes = model.classes.stuff_classes
+    zero = out.boundary.new_zeros(())
+    if not stuff_classes:
+        return {"stuff_dice": zero, "stuff_presence": zero}
+    h8, w8 = out.size8
+    B, M = labels.shape
+    S = len(stuff_classes)
+    own = _point_segments(labels, is_thing, point_mask)
+    present = torch.zeros(B, S, device=segments.device)
+    masks = torch.zeros(B, S, *segments.shape[-2:], device=segments.device)
+    for s, c in enumerate(stuff_classes):
+        of_class = point_mask & ~is_thing & (labels == c)  # [B, M]
+        first = torch.where(of_class, own, M).amin(1)  # the merged segment id of class c
+        has = first < M
+        present[:, s] = has.float()
+        masks[:, s] = ((segments == first[:, None, None]) & has[:, None, None]).float()
+    coarse = F.interpolate(masks, size=(h8, w8), mode="area")
+    num = max(int(present.sum()), 1)
+    dice, focal = zero, zero
+    for layer_masks, presence in zip(out.stuff.masks, out.stuff.presence):
+        focal = focal + cfg.loss.stuff_presence_weight * sigmoid_focal_loss(presence, present, reduction="sum") / max(B, 1)
+        on = present.bool()
+        if bool(on.any()):
+            dice = dice + cfg.loss.stuff_dice_weight * dice_loss(layer_masks[on], coarse[on], num)
+    return {"stuff_dice": dice, "stuff_presence": focal}
