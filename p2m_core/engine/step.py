@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from p2m_core.config import Config
-from p2m_core.data.edges import classical_edges
 from p2m_core.model.criterion import point2mask_losses
 from p2m_core.model.point2mask import Point2Mask
-from p2m_core.model.task_maps import mask_grid, points_at_mask, task_maps
+from p2m_core.model.task_maps import low_level_edges, mask_grid, points_at_mask, task_maps
 from p2m_core.pseudo.labels import PseudoLabels, generate_pseudo_labels
 
 
@@ -47,17 +45,6 @@ def build_optimizer(model: Point2Mask, cfg: Config) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (``train.lr``, ``train.weight_decay``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-
-def low_level_edges(batch: dict[str, Any]) -> Tensor:
-    """``P^b_low`` of a batch at the input resolution, ``[B, H, W]`` in [0, 1]: the classical edge
-    map of each image (docs/METHOD.md, "Task-oriented maps"); padding stays 0."""
-    images = batch["images"]
-    out = torch.zeros(images.shape[0], *images.shape[-2:])
-    for b, (h, w) in enumerate(batch["image_sizes"]):
-        rgb = (images[b, :, :h, :w].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        out[b, :h, :w] = torch.from_numpy(classical_edges(rgb))
-    return out.to(images.device)
 
 
 def train_step(

@@ -17,12 +17,14 @@ Everything here is computed without gradient: pseudo labels are targets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from p2m_core.config import PseudoConfig
+from p2m_core.data.edges import classical_edges
 from p2m_core.model.point2mask import NetworkOutput
 from p2m_core.pseudo.maps import PointSet, TaskMaps, dilation_at_mask, semantic_cost_map
 
@@ -45,6 +47,17 @@ def points_at_mask(
         yx = torch.stack([yx[:, 0].clamp(0, h - 1), yx[:, 1].clamp(0, w - 1)], 1) if len(yx) else yx.reshape(0, 2)
         out.append(PointSet(yx, lab.long(), thing.bool()))
     return out
+
+
+def low_level_edges(batch: dict[str, Any]) -> Tensor:
+    """``P^b_low`` of a batch at the input resolution, ``[B, H, W]`` in [0, 1]: the classical edge
+    map of each image (docs/METHOD.md, "Task-oriented maps"); padding stays 0."""
+    images = batch["images"]
+    out = torch.zeros(images.shape[0], *images.shape[-2:])
+    for b, (h, w) in enumerate(batch["image_sizes"]):
+        rgb = (images[b, :, :h, :w].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        out[b, :h, :w] = torch.from_numpy(classical_edges(rgb))
+    return out.to(images.device)
 
 
 @torch.no_grad()

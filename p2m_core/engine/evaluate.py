@@ -1,0 +1,85 @@
+"""Evaluation of a network during or after training: its panoptic predictions and its pseudo masks.
+
+Streaming, in detectron2's evaluator style (:meth:`NetworkEvaluator.process` per batch,
+:meth:`NetworkEvaluator.metrics` at the end), on batches that carry ground truth
+(``with_gt`` datasets; :func:`~p2m_core.data.dataset.collate_points`):
+
+- **panoptic**: :meth:`~p2m_core.model.point2mask.Point2Mask.predict` against the ground truth
+  (PQ, SQ, RQ for all, things and stuff, with the official definitions of
+  :class:`~p2m_core.evaluation.PQAccumulator`); **mIoU** of the semantic head's argmax;
+- **pseudo masks** (``pseudo_PQ``, ``pseudo_PQ_th``, ``pseudo_PQ_st``): the pseudo labels the
+  network's own maps give with the batch's points, upsampled to the image, against the same
+  ground truth: how good the training targets are.
+
+Metrics are in percent, like the pseudo-label stage's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from p2m_core.config import Config
+from p2m_core.data.panoptic_format import CocoPanoptic
+from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels
+from p2m_core.model.point2mask import Point2Mask
+from p2m_core.model.task_maps import low_level_edges, mask_grid, points_at_mask, task_maps
+from p2m_core.pseudo.labels import generate_pseudo_labels
+
+
+class NetworkEvaluator:
+    """PQ of predictions and of pseudo masks, and mIoU, over a dataset's batches (module doc)."""
+
+    def __init__(self, dataset: CocoPanoptic, cfg: Config) -> None:
+        self.cfg = cfg
+        self.contiguous = dataset.contiguous_ids()
+        self.category_of = {index: cid for cid, index in self.contiguous.items()}
+        self.pq = PQAccumulator(dataset.categories)
+        self.pseudo_pq = PQAccumulator(dataset.categories)
+        self.miou = SemanticIoU(len(self.contiguous), ignore_index=-1)
+
+    @torch.no_grad()
+    def process(self, model: Point2Mask, batch: dict[str, Any]) -> None:
+        """Score one batch (it must carry ``segment_ids`` and ``segments``)."""
+        if "segment_ids" not in batch:
+            raise ValueError("NetworkEvaluator: the batch has no ground truth (build the dataset with with_gt=True)")
+        model.eval()
+        results = model.predict(batch["images"], batch["padding_mask"], batch["image_sizes"])
+        pseudo = self._pseudo_panoptic(model, batch)
+        stride = self.cfg.pseudo.mask_stride
+        for b, (result, (h, w)) in enumerate(zip(results, batch["image_sizes"])):
+            gt_ids = batch["segment_ids"][b, :h, :w].cpu().numpy()
+            gt_segments = [{k: s[k] for k in ("id", "category_id", "iscrowd")} for s in batch["segments"][b]]
+            image_id = batch["image_ids"][b]
+            pred_segments = [{"id": s["id"], "category_id": self.category_of[s["label"]]} for s in result["segments"]]
+            self.pq.process(gt_ids, gt_segments, result["panoptic"].cpu().numpy(), pred_segments, image_id=image_id)
+            gt_sem = panoptic_to_semantic(gt_ids, gt_segments, self.contiguous, ignore_index=-1)
+            self.miou.process(gt_sem, result["semantic"].cpu().numpy())
+            owner = pseudo[b].repeat_interleave(stride, 0).repeat_interleave(stride, 1)[:h, :w].cpu().numpy()
+            categories = [self.category_of[int(c)] for c in batch["point_labels"][b].tolist()]
+            pseudo_ids, pseudo_segments = segments_from_labels(owner, categories, void_label=-1)
+            self.pseudo_pq.process(gt_ids, gt_segments, pseudo_ids, pseudo_segments, image_id=image_id)
+
+    def _pseudo_panoptic(self, model: Point2Mask, batch: dict[str, Any]) -> torch.Tensor:
+        """The pseudo labels' owner map on the mask grid, ``[B, h, w]`` (point index, -1 none)."""
+        cfg = self.cfg.pseudo
+        out = model(batch["images"], batch["padding_mask"])
+        grid = mask_grid(batch["images"].shape, cfg.mask_stride)
+        points = points_at_mask(batch["points_yx"], batch["point_labels"], batch["point_is_thing"], cfg.mask_stride, grid)
+        points = [p.to(batch["images"].device) for p in points]
+        low = low_level_edges(batch) if "boundary_low" in cfg.maps else None
+        maps = task_maps(out, points, grid, cfg, boundary_low=low)
+        return generate_pseudo_labels(maps, points, cfg, check_values=False).panoptic
+
+    def metrics(self) -> dict[str, float]:
+        """``PQ``, ``SQ``, ``RQ`` (``_th``, ``_st``), ``mIoU``, ``pseudo_PQ`` (``_th``, ``_st``), in percent."""
+        out: dict[str, float] = {}
+        pq, pseudo = self.pq.evaluate(), self.pseudo_pq.evaluate()
+        for suffix, group in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+            for key in ("pq", "sq", "rq"):
+                out[f"{key.upper()}{suffix}"] = 100.0 * float(pq[group][key])
+            out[f"pseudo_PQ{suffix}"] = 100.0 * float(pseudo[group]["pq"])
+        out["mIoU"] = 100.0 * float(self.miou.evaluate()["mIoU"])
+        return {k: (v if np.isfinite(v) else 0.0) for k, v in out.items()}
