@@ -8,13 +8,15 @@ the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -23,14 +25,19 @@ from p2m_core.errors import P2MInputError
 PathLike = str | os.PathLike
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers never see a partial file."""
+@contextlib.contextmanager
+def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
+    """A binary handle whose bytes replace ``path`` only when the block ends without error.
+
+    For writers that stream into a file object (``torch.save``), so a large file need not be
+    held in memory twice; :func:`atomic_write_bytes` is the same for bytes already in hand.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -40,7 +47,13 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers never see a partial file."""
+    with atomic_open(path) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:

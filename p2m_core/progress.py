@@ -11,7 +11,7 @@ import time
 
 
 class Progress:
-    """Prints ``label: done/total units, s/unit, ETA`` at most every ``every`` seconds.
+    """Prints ``label: done/total units, s/unit (units/s), ETA`` at most every ``every`` seconds.
 
     Call :meth:`update` with the number done so far, or :meth:`step` once per item; the last
     item is always reported.
@@ -21,6 +21,16 @@ class Progress:
         self.label, self.total, self.enabled, self.every, self.unit = label, total, enabled, every, unit
         self.start = self.last = time.perf_counter()
         self.done = 0
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the start."""
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self) -> float:
+        """Units done per second so far (0 before the first)."""
+        return self.done / self.elapsed if self.done else 0.0
 
     def step(self, count: int = 1) -> None:
         self.update(self.done + count)
@@ -34,7 +44,8 @@ class Progress:
         per = (now - self.start) / max(done, 1)
         eta = per * (self.total - done)
         print(
-            f"{self.label}: {done}/{self.total} {self.unit}s, {per:.3f} s/{self.unit}, ETA {eta:.0f} s",
+            f"{self.label}: {done}/{self.total} {self.unit}s, {per:.3f} s/{self.unit} "
+            f"({self.rate:.1f} {self.unit}s/s), ETA {eta:.0f} s",
             file=sys.stderr,
             flush=True,
         )

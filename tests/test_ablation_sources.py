@@ -106,9 +106,14 @@ def test_downsample_then_upsample_keeps_every_block_centre():
         np.testing.assert_array_equal(back[np.ix_(ys, xs)], ids[np.ix_(ys, xs)])
 
 
-def test_checkpoint_source_is_not_available_yet():
-    with pytest.raises(P2MInputError, match="not available yet"):
-        build_image_maps(source("checkpoint", checkpoint="m.pt"), np.ones((4, 4), int), {1: 0}, 1)
+def test_checkpoint_source_needs_its_file_and_leaves_the_network_maps_pending(tmp_path):
+    with pytest.raises(P2MInputError, match=r"ablation.checkpoint.*not found: .*m\.pt"):
+        build_image_maps(source("checkpoint", checkpoint=str(tmp_path / "m.pt")), np.ones((4, 4), int), {1: 0}, 1)
+    (tmp_path / "m.pt").write_bytes(b"")  # existence is all the config-level check reads
+    edges = np.full((4, 4), 0.5, dtype=np.float32)
+    maps = build_image_maps(source("checkpoint", checkpoint=str(tmp_path / "m.pt")), np.ones((4, 4), int), {1: 0}, 1, edges=edges)
+    assert maps.semantic.shape == (0, 4, 4) and maps.boundary_high is None
+    np.testing.assert_array_equal(maps.boundary_low, edges)
 
 
 def test_oracle_boundary_low_options():

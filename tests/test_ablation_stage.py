@@ -126,7 +126,7 @@ def test_maps_the_source_lacks_are_refused_not_dropped(synthetic):
         run_pseudo_stage(cfg_for(synthetic, "ablation.source=image"))
     with pytest.raises(P2MInputError, match="provides no boundary_low"):
         run_pseudo_stage(cfg_for(synthetic, "ablation.oracle_boundary_low=none"))
-    with pytest.raises(P2MInputError, match="not available yet"):
+    with pytest.raises(P2MInputError, match="checkpoint not found: m.pt"):
         run_pseudo_stage(cfg_for(synthetic, "ablation.source=checkpoint", "ablation.checkpoint=m.pt"))
 
 
@@ -188,7 +188,7 @@ def test_cli_end_to_end(synthetic, tmp_path):
     "overrides, message",
     [
         (["ablation.source=gt"], "one of 'oracle', 'oracle_corrupt', 'image', 'checkpoint'"),
-        (["ablation.source=checkpoint", "ablation.checkpoint=m.pt"], "not available yet"),
+        (["ablation.source=checkpoint", "ablation.checkpoint=m.pt"], "checkpoint not found: m.pt"),
         (["ablation.bogus=1"], "unknown key 'ablation.bogus'"),
         (["pseudo.assignment=greedy"], "pseudo.assignment"),
     ],

@@ -1,6 +1,7 @@
-"""The pseudo-label stage: pseudo masks from ground-truth maps, scored without training.
+"""The pseudo-label stage: pseudo masks from ground-truth or network maps, scored without training.
 
-- :mod:`~p2m_core.ablation.sources`  map sources (``oracle``, ``oracle_corrupt``, ``image``);
+- :mod:`~p2m_core.ablation.sources`  map sources (``oracle``, ``oracle_corrupt``, ``image``, ``checkpoint``);
+- :mod:`~p2m_core.ablation.network`  the ``checkpoint`` source's frozen network, batch by batch;
 - :mod:`~p2m_core.ablation.prepare`  images, points and maps of a split, in batches;
 - :mod:`~p2m_core.ablation.scoring`  PQ / mIoU of pseudo masks and solver diagnostics;
 - :mod:`~p2m_core.ablation.stage`    :func:`run_pseudo_stage`: one setting over one split.

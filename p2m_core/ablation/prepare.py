@@ -9,7 +9,9 @@ Per image (docs/METHOD.md, "The pseudo-label ablation stage"):
    (:mod:`p2m_core.ablation.sources`): GT ids downsampled by nearest neighbour at block centres,
    each point moved to ``(y // s, x // s)`` and, if that mask pixel is not on its own segment,
    to the nearest mask pixel that is (``moved`` counts them);
-3. group images of equal mask size into batches of ``ablation.batch_size``;
+3. group images of equal mask size into batches of ``ablation.batch_size``; for the
+   ``checkpoint`` source the network then predicts the batch's ``P^s`` and ``P^b_high``
+   (:mod:`p2m_core.ablation.network`);
 4. :func:`batch_inputs` turns a batch into the tensors of
    :func:`p2m_core.pseudo.generate_pseudo_labels`, making ``P^s`` cost-ready as the training
    loop does (:func:`p2m_core.pseudo.maps.semantic_cost_map`: classes without a point zeroed,
@@ -20,7 +22,7 @@ Per image (docs/METHOD.md, "The pseudo-label ablation stage"):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,7 @@ from p2m_core.config import Config
 from p2m_core.data.panoptic_format import CocoPanoptic, PanopticRecord
 from p2m_core.data.points import image_point_arrays, load_points, sample_image_entry
 from p2m_core.data.splits import require_split
+from p2m_core.engine.device import resolve_device
 from p2m_core.errors import P2MInputError
 
 
@@ -174,28 +177,46 @@ def image_count(data: StageData, cfg: Config) -> int:
     return len(data) if limit == 0 else min(len(data), limit)
 
 
-def prepare_batches(data: StageData, cfg: Config) -> Iterator[list[PreparedImage]]:
+def prepare_batches(
+    data: StageData, cfg: Config, fill: Callable[[list[PreparedImage]], None] | None = None
+) -> Iterator[list[PreparedImage]]:
     """Prepared images grouped into batches of equal mask size (streaming, dataset order).
 
     Images of one size are buffered until ``ablation.batch_size`` of them are ready; leftovers
     are flushed at the end in order of first appearance. The first ``ablation.overlays`` images
     keep their RGB array. The edge detector (``data.edge_model``: Structured Edges when set, a
     configured but missing file is an error) is built once, and only if the source needs it.
+
+    ``fill`` completes each batch's maps before it is yielded; the ``checkpoint`` source needs
+    it (its network, :class:`~p2m_core.ablation.network.CheckpointMaps`), and keeps every
+    image's RGB array until then.
     """
     from p2m_core.data.edges import EdgeDetector
 
+    network = cfg.ablation.source == "checkpoint"
+    if network and fill is None:
+        raise ValueError("ablation.source 'checkpoint': prepare_batches needs the network that fills the maps")
     detector = EdgeDetector.from_model_path(cfg.data.edge_model or None) if needs_edges(cfg.ablation) else None
     batch_size = cfg.ablation.batch_size
+
+    def ready(bucket: list[PreparedImage]) -> list[PreparedImage]:
+        if fill is not None:
+            fill(bucket)
+            for item in bucket:
+                if item.index >= cfg.ablation.overlays:
+                    item.image = None
+        return bucket
+
     buffers: dict[tuple[int, int], list[PreparedImage]] = {}
     for index in range(image_count(data, cfg)):
-        item = prepare_image(data, index, cfg, detector, keep_image=index < cfg.ablation.overlays)
+        item = prepare_image(data, index, cfg, detector, keep_image=network or index < cfg.ablation.overlays)
         bucket = buffers.setdefault(item.mask_shape, [])
         bucket.append(item)
         if len(bucket) == batch_size:
-            yield buffers.pop(item.mask_shape)
+            yield ready(buffers.pop(item.mask_shape))
     for bucket in buffers.values():
         if bucket:
-            yield bucket
+            yield ready(bucket)
 
 
 def batch_inputs(batch: Sequence[PreparedImage], cfg: Config, device: Any = "cpu"):
@@ -209,6 +230,8 @@ def batch_inputs(batch: Sequence[PreparedImage], cfg: Config, device: Any = "cpu
     from p2m_core.pseudo.maps import PointSet, TaskMaps, dilation_at_mask, semantic_cost_map
 
     stacked = stack_image_maps([item.maps for item in batch])
+    if stacked["semantic"].shape[1] == 0:
+        raise ValueError("batch_inputs: the batch's P^s was never predicted (checkpoint maps not filled)")
     semantic = torch.from_numpy(stacked["semantic"]).to(device)
     point_sets = [
         PointSet(
@@ -256,17 +279,6 @@ def check_maps_available(cfg: Config, where: str = "config") -> None:
             f"{cfg.ablation.source!r} (oracle_boundary_low={cfg.ablation.oracle_boundary_low!r}) provides no "
             f"{', '.join(missing)}; drop it from pseudo.maps or choose another source"
         )
-
-
-def resolve_device(name: str) -> str:
-    """``ablation.device``: ``auto`` is CUDA when available; ``cuda`` without CUDA is an error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise P2MInputError("ablation.device is 'cuda' but CUDA is not available on this machine")
-    return name
 
 
 __all__ = [

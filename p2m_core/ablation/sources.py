@@ -28,8 +28,15 @@ quality. Map sources (``ablation.source``; docs/METHOD.md, "The pseudo-label abl
     Edges when ``data.edge_model`` names a forest, else the classical LAB gradient) and
     ``P^b_high`` is absent (it needs a trained boundary head).
 ``checkpoint``
-    Maps predicted by a trained model (``ablation.checkpoint``): not available until training
-    lands; :func:`require_available` says so.
+    Maps predicted by a frozen trained network (``ablation.checkpoint``, a
+    :mod:`p2m_core.engine.checkpoint` file whose classes must be the dataset's categories):
+    ``P^s`` is the softmax of its last semantic layer and ``P^b_high`` the sigmoid of its
+    boundary head, both resized bilinearly to the mask grid as in training
+    (:func:`p2m_core.model.task_maps.network_maps`); ``P^b_low`` is the image's low-level edge
+    map, as for ``image``. The network runs batch by batch on the stage's device
+    (:mod:`p2m_core.ablation.network`), on the images at their own size; here an image's maps
+    only hold their shape and ``P^b_low`` until it fills them. This sweeps ``pseudo.*`` settings
+    on the maps of a trained model.
 
 Resolution: maps are built at the *mask* resolution ``h = ceil(H / s), w = ceil(W / s)`` with
 ``s = pseudo.mask_stride``. The GT id map is downsampled by nearest neighbour at block centres
@@ -42,6 +49,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,12 +62,10 @@ VOID = 0
 
 
 def require_available(ablation: AblationConfig) -> None:
-    """Fail clearly for a source that is accepted by the config but not implemented yet."""
-    if ablation.source == "checkpoint":
-        raise P2MInputError(
-            f"ablation.source 'checkpoint' ({ablation.checkpoint!r}): maps from a trained checkpoint are not "
-            "available yet (they come with training); use oracle, oracle_corrupt or image"
-        )
+    """Fail before any data is read when the source cannot run: for ``checkpoint``, a model file
+    that does not exist (a sweep checks every trial's config with this before Ray starts)."""
+    if ablation.source == "checkpoint" and not Path(ablation.checkpoint).is_file():
+        raise P2MInputError(f"key 'ablation.checkpoint': checkpoint not found: {ablation.checkpoint}")
 
 
 # --------------------------------------------------------------------------- maps of one image
@@ -217,7 +223,8 @@ def build_image_maps(
     Parameters
     ----------
     ablation : the stage's settings: ``source``, ``void_semantic``, ``oracle_boundary_low`` and
-        ``corruption``; ``source='checkpoint'`` raises "not available yet".
+        ``corruption``. For ``checkpoint`` the result is :func:`pending_maps`: the network's
+        maps are filled in per batch.
     mask_ids : [h, w] GT segment ids at mask resolution (:func:`downsample_ids`).
     class_of_segment : segment id -> contiguous class index (void and unlisted ids: no class).
     num_classes : C.
@@ -228,7 +235,6 @@ def build_image_maps(
     """
     require_available(ablation)
     source = ablation.source
-    semantic = one_hot_semantic(class_index_map(mask_ids, class_of_segment), num_classes, ablation.void_semantic)
 
     def given_edges() -> np.ndarray:
         if edges is None:
@@ -237,6 +243,9 @@ def build_image_maps(
             raise ValueError(f"edge map shape {edges.shape} differs from the mask grid {mask_ids.shape}")
         return np.asarray(edges, dtype=np.float32)
 
+    if source == "checkpoint":
+        return pending_maps(mask_ids.shape, given_edges())
+    semantic = one_hot_semantic(class_index_map(mask_ids, class_of_segment), num_classes, ablation.void_semantic)
     if source == "image":
         return ImageMaps(semantic, None, given_edges())
     gt_boundary = instance_boundaries(mask_ids)
@@ -251,7 +260,13 @@ def build_image_maps(
 
 def needs_edges(ablation: AblationConfig) -> bool:
     """Whether the source reads the image's low-level edge map (then the RGB image is loaded)."""
-    return ablation.source == "image" or (ablation.source != "checkpoint" and ablation.oracle_boundary_low == "edges")
+    return ablation.source in ("image", "checkpoint") or ablation.oracle_boundary_low == "edges"
+
+
+def pending_maps(shape: tuple[int, int], boundary_low: np.ndarray | None) -> ImageMaps:
+    """The maps of an image whose ``P^s`` and ``P^b_high`` a network has yet to predict: no
+    class channel, only the mask grid's shape (which batches images) and ``P^b_low``."""
+    return ImageMaps(np.zeros((0, *shape), dtype=np.float32), None, boundary_low)
 
 
 def corrupt_maps(maps: ImageMaps, corruption: CorruptionConfig, image_id: Any) -> ImageMaps:

@@ -2,9 +2,9 @@
 
 Point2Mask's pseudo labels depend on the task-oriented maps, the capacities k and the assignment
 (paper Tables 3, 5, 6, 7). :func:`run_pseudo_stage` takes maps of known quality built from the
-ground truth (``ablation.source``), generates pseudo labels with exactly the ``pseudo`` section
-of the config, and scores them against the ground truth (docs/METHOD.md, "The pseudo-label
-ablation stage"). Everything it reads comes from one :class:`~p2m_core.config.Config`, and the
+ground truth, or the maps of a frozen trained network (``ablation.source``), generates pseudo
+labels with exactly the ``pseudo`` section of the config, and scores them against the ground
+truth (docs/METHOD.md, "The pseudo-label ablation stage"). Everything it reads comes from one :class:`~p2m_core.config.Config`, and the
 hash it records is :func:`~p2m_core.config.stage_hash` of that same config, so what is recorded
 is what ran.
 
@@ -48,7 +48,7 @@ def check_pseudo_config(cfg: Config, where: str = "config") -> None:
 
 
 def run_pseudo_stage(cfg: Config, out_dir: PathLike | None = None, *, progress: bool = False) -> dict[str, Any]:
-    """Generate pseudo labels for ``cfg.ablation.split`` from ground-truth maps and score them.
+    """Generate pseudo labels for ``cfg.ablation.split`` from the source's maps and score them.
 
     Parameters
     ----------
@@ -65,8 +65,9 @@ def run_pseudo_stage(cfg: Config, out_dir: PathLike | None = None, *, progress: 
     Returns
     -------
     The result record (format ``p2m-pseudo-metrics/2``): ``metrics`` (percent), ``diagnostics``,
-    ``timings``, ``counts``, ``pq`` details, ``per_class_iou``, ``config_hash``, ... with NaN
-    written as ``None``.
+    ``timings``, ``counts``, ``pq`` details, ``per_class_iou``, ``config_hash``, ``checkpoint``
+    (file, content hash and network time per image of the ``checkpoint`` source, else ``None``),
+    ... with NaN written as ``None``.
     """
     import torch
 
@@ -77,6 +78,11 @@ def run_pseudo_stage(cfg: Config, out_dir: PathLike | None = None, *, progress: 
     check_pseudo_config(cfg)
     device = resolve_device(cfg.ablation.device)
     data = load_stage_data(cfg)
+    network = None
+    if cfg.ablation.source == "checkpoint":  # before any image: a mismatched checkpoint is refused here
+        from p2m_core.ablation.network import CheckpointMaps
+
+        network = CheckpointMaps.open(cfg, data.dataset, device)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         save_config(cfg, out / "config.yaml")
@@ -87,7 +93,7 @@ def run_pseudo_stage(cfg: Config, out_dir: PathLike | None = None, *, progress: 
     bar = Progress(f"pseudo labels ({cfg.ablation.source})", total, progress)
     done = 0
     with torch.inference_mode():
-        for batch in prepare_batches(data, cfg):
+        for batch in prepare_batches(data, cfg, fill=network):
             task_maps, point_sets = batch_inputs(batch, cfg, device)
             start = time.perf_counter()
             labels = generate_pseudo_labels(task_maps, point_sets, cfg.pseudo)
@@ -119,6 +125,7 @@ def run_pseudo_stage(cfg: Config, out_dir: PathLike | None = None, *, progress: 
                 "panoptic_json": str(data.dataset.json_path),
                 "points": data.points_source,
             },
+            "checkpoint": None if network is None else network.record(),
             "metrics": scorer.metrics(),
             "diagnostics": scorer.diagnostics(),
             "timings": {

@@ -37,6 +37,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` uint8 RGB -> ``[3, H, W]`` float32 in [0, 1], what the network reads (it
+    normalises inside). Read-only arrays (PIL's) are copied rather than shared."""
+    pixels = torch.from_numpy(np.require(rgb, requirements=["C", "W"]))
+    return pixels.permute(2, 0, 1).float().div_(255.0)
+
+
 # --------------------------------------------------------------------------- dataset
 class PointPanopticDataset(Dataset):
     """Images, their labelled points and (optionally) panoptic ground truth, as tensors.
@@ -148,8 +155,7 @@ class PointPanopticDataset(Dataset):
         orig_size = tuple(sample["image"].shape[:2])
         if self.transforms is not None:
             sample = self.transforms(sample, self.rng_for(index))
-        pixels = torch.from_numpy(np.require(sample["image"], requirements=["C", "W"]))
-        image = pixels.permute(2, 0, 1).float().div_(255.0)
+        image = image_tensor(sample["image"])
         if self.normalize:
             mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
             std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -244,6 +250,29 @@ def _round_up(value: int, divisor: int) -> int:
     return -(-value // divisor) * divisor
 
 
+def pad_images(images: Sequence[torch.Tensor], size_divisor: int = 32) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """Zero-pad ``[3, h, w]`` images at the bottom and right into one ``[B, 3, Hp, Wp]`` batch.
+
+    ``Hp, Wp`` are the largest height and width rounded up to a multiple of ``size_divisor``
+    (the backbone's total stride, so feature maps tile the padded image exactly). Returns the
+    batch, ``padding_mask [B, Hp, Wp]`` (true on padding, DETR's convention) and each image's
+    ``(h, w)``: what every caller of the network (training, prediction) feeds it.
+    """
+    if not images:
+        raise ValueError("cannot pad an empty list of images")
+    if size_divisor < 1:
+        raise ValueError(f"size_divisor must be positive, got {size_divisor}")
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    pad_h = _round_up(max(h for h, _ in sizes), size_divisor)
+    pad_w = _round_up(max(w for _, w in sizes), size_divisor)
+    batch = images[0].new_zeros((len(images), 3, pad_h, pad_w))
+    padding_mask = torch.ones((len(images), pad_h, pad_w), dtype=torch.bool)
+    for i, (image, (h, w)) in enumerate(zip(images, sizes)):
+        batch[i, :, :h, :w] = image
+        padding_mask[i, :h, :w] = False
+    return batch, padding_mask, sizes
+
+
 def collate_points(batch: Sequence[dict[str, Any]], size_divisor: int = 32) -> dict[str, Any]:
     """Pad a list of dataset items into one batch.
 
@@ -262,16 +291,8 @@ def collate_points(batch: Sequence[dict[str, Any]], size_divisor: int = 32) -> d
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
-    if size_divisor < 1:
-        raise ValueError(f"size_divisor must be positive, got {size_divisor}")
-    sizes = [tuple(item["image"].shape[-2:]) for item in batch]
-    pad_h = _round_up(max(h for h, _ in sizes), size_divisor)
-    pad_w = _round_up(max(w for _, w in sizes), size_divisor)
-    images = batch[0]["image"].new_zeros((len(batch), 3, pad_h, pad_w))
-    padding_mask = torch.ones((len(batch), pad_h, pad_w), dtype=torch.bool)
-    for i, (item, (h, w)) in enumerate(zip(batch, sizes)):
-        images[i, :, :h, :w] = item["image"]
-        padding_mask[i, :h, :w] = False
+    images, padding_mask, sizes = pad_images([item["image"] for item in batch], size_divisor)
+    pad_h, pad_w = images.shape[-2:]
     out: dict[str, Any] = {
         "images": images,
         "padding_mask": padding_mask,

@@ -56,6 +56,16 @@ def _nearest_source_index(new_len: int, old_len: int) -> np.ndarray:
     return np.clip(idx, 0, old_len - 1)
 
 
+def resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An ``[H, W]`` label map at ``height x width`` by pixel-centre nearest neighbour
+    (:func:`_nearest_source_index`): labels are never blended, and the same rule maps ground
+    truth into a resized image and predictions back out of one."""
+    labels = np.asarray(labels)
+    rows = _nearest_source_index(height, labels.shape[0])
+    cols = _nearest_source_index(width, labels.shape[1])
+    return labels[rows[:, None], cols[None, :]]
+
+
 def _map_coordinate(coord: np.ndarray, old_len: int, new_len: int) -> np.ndarray:
     """Destination pixel holding the centre of source pixel ``coord``: ``floor((c + 0.5) new / old)``."""
     mapped = np.floor((coord + 0.5) * (new_len / old_len)).astype(np.int64)
@@ -151,9 +161,7 @@ class ResizeShortestEdge:
         )
         out["points_yx"] = mapped
         if "segment_ids" in sample:
-            rows = _nearest_source_index(new_h, height)
-            cols = _nearest_source_index(new_w, width)
-            resized_gt = np.asarray(sample["segment_ids"])[rows[:, None], cols[None, :]]
+            resized_gt = resize_nearest(sample["segment_ids"], new_h, new_w)
             out["segment_ids"] = resized_gt
             snapped, keep = snap_points_to_segments(
                 mapped, np.asarray(sample["point_segment_ids"]), resized_gt

@@ -8,6 +8,8 @@ JSON::
                       "segments_info": [{"id", "category_id", "area", "bbox", "iscrowd": 0}]}],
      "categories": [...]}
 
+plus ``images`` (``{"id", "file_name", "height", "width"}``) when the caller describes its
+images, and any further per-segment fields it gives (a model's ``score``, ``isthing``).
 ``bbox`` is COCO's ``[x, y, width, height]`` of the segment's pixels. Every file is written
 atomically (temporary file + rename), so an interrupted run leaves no half-written PNG and
 no JSON until :meth:`PanopticPredictionWriter.close`.
@@ -144,6 +146,7 @@ class PanopticPredictionWriter:
         self.categories = [dict(cat) for cat in categories]
         self._category_ids = {cat.get("id") for cat in self.categories}
         self._annotations: list[dict[str, Any]] = []
+        self._images: list[dict[str, Any]] = []
         self._image_ids: set[Any] = set()
         self._file_names: set[str] = set()
         self.closed = False
@@ -154,12 +157,16 @@ class PanopticPredictionWriter:
         file_name: str,
         pred_ids: np.ndarray,
         segments: Sequence[Mapping[str, Any]],
+        image_info: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Write ``out_folder/file_name`` (the id map as PNG) and record its annotation.
 
-        ``segments`` are ``{'id', 'category_id'}`` dicts; ``area`` and ``bbox`` are computed
-        here. Every non-zero id of ``pred_ids`` must be listed; a listed segment with no pixel
-        is dropped with a warning (it could not be evaluated). Returns the annotation.
+        ``segments`` are ``{'id', 'category_id'}`` dicts; ``area``, ``bbox`` and ``iscrowd``
+        are computed here, other keys (e.g. ``score``, ``isthing``) are kept as given. Every
+        non-zero id of ``pred_ids`` must be listed; a listed segment with no pixel is dropped
+        with a warning (it could not be evaluated). ``image_info`` (e.g. the input image's
+        ``file_name``, ``height``, ``width``) becomes this image's entry of the JSON's
+        ``images`` list, with ``id`` set to ``image_id``. Returns the annotation.
         """
         if self.closed:
             raise RuntimeError(f"writer for {self.out_json} is closed")
@@ -174,6 +181,7 @@ class PanopticPredictionWriter:
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise P2MInputError(f"{where}: expected an HxW integer id map, got {ids.dtype} of shape {ids.shape}")
         listed: dict[int, Any] = {}
+        extras: dict[int, dict[str, Any]] = {}
         for index, seg in enumerate(segments):
             if "id" not in seg or "category_id" not in seg:
                 raise P2MInputError(f"{where}: segments[{index}] needs 'id' and 'category_id'")
@@ -183,6 +191,7 @@ class PanopticPredictionWriter:
             if seg["category_id"] not in self._category_ids:
                 raise P2MInputError(f"{where}: segment {sid} has unknown category_id {seg['category_id']!r}")
             listed[sid] = seg["category_id"]
+            extras[sid] = {k: v for k, v in seg.items() if k not in ("id", "category_id", "area", "bbox", "iscrowd")}
         present = np.unique(ids)
         if present.size and (present[0] < 0 or present[-1] >= 256**3):
             raise P2MInputError(f"{where}: ids must lie in [0, 256^3) to fit an RGB PNG")
@@ -195,18 +204,23 @@ class PanopticPredictionWriter:
             if seg["area"] == 0:
                 warnings.warn(f"{where}: segment {seg['id']} has no pixel and is dropped", stacklevel=2)
                 continue
-            segments_info.append(seg)
+            segments_info.append({**seg, **extras[seg["id"]]})
         atomic_write_png(self.out_folder / file_name, id2rgb(ids))
         annotation = {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}
         self._annotations.append(annotation)
+        if image_info is not None:
+            self._images.append({**dict(image_info), "id": image_id})
         self._image_ids.add(image_id)
         self._file_names.add(file_name)
         return annotation
 
     def close(self) -> Path:
-        """Write the JSON (``annotations`` in insertion order, ``categories``); idempotent."""
+        """Write the JSON (``annotations`` in insertion order, ``categories``, and ``images``
+        when any was described); idempotent."""
         if not self.closed:
-            atomic_write_json(self.out_json, {"annotations": self._annotations, "categories": self.categories})
+            content: dict[str, Any] = {"images": self._images} if self._images else {}
+            content.update(annotations=self._annotations, categories=self.categories)
+            atomic_write_json(self.out_json, content)
             self.closed = True
         return self.out_json
 

@@ -61,17 +61,26 @@ def low_level_edges(batch: dict[str, Any]) -> Tensor:
 
 
 @torch.no_grad()
+def network_maps(out: NetworkOutput, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The network's own maps on the mask grid, before any use of the points: the last
+    semantic layer's logits ``[B, C, h, w]`` and ``P^b_high [B, h, w]`` (bilinear resize, then
+    sigmoid). Shared by training and by the pseudo stage's ``checkpoint`` source, so a frozen
+    network gives the stage exactly the maps it would give its own training step."""
+    def resize(x: Tensor) -> Tensor:
+        return x if tuple(x.shape[-2:]) == grid else F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+
+    return resize(out.semantic.logits[-1].float()), resize(out.boundary.float()).sigmoid()[:, 0]
+
+
+@torch.no_grad()
 def task_maps(
     out: NetworkOutput, points: list[PointSet], grid: tuple[int, int], cfg: PseudoConfig,
     boundary_low: Tensor | None = None,
 ) -> TaskMaps:
     """The :class:`TaskMaps` of a batch on the mask grid (module docstring)."""
-    def resize(x: Tensor) -> Tensor:
-        return x if tuple(x.shape[-2:]) == grid else F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
-
-    logits = resize(out.semantic.logits[-1].float())
+    logits, boundary_high = network_maps(out, grid)
     semantic = semantic_cost_map(logits, points, dilation=dilation_at_mask(cfg.point_dilation, cfg.mask_stride))
-    high = resize(out.boundary.float()).sigmoid()[:, 0] if "boundary_high" in cfg.maps else None
+    high = boundary_high if "boundary_high" in cfg.maps else None
     low = None
     if boundary_low is not None and "boundary_low" in cfg.maps:
         low = F.max_pool2d(boundary_low[:, None].float(), cfg.mask_stride, cfg.mask_stride, ceil_mode=True)[:, 0]
