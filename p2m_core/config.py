@@ -134,7 +134,9 @@ class PseudoConfig:
 
     maps: list[MapName] = field(default_factory=lambda: ["semantic", "boundary_low", "boundary_high"])
     beta: float = 0.1  # weight of boundary terms in the edge length, Eq. 3 (paper)
-    extra_weight: float = 0.1  # weight of optional extra edge maps (reference's projector term)
+    # weight of the embedding's pairwise term max(0, 1 - <e_p, e_q>) (the release's projector
+    # term, TaskMaps.embedding) and of optional per-pixel extra edge maps (TaskMaps.extra)
+    extra_weight: float = 0.1
     # Strides relative to the *input image*: the reference builds the graph at 1/16 and
     # predicts masks at 1/4, so the graph is 1/4 of the mask resolution.
     graph_stride: int = 16
@@ -163,6 +165,9 @@ class PseudoConfig:
     ot_pixels: OtPixels = "transported"  # all: the release's plan over every pixel, stuff demand 0
     force_own_pixels: bool = True  # the release never forces a point's own pixel
     stuff_void_threshold: float = 0.0  # stuff pixels void where max P^s < this (release: 0.5)
+    # The embedding is unit length again after its resize to the graph (a mean of unit vectors is
+    # shorter); the release uses the resized vectors as they are.
+    renormalise_embedding: bool = True
 
     def invalid_fields(self) -> list[tuple[str, str]]:
         """(field, expectation) pairs this section violates; empty when valid."""

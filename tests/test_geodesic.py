@@ -25,8 +25,9 @@ OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 INF = float("inf")
 
 
-def loop_edge_lengths(sem, high, low, extra, beta, extra_weight):
-    """Eq. 2-3 one edge at a time: L1 semantic difference + beta (max high + low at q)."""
+def loop_edge_lengths(sem, high, low, extra, beta, extra_weight, embedding=None):
+    """Eq. 2-3 one edge at a time: L1 semantic difference + beta (max high + low at q), plus
+    extra_weight (max of each extra map, and max(0, 1 - dot) of the embedding vectors)."""
     b, c, h, w = sem.shape
     out = np.full((b, 8, h, w), INF)
     for i in range(b):
@@ -43,6 +44,12 @@ def loop_edge_lengths(sem, high, low, extra, beta, extra_weight):
                         v += beta * float(low[i, qy, qx])
                     for e in extra:
                         v += extra_weight * max(float(e[i, y, x]), float(e[i, qy, qx]))
+                    if embedding is not None:
+                        dot = sum(
+                            float(embedding[i, d, y, x]) * float(embedding[i, d, qy, qx])
+                            for d in range(embedding.shape[1])
+                        )
+                        v += extra_weight * max(0.0, 1.0 - dot)
                     out[i, k, y, x] = v
     return torch.from_numpy(out)
 
@@ -175,6 +182,58 @@ def test_edge_lengths_low_term_is_directed_and_the_rest_symmetric():
     assert got[0, right, 0, 0] == 0.5 and got[0, left, 0, 1] == 0.0
 
 
+def test_edge_lengths_with_an_embedding_match_the_definition_edge_by_edge():
+    gen = torch.Generator().manual_seed(2)
+    b, c, d, h, w = 2, 3, 4, 4, 5
+    sem = torch.rand(b, c, h, w, generator=gen).softmax(1)
+    high, low = torch.rand(b, h, w, generator=gen), torch.rand(b, h, w, generator=gen)
+    extra = [torch.rand(b, h, w, generator=gen)]
+    # unit vectors, some scaled past 1 so that the clip at 0 acts on aligned neighbours
+    emb = torch.nn.functional.normalize(torch.randn(b, d, h, w, generator=gen), dim=1)
+    emb[:, :, :2] = emb[:, :, :1, :1] * 1.3  # rows 0-1: equal vectors of length 1.3, 1 - 1.69 < 0
+    got = edge_lengths(sem, high, low, extra, beta=0.3, extra_weight=0.7, embedding=emb)
+    want = loop_edge_lengths(sem, high, low, extra, 0.3, 0.7, embedding=emb).float()
+    without = edge_lengths(sem, high, low, extra, beta=0.3, extra_weight=0.7)
+    right = OFFSETS.index((0, 1))
+    assert torch.equal(got[:, right, :2, :-1], without[:, right, :2, :-1])  # clipped, not shortened
+    assert bool((got[:, right, 2:, :-1] > without[:, right, 2:, :-1]).all())
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_term_is_symmetric_and_leaves_the_directed_low_term_alone():
+    gen = torch.Generator().manual_seed(3)
+    sem = torch.rand(1, 2, 4, 4, generator=gen)
+    low = torch.rand(1, 4, 4, generator=gen)
+    emb = torch.nn.functional.normalize(torch.randn(1, 3, 4, 4, generator=gen), dim=1)
+    plain = edge_lengths(sem, boundary_low=low, extra_weight=0.5)
+    term = edge_lengths(sem, boundary_low=low, extra_weight=0.5, embedding=emb) - plain
+    for k, (dy, dx) in enumerate(OFFSETS):
+        back = OFFSETS.index((-dy, -dx))
+        for y in range(4):
+            for x in range(4):
+                if 0 <= y + dy < 4 and 0 <= x + dx < 4:
+                    # p -> q and q -> p pay the same embedding term
+                    assert abs(float(term[0, k, y, x]) - float(term[0, back, y + dy, x + dx])) < 1e-6
+                    want = 0.5 * max(0.0, 1.0 - float((emb[0, :, y, x] * emb[0, :, y + dy, x + dx]).sum()))
+                    assert abs(float(term[0, k, y, x]) - want) < 1e-6
+
+
+def test_embedding_term_values_identical_opposite_orthogonal_and_clipped():
+    sem = torch.zeros(1, 1, 1, 2)
+    right = OFFSETS.index((0, 1))
+
+    def term(e_p, e_q, weight=0.25):
+        emb = torch.tensor([e_p, e_q], dtype=torch.float32).T[None, :, None, :]  # [1, D, 1, 2]
+        return float(edge_lengths(sem, extra_weight=weight, embedding=emb)[0, right, 0, 0])
+
+    assert term([0.6, 0.8], [0.6, 0.8]) == 0.0  # identical unit vectors
+    assert term([1.0, 0.0], [0.0, 1.0]) == 0.25  # orthogonal: w
+    assert term([0.6, 0.8], [-0.6, -0.8]) == pytest.approx(0.5)  # opposite: 2 w
+    assert term([2.0, 0.0], [2.0, 0.0]) == 0.0  # aligned, dot 4 > 1: clipped at 0, not -0.75
+    assert term([1.0, 0.0], [0.0, 1.0], weight=0.0) == 0.0
+
+
 def test_edge_lengths_rejects_mismatched_maps():
     sem = torch.rand(2, 3, 4, 5)
     with pytest.raises(P2MInputError, match="boundary_high"):
@@ -183,6 +242,9 @@ def test_edge_lengths_rejects_mismatched_maps():
         edge_lengths(sem, extra=[torch.rand(1, 4, 5)])
     with pytest.raises(P2MInputError, match="semantic"):
         edge_lengths(torch.rand(3, 4, 5))
+    for bad in (torch.rand(2, 8, 4, 4), torch.rand(1, 8, 4, 5), torch.rand(2, 4, 5), torch.ones(2, 8, 4, 5).long()):
+        with pytest.raises(P2MInputError, match="embedding"):
+            edge_lengths(sem, embedding=bad)
 
 
 # ----------------------------------------------------------------------------- scipy backend

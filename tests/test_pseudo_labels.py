@@ -18,8 +18,9 @@ from p2m_core.pseudo import (
     generate_pseudo_labels,
     semantic_cost_map,
 )
-from p2m_core.pseudo.edge_lengths import edge_lengths
+from p2m_core.pseudo.edge_lengths import NEIGHBOUR_OFFSETS, edge_lengths
 from p2m_core.pseudo.geodesic import geodesic_distances
+from p2m_core.pseudo.labels import coarse_edge_lengths
 
 
 def random_maps(rng: np.random.Generator, b: int, c: int, h: int, w: int) -> TaskMaps:
@@ -312,6 +313,112 @@ def test_value_checks_can_be_skipped_but_shape_checks_cannot() -> None:
     with pytest.raises(P2MInputError, match="boundary_high: expected shape"):
         generate_pseudo_labels(dataclasses.replace(maps, boundary_high=maps.boundary_high[:, :4]), pts, cfg_for(),
                                check_values=False)
+
+
+# ----------------------------------------------------------------------------- embedding
+def unit_embedding(rng: np.random.Generator, b: int, d: int, h: int, w: int) -> torch.Tensor:
+    e = torch.tensor(rng.normal(size=(b, d, h, w)), dtype=torch.float32)
+    return torch.nn.functional.normalize(e, dim=1)
+
+
+def two_touching_instances(edge: int) -> tuple[TaskMaps, list[PointSet], torch.Tensor]:
+    """An 8 x 24 image of one thing class whose P^s drifts slowly along x (every step costs
+    0.02), two points of that class at x = 3 and x = 20, and an embedding that flips from one
+    unit vector to its opposite at column ``edge`` (the border between the two instances)."""
+    h, w = 8, 24
+    a = (0.9 - 0.01 * torch.arange(w, dtype=torch.float32)).expand(h, w)
+    sem = torch.stack([a, 1 - a])[None]  # class 0 everywhere (a >= 0.67)
+    emb = torch.full((1, 2, h, w), 2**-0.5)
+    emb[..., edge:] *= -1
+    points = [PointSet(torch.tensor([[4, 3], [4, 20]]), torch.tensor([0, 0]), torch.tensor([True, True]))]
+    return TaskMaps(sem), points, emb
+
+
+@pytest.mark.parametrize("f", [1, 4])
+@pytest.mark.parametrize("assignment", ["mc", "ot"])
+@pytest.mark.parametrize("resize", ["area", "bilinear"])
+def test_embedding_moves_the_boundary_between_touching_instances_to_its_edge(f, assignment, resize) -> None:
+    edge = 16
+    maps, points, emb = two_touching_instances(edge)
+    cfg = cfg_for(graph_stride=4 * f, maps=["semantic"], assignment=assignment, map_resize=resize)
+    widths = []
+    for embedding in (None, emb):
+        pan = generate_pseudo_labels(dataclasses.replace(maps, embedding=embedding), points, cfg).panoptic[0]
+        first = (pan == 0).sum(1)  # per row: point 0 owns a prefix of the row, point 1 the rest
+        assert torch.equal(pan, torch.where(torch.arange(24) < first[:, None], 0, 1))
+        widths.append(first)
+    # without the embedding the costs grow equally on both sides: the border is midway (11.5)
+    assert bool((widths[0] == 12).all())
+    # with it, crossing column 16 costs 2 * 0.1: the border moves there (exactly at f = 1; the
+    # bilinear upsampling of the distances blurs it by a pixel at f = 4)
+    assert bool((widths[1] == edge).all()) if f == 1 else bool(((widths[1] >= edge - 1) & (widths[1] <= edge)).all())
+
+
+@pytest.mark.parametrize("resize", ["area", "bilinear"])
+def test_embedding_is_renormalised_on_the_graph(resize) -> None:
+    """Mask columns 2-5 mix two orthogonal vectors pixel by pixel (a checkerboard), so their
+    2 x 2 blocks average to (u + v) / 2, of length 1/sqrt(2). Re-normalised, the two mixed nodes
+    are equal (their edge costs 0) and each is at 45 degrees to its pure neighbour; left as
+    they are (the release), every edge around them costs w (1 - 1/2)."""
+    h, w, weight = 4, 8, 0.4
+    u, v = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    emb = torch.empty(1, 2, h, w)
+    for y in range(h):
+        for x in range(w):
+            emb[0, :, y, x] = u if x < 2 or (2 <= x < 6 and (x + y) % 2 == 0) else v
+    maps = TaskMaps(torch.ones(1, 1, h, w), embedding=emb)
+    right = NEIGHBOUR_OFFSETS.index((0, 1))
+    for renormalise, mixed_to_pure, mixed_to_mixed in (
+        (True, weight * (1 - 2**-0.5), 0.0), (False, weight * 0.5, weight * 0.5),
+    ):
+        cfg = cfg_for(graph_stride=8, maps=["semantic"], map_resize=resize, extra_weight=weight,
+                      renormalise_embedding=renormalise)
+        lengths = coarse_edge_lengths(maps, cfg)[0, right, :, :3]  # graph 2 x 4: node columns 0-1-2-3
+        want = torch.tensor([mixed_to_pure, mixed_to_mixed, mixed_to_pure]).expand(2, 3)
+        torch.testing.assert_close(lengths, want, rtol=0, atol=1e-6)
+
+
+def test_batch_with_embedding_equals_single_images() -> None:
+    rng = np.random.default_rng(11)
+    maps = dataclasses.replace(random_maps(rng, 3, 3, 16, 20), embedding=unit_embedding(rng, 3, 5, 16, 20))
+    points = [random_points(rng, m, 3, 16, 20, 4) for m in (5, 2, 4)]  # padded to 5 in the batch
+    cfg = cfg_for(graph_stride=8, extra_weight=1.0)
+    out = generate_pseudo_labels(maps, points, cfg)
+    check_invariants(out, maps, points)
+    plain = generate_pseudo_labels(dataclasses.replace(maps, embedding=None), points, cfg)
+    assert not torch.equal(out.panoptic, plain.panoptic)  # the embedding is used
+    for b in range(3):
+        one = TaskMaps(maps.semantic[b : b + 1], maps.boundary_high[b : b + 1], maps.boundary_low[b : b + 1],
+                       embedding=maps.embedding[b : b + 1])
+        single = generate_pseudo_labels(one, [points[b]], cfg)
+        assert torch.equal(single.panoptic[0], out.panoptic[b])
+        assert torch.equal(single.image(0).k, out.image(b).k)
+
+
+def test_embedding_input_errors_name_the_field() -> None:
+    rng = np.random.default_rng(0)
+    maps = random_maps(rng, 2, 2, 8, 8)
+    pts = [PointSet(torch.tensor([[1, 1]]), torch.tensor([0]), torch.tensor([True]))] * 2
+    good = unit_embedding(rng, 2, 3, 8, 8)
+    for bad in (good[:1], good[..., :4], good[:, 0], good.double().long(), good.permute(0, 2, 3, 1)):
+        for check_values in (True, False):
+            with pytest.raises(P2MInputError, match=r"TaskMaps\.embedding must be a float \[B, D, H, W\]"):
+                generate_pseudo_labels(dataclasses.replace(maps, embedding=bad), pts, cfg_for(),
+                                       check_values=check_values)
+    nan = good.clone()
+    nan[1, 2, 3, 4] = float("nan")
+    with pytest.raises(P2MInputError, match="TaskMaps.embedding contains NaN or infinite"):
+        generate_pseudo_labels(dataclasses.replace(maps, embedding=nan), pts, cfg_for())
+    # the training step skips value checks: the NaN is then only met by the geodesic solver's
+    # own check on the edge lengths
+    with pytest.raises(P2MInputError, match="geodesic_distances: lengths contain NaN"):
+        generate_pseudo_labels(dataclasses.replace(maps, embedding=nan), pts, cfg_for(), check_values=False)
+    with pytest.raises(P2MInputError, match="pseudo.renormalise_embedding"):
+        generate_pseudo_labels(maps, pts, cfg_for(renormalise_embedding="yes"))
+    # float64 embeddings are accepted (used in float32, like the other maps)
+    out64 = generate_pseudo_labels(dataclasses.replace(maps, embedding=good.double()), pts, cfg_for())
+    assert torch.equal(out64.panoptic, generate_pseudo_labels(dataclasses.replace(maps, embedding=good), pts,
+                                                              cfg_for()).panoptic)
 
 
 # ----------------------------------------------------------------------------- semantic_cost_map

@@ -21,6 +21,7 @@ PRESET = REPO / "experiments" / "presets" / "release.yaml"
 RELEASE = {
     "k_ranking": "likelihood", "centroid_rule": "release", "warmup_assignment": "release", "map_resize": "bilinear",
     "pixel_roles": "argmax", "ot_pixels": "all", "force_own_pixels": False, "stuff_void_threshold": 0.5,
+    "renormalise_embedding": False,
 }  # fmt: skip
 
 
@@ -164,6 +165,7 @@ def test_defaults_are_the_papers_reading():
         "argmin", "paper", "mc", "area")
     assert (cfg.pixel_roles, cfg.ot_pixels, cfg.force_own_pixels, cfg.stuff_void_threshold) == (
         "evidence", "transported", True, 0.0)
+    assert cfg.renormalise_embedding is True
     assert cfg.warmup_iters == 0
 
 
@@ -172,7 +174,7 @@ def test_defaults_are_the_papers_reading():
     [
         ("k_ranking", "median"), ("centroid_rule", "mean"), ("warmup_assignment", "ot"), ("map_resize", "nearest"),
         ("pixel_roles", "any"), ("ot_pixels", "some"), ("force_own_pixels", "maybe"), ("stuff_void_threshold", 1.5),
-        ("stuff_void_threshold", -0.1), ("warmup_iters", -1),
+        ("stuff_void_threshold", -0.1), ("warmup_iters", -1), ("renormalise_embedding", "maybe"),
     ],
 )  # fmt: skip
 def test_config_rejects_bad_values_naming_field_and_value(key, value):
@@ -184,7 +186,8 @@ def test_config_rejects_bad_values_naming_field_and_value(key, value):
 @pytest.mark.parametrize(
     "key, value",
     [("k_ranking", "median"), ("centroid_rule", "mean"), ("warmup_assignment", "ot"), ("map_resize", "nearest"),
-     ("pixel_roles", "any"), ("ot_pixels", "some"), ("force_own_pixels", "yes"), ("stuff_void_threshold", 2.0)],
+     ("pixel_roles", "any"), ("ot_pixels", "some"), ("force_own_pixels", "yes"), ("stuff_void_threshold", 2.0),
+     ("renormalise_embedding", "no")],
 )  # fmt: skip
 def test_engine_rejects_bad_values_naming_field_and_value(key, value):
     maps, points = engine_inputs([random_image(np.random.default_rng(0), 3, 4, 16, 16, 2)])

@@ -10,13 +10,17 @@ boundary map is high. The length of the edge from pixel ``p`` to its neighbour `
     \ell(p \to q) = \lVert P^s(p) - P^s(q) \rVert_1
         + \beta \, \big( \max(P^b_{high}(p), P^b_{high}(q)) + P^b_{low}(q) \big)
         + \lambda \sum_e \max(E(p), E(q))
+        + \lambda \max\big(0, 1 - \langle e(p), e(q) \rangle\big)
 
 (Eq. 2: ``d^s`` is the L1 distance of the class-probability vectors; Eq. 3: ``d^b`` is the
 larger boundary value of the two ends.) Following the reference code, the low-level term is the
 value at the *destination* pixel, which makes the graph directed; the other terms are symmetric.
-``E`` are optional extra edge maps (the reference's feature-difference term of its "manifold
-projector") weighted by ``lambda = extra_weight``. There is no constant step length and no
-``sqrt(2)`` for diagonals: two pixels inside one flat region are at distance 0.
+The last two terms, both weighted by ``lambda = extra_weight`` (reference: 0.1), are not in the
+paper: ``E`` are optional per-pixel extra edge maps, and ``e`` is an optional embedding (the
+reference's "manifold projector", L2-normalised per pixel), whose term is *pairwise*: 0 where
+the two embeddings are equal (the clip at 0 only catches rounding, or vectors longer than 1),
+``lambda`` for orthogonal ones and ``2 lambda`` for opposite ones. There is no constant step
+length and no ``sqrt(2)`` for diagonals: two pixels inside one flat region are at distance 0.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def edge_lengths(
     extra: Sequence[Tensor] = (),
     beta: float = 0.1,
     extra_weight: float = 0.1,
+    embedding: Tensor | None = None,
 ) -> Tensor:
     """Directed edge lengths of the 8-connected pixel graph (paper Eq. 2-3, see module doc).
 
@@ -85,7 +90,11 @@ def edge_lengths(
     beta : float
         Weight of the boundary terms (paper: 0.1).
     extra_weight : float
-        Weight of the extra maps (reference: 0.1).
+        Weight of the extra maps and of the embedding term (reference: 0.1).
+    embedding : Tensor [B, D, h, w], optional
+        Per-pixel embedding ``e`` (unit vectors over D: the reference's projector output at the
+        graph resolution); the edge gets ``extra_weight * max(0, 1 - <e(p), e(q)>)``. Used as
+        given: normalising it is the caller's choice.
 
     Returns
     -------
@@ -112,6 +121,14 @@ def edge_lengths(
         _check_map("boundary_low", boundary_low, shape3)
     for i, e in enumerate(extra):
         _check_map(f"extra[{i}]", e, shape3)
+    if embedding is not None and (
+        embedding.dim() != 4 or embedding.shape[0] != b or embedding.shape[2:] != (h, w)
+        or not embedding.is_floating_point()
+    ):
+        raise P2MInputError(
+            f"edge_lengths: embedding must be a float tensor [B, D, h, w] = [{b}, D, {h}, {w}], "
+            f"got {embedding.dtype} {list(embedding.shape)}"
+        )
 
     out = torch.full((b, len(NEIGHBOUR_OFFSETS), h, w), float("inf"), dtype=semantic.dtype, device=semantic.device)
     if b == 0:
@@ -130,6 +147,9 @@ def edge_lengths(
             sym = sym + beta * torch.maximum(boundary_high[:, p_sl[0], p_sl[1]], boundary_high[:, q_sl[0], q_sl[1]])
         for e in extra:
             sym = sym + extra_weight * torch.maximum(e[:, p_sl[0], p_sl[1]], e[:, q_sl[0], q_sl[1]])
+        if embedding is not None:
+            dot = (embedding[:, :, p_sl[0], p_sl[1]] * embedding[:, :, q_sl[0], q_sl[1]]).sum(dim=1)
+            sym = sym + extra_weight * (1 - dot).clamp_min(0)
         forward, backward = sym, sym
         if boundary_low is not None:
             forward = sym + beta * boundary_low[:, q_sl[0], q_sl[1]]  # p -> q ends at q

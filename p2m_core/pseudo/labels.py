@@ -19,12 +19,15 @@ image, following the paper (docs/METHOD.md, "Geodesic costs" to "Optimal transpo
 3. **Costs.** The graph is built at ``1/f`` of the mask resolution, ``f = graph_stride //
    mask_stride`` (reference: 16 / 4 = 4; f = 1 keeps the mask resolution): the maps listed in
    ``cfg.maps`` (``semantic`` is required; a listed boundary map that ``TaskMaps`` lacks is an
-   error, a provided one that is not listed is ignored) and every ``TaskMaps.extra`` map (weight
-   ``cfg.extra_weight``) are area-averaged over ``f x f`` blocks (partial blocks at the border average
-   their in-image pixels), the edge lengths of Eq. 2-3 are computed there
-   (:func:`~p2m_core.pseudo.edge_lengths.edge_lengths`), and the geodesic distances from the
-   coarse node of every thing point (``(y // f, x // f)``) are upsampled bilinearly
-   (``align_corners=False``, scale factor f, cropped to H x W) to ``C [B, M_things, H*W]``.
+   error, a provided one that is not listed is ignored), every ``TaskMaps.extra`` map (weight
+   ``cfg.extra_weight``) and ``TaskMaps.embedding`` when given are area-averaged over ``f x f``
+   blocks (partial blocks at the border average their in-image pixels), the embedding is
+   re-normalised to unit length per node (``cfg.renormalise_embedding``), the edge lengths of
+   Eq. 2-3 are computed there (:func:`~p2m_core.pseudo.edge_lengths.edge_lengths`; the embedding
+   adds the release's pairwise projector term ``cfg.extra_weight * max(0, 1 - <e_p, e_q>)`` to
+   each edge), and the geodesic distances from the coarse node of every thing point
+   (``(y // f, x // f)``) are upsampled bilinearly (``align_corners=False``, scale factor f,
+   cropped to H x W) to ``C [B, M_things, H*W]``.
    Stuff points are never sources: their segments come from the semantic map alone.
 4. **Capacities** k by ``cfg.k_scheme`` (:mod:`~p2m_core.pseudo.capacities`), summing to the
    number of transported pixels; ``nearest_centroid`` recomputes costs from the centroids the
@@ -40,8 +43,9 @@ image, following the paper (docs/METHOD.md, "Geodesic costs" to "Optimal transpo
 
 The release's variant (docs/METHOD.md, "The release's pseudo-label variant") changes single
 steps, each by its own field: ``pixel_roles``, ``stuff_void_threshold`` and ``force_own_pixels``
-(steps 1-2), ``map_resize`` (step 3), ``k_ranking`` and ``centroid_rule`` (step 4), ``ot_pixels``
-and ``warmup_assignment`` (step 5, the latter when called with ``warmup=True``).
+(steps 1-2), ``map_resize`` and ``renormalise_embedding`` (step 3), ``k_ranking`` and
+``centroid_rule`` (step 4), ``ot_pixels`` and ``warmup_assignment`` (step 5, the latter when
+called with ``warmup=True``).
 
 Ties: exactly equal costs (a flat region of ``P^s`` has zero-length edges; two points can share
 a coarse node) go to the lowest supplier index, so only then does a result depend on the order
@@ -217,8 +221,9 @@ def _check_cfg(cfg: Any) -> None:
     ):
         if value not in allowed:
             raise P2MInputError(f"pseudo.{name}: unknown value {value!r}, expected one of {allowed}")
-    if not isinstance(cfg.force_own_pixels, bool):
-        raise P2MInputError(f"pseudo.force_own_pixels: expected true or false, got {cfg.force_own_pixels!r}")
+    for name in ("force_own_pixels", "renormalise_embedding"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise P2MInputError(f"pseudo.{name}: expected true or false, got {getattr(cfg, name)!r}")
     if not 0.0 <= cfg.stuff_void_threshold <= 1.0:
         raise P2MInputError(f"pseudo.stuff_void_threshold={cfg.stuff_void_threshold!r}: expected a number in [0, 1]")
     unknown = [m for m in cfg.maps if m not in ("semantic", *BOUNDARY_MAPS)]
@@ -231,8 +236,9 @@ def _check_cfg(cfg: Any) -> None:
 
 def _selected_maps(
     maps: TaskMaps, cfg: Any, check_values: bool = True
-) -> tuple[Tensor, Tensor | None, Tensor | None, list[Tensor]]:
-    """The float32 maps that enter the edge lengths, validated: (semantic, high, low, extra).
+) -> tuple[Tensor, Tensor | None, Tensor | None, list[Tensor], Tensor | None]:
+    """The float32 maps that enter the edge lengths, validated: (semantic, high, low, extra,
+    embedding).
 
     Shapes are always checked; values (no NaN or inf) only with ``check_values``, because that
     check waits for the device once per map."""
@@ -248,7 +254,7 @@ def _selected_maps(
         if name in cfg.maps:
             if tuple(value.shape) != (B, H, W):
                 raise P2MInputError(f"TaskMaps.{name}: expected shape {[B, H, W]}, got {list(value.shape)}")
-            chosen[name] = value.float()
+            chosen[name] = value.float().to(sem.device)
         else:
             chosen[name] = None
     extra = []
@@ -256,14 +262,21 @@ def _selected_maps(
         if tuple(e.shape) != (B, H, W):
             raise P2MInputError(f"TaskMaps.extra[{i}]: expected shape {[B, H, W]}, got {list(e.shape)}")
         extra.append(e.float().to(sem.device))
+    emb = maps.embedding
+    if emb is not None:
+        if emb.dim() != 4 or emb.shape[0] != B or tuple(emb.shape[2:]) != (H, W) or not emb.is_floating_point():
+            raise P2MInputError(
+                f"TaskMaps.embedding must be a float [B, D, H, W] tensor with B, H, W = {B}, {H}, {W} "
+                f"(the semantic map's), got {emb.dtype} {list(emb.shape)}"
+            )
+        emb = emb.float().to(sem.device)
     named = [("semantic", sem.float())] + [(n, v) for n, v in chosen.items() if v is not None]
     named += [(f"extra[{i}]", e) for i, e in enumerate(extra)]
+    named += [("embedding", emb)] if emb is not None else []
     for name, value in named if check_values else []:
         if not bool(torch.isfinite(value).all()):
             raise P2MInputError(f"TaskMaps.{name} contains NaN or infinite values")
-    high = None if chosen["boundary_high"] is None else chosen["boundary_high"].to(sem.device)
-    low = None if chosen["boundary_low"] is None else chosen["boundary_low"].to(sem.device)
-    return sem.float(), high, low, extra
+    return sem.float(), chosen["boundary_high"], chosen["boundary_low"], extra, emb
 
 
 def graph_size(size: tuple[int, int], f: int, resize: str) -> tuple[int, int]:
@@ -304,16 +317,26 @@ def to_mask(x: Tensor, f: int, size: tuple[int, int], resize: str) -> Tensor:
 
 
 def coarse_edge_lengths(maps: TaskMaps, cfg: Any, check_values: bool = True) -> Tensor:
-    """Edge lengths of the graph at ``1/f`` of the mask resolution (size: :func:`graph_size`)."""
+    """Edge lengths of the graph at ``1/f`` of the mask resolution (size: :func:`graph_size`).
+
+    Every map goes to the graph by :func:`to_graph`. So does ``TaskMaps.embedding``, which is
+    then re-normalised to unit length per node (``cfg.renormalise_embedding``): a block mean or a
+    bilinear blend of unit vectors is shorter than 1 wherever they disagree, which would lower
+    ``<e_p, e_q>`` and so lengthen the edges around every mixed node, not only across a border.
+    """
     f = graph_factor(cfg)
-    sem, high, low, extra = _selected_maps(maps, cfg, check_values)
+    sem, high, low, extra, emb = _selected_maps(maps, cfg, check_values)
 
     def down(m: Tensor | None) -> Tensor | None:
         return None if m is None else to_graph(m[:, None], f, cfg.map_resize)[:, 0]
 
+    if emb is not None:
+        emb = to_graph(emb, f, cfg.map_resize)
+        if cfg.renormalise_embedding:
+            emb = F.normalize(emb, p=2.0, dim=1)
     return edge_lengths(
         to_graph(sem, f, cfg.map_resize), down(high), down(low), [down(e) for e in extra],
-        beta=cfg.beta, extra_weight=cfg.extra_weight,
+        beta=cfg.beta, extra_weight=cfg.extra_weight, embedding=emb,
     )
 
 
@@ -353,15 +376,19 @@ def generate_pseudo_labels(
     ----------
     maps : TaskMaps
         ``semantic [B, C, H, W]`` (cost-ready P^s, see
-        :func:`~p2m_core.pseudo.maps.semantic_cost_map`), optional boundaries ``[B, H, W]``, all
-        at the mask resolution H x W.
+        :func:`~p2m_core.pseudo.maps.semantic_cost_map`), optional boundaries and extra maps
+        ``[B, H, W]`` and an optional embedding ``[B, D, H, W]`` (the projector's unit vectors),
+        all at the mask resolution H x W. An embedding that is given is used: every graph edge
+        gets ``cfg.extra_weight * max(0, 1 - <e_p, e_q>)`` (the release's term, weight 0.1), on
+        the embedding resized to the graph by ``cfg.map_resize`` and, with
+        ``cfg.renormalise_embedding``, re-normalised there.
     points : list of B PointSet
         Points at mask resolution.
     cfg : PseudoConfig
         The ``pseudo`` config section: maps, beta, extra_weight, graph_stride, mask_stride,
         k_scheme, centroid_iters, assignment, mc_decode, sinkhorn_*, geodesic_backend and the
-        release switches (k_ranking, centroid_rule, warmup_assignment, map_resize, pixel_roles,
-        ot_pixels, force_own_pixels, stuff_void_threshold).
+        release switches (k_ranking, centroid_rule, warmup_assignment, map_resize,
+        renormalise_embedding, pixel_roles, ot_pixels, force_own_pixels, stuff_void_threshold).
     warmup : bool
         Use the warm-up assignment (``cfg.warmup_assignment``) instead of ``cfg.assignment``:
         the training loop passes True for its first ``cfg.warmup_iters`` iterations.

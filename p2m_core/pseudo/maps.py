@@ -30,14 +30,21 @@ class TaskMaps:
     boundary_low : Tensor [B, H, W] or None
         ``P^b_low`` in [0, 1], the low-level edge map of the image.
     extra : list of Tensor [B, H, W]
-        Optional further edge maps (e.g. the reference's projector term), weighted by
-        ``pseudo.extra_weight`` in the edge length.
+        Optional further per-pixel edge maps, each adding ``pseudo.extra_weight * max(E(p), E(q))``
+        to the edge length.
+    embedding : Tensor [B, D, H, W] or None
+        The network's projector output (the reference's "manifold projector"), unit-norm per
+        pixel over D. When given it is used: each graph edge gets the pairwise term
+        ``pseudo.extra_weight * max(0, 1 - <e(p), e(q)>)``, computed on the graph after the
+        embedding is resized there like the other maps (and re-normalised, see
+        ``pseudo.renormalise_embedding``).
     """
 
     semantic: Tensor
     boundary_high: Tensor | None = None
     boundary_low: Tensor | None = None
     extra: list[Tensor] = field(default_factory=list)
+    embedding: Tensor | None = None
 
 
 @dataclass
