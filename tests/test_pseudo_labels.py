@@ -120,6 +120,13 @@ def test_properties(seed, h, w, c, m, f, k_scheme, mode, assignment) -> None:
         # the tolerance is met. Only such pixels may differ.
         differ = int((back != out.panoptic[0]).sum())
         assert differ <= max(2, 0.05 * int(out.transported.sum()))
+    elif assignment == "ot_exact":
+        # Several optimal assignments exist when cost differences tie; the solver's tie rule
+        # (the lexicographically smallest label vector) then depends on the point order, so
+        # only the capacities met are invariant: each point's pixel count follows its point.
+        c1 = dict(zip(out.thing_index[0].tolist(), out.counts[0].tolist()))
+        c2 = {int(perm[i]): c for i, c in zip(out2.thing_index[0].tolist(), out2.counts[0].tolist())}
+        assert c1 == c2
     else:
         assert torch.equal(back, out.panoptic[0])
     k1 = dict(zip(out.thing_index[0].tolist(), out.k[0].tolist()))

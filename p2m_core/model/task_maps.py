@@ -9,6 +9,8 @@ pseudo.mask_stride`` (paper reading: 4; release: 1). The network predicts at str
 - ``P^b_high``: the sigmoid of the boundary logits resized to the mask grid;
 - ``P^b_low``: the image's low-level edges when the batch carries them (``[B, H, W]`` at the
   input resolution), max-pooled to the mask grid;
+- the manifold projector's embedding, when the network has one, resized bilinearly (it enters
+  the edge lengths as the pairwise term ``pseudo.extra_weight * max(0, 1 - <e_p, e_q>)``);
 - points: ``(y // s, x // s)``.
 
 Everything here is computed without gradient: pseudo labels are targets.
@@ -85,4 +87,9 @@ def task_maps(
     if boundary_low is not None and "boundary_low" in cfg.maps:
         low = F.max_pool2d(boundary_low[:, None].float(), cfg.mask_stride, cfg.mask_stride, ceil_mode=True)[:, 0]
         low = low[:, : grid[0], : grid[1]]
-    return TaskMaps(semantic, high, low)
+    embedding = None
+    if out.embedding is not None:  # the projector's pairwise edge term (pseudo.extra_weight)
+        embedding = out.embedding.float()
+        if tuple(embedding.shape[-2:]) != grid:
+            embedding = F.interpolate(embedding, size=grid, mode="bilinear", align_corners=False)
+    return TaskMaps(semantic, high, low, embedding=embedding)
