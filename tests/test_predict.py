@@ -4,6 +4,7 @@ JSON that agree with each other and with the network, overlays, and exit 2 on ba
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from PIL import Image
 from p2m_core.data.dataset import image_tensor
 from p2m_core.data.panoptic_format import CocoPanoptic, rgb2id
 from p2m_core.data.synthetic import generate_synthetic
+from p2m_core.engine.checkpoint import save_checkpoint
+from p2m_core.model.point2mask import ClassInfo, build_model
 from p2m_core.predict import main, predict_images
 from tests.checkpoints import PERMISSIVE, REPO, tiny_checkpoint, tiny_config
 
@@ -143,3 +146,30 @@ def test_bad_input_exits_2_before_writing(setup, tmp_path, capsys, case, message
     assert code == 2 and err.startswith("error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_train_steps_then_predict_on_the_real_coco_sample(coco_sample, tmp_path):
+    """The two real COCO images (133 classes) through a few training steps, a checkpoint, and
+    the prediction command, end to end."""
+    from p2m_core.data.dataset import PointPanopticDataset, collate_points
+    from p2m_core.engine.step import build_optimizer, train_step
+
+    cfg = tiny_config(coco_sample, "data.dataset=coco_panoptic", "data.train.json=panoptic.json",
+                      "data.train.images=images", "data.train.panoptic=panoptic", "data.min_size=128",
+                      "data.max_size=192", *PERMISSIVE)  # fmt: skip
+    dataset = PointPanopticDataset.from_config(cfg, "train")
+    batch = collate_points([dataset[0], dataset[1]])
+    torch.manual_seed(0)
+    classes = ClassInfo.from_dataset(dataset.panoptic)
+    assert classes.num_classes == 133
+    model = build_model(cfg.model, classes)
+    optimizer = build_optimizer(model, cfg)
+    results = [train_step(model, batch, optimizer, cfg, iteration) for iteration in range(3)]
+    assert all(math.isfinite(r.total) for r in results)
+    path = save_checkpoint(tmp_path / "coco.pt", model.eval(), cfg, classes, dataset.panoptic.categories)
+    proc = run_cli("--checkpoint", str(path), "--images", str(coco_sample / "images"), "--out", str(tmp_path / "out"),
+                   "--device", "cpu", "--max-size", "128")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    raw = json.loads((coco_sample / "panoptic.json").read_text())
+    sizes = {i["file_name"]: (i["height"], i["width"]) for i in raw["images"]}
+    check_outputs(tmp_path / "out", sizes, dataset.panoptic.categories)
