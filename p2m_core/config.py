@@ -327,6 +327,10 @@ class LossConfig:
     dice_weight: float = 2.0  # thing masks
     stuff_dice_weight: float = 2.0
     stuff_presence_weight: float = 4.0
+    # The release's weighting (docs/METHOD.md, "Losses"): terms scaled by the batch's share of
+    # thing / stuff targets, most ramped in linearly over ramp_iters. Off: the paper states none.
+    release_weighting: bool = False
+    ramp_iters: int = 14659  # release
 
     def invalid_fields(self) -> list[tuple[str, str]]:
         bad = [(f.name, "a number >= 0") for f in dataclasses.fields(self)
@@ -336,6 +340,8 @@ class LossConfig:
                 bad.append((name, "a number > 0"))
         if not 0.0 <= self.lab_threshold <= 1.0:
             bad.append(("lab_threshold", "a number in [0, 1]"))
+        if self.ramp_iters < 1:
+            bad.append(("ramp_iters", "an integer >= 1"))
         return bad
 
 
@@ -347,10 +353,20 @@ class TrainConfig:
     batch_size: int = 8  # paper, VOC (COCO: 16)
     epochs: int = 24  # paper, VOC (COCO: 15)
     lr_steps: list[int] = field(default_factory=list)  # epochs; paper COCO: [8, 12]
-    grad_clip: float = 0.1
+    grad_clip: float = 0.1  # max L2 norm of the gradient; 0: no clipping
+    # Learning-rate factors (release: 0.1 for both; paper: none)
+    lr_backbone_mult: float = 1.0
+    lr_offsets_mult: float = 1.0  # deformable sampling offsets and reference points
     seed: int = 0
     device: Device = "auto"
     log_every: int = 10
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        bad = [(n, "a number > 0") for n in ("lr",) if not self.lr > 0]
+        bad += [(n, "a number >= 0") for n in ("weight_decay", "grad_clip", "lr_backbone_mult", "lr_offsets_mult")
+                if not getattr(self, n) >= 0]  # fmt: skip
+        bad += [(n, "an integer >= 1") for n in ("batch_size", "epochs") if getattr(self, n) < 1]
+        return bad
 
 
 @dataclass

@@ -66,3 +66,39 @@ def test_warmup_iterations_use_the_warmup_assignment(setup) -> None:
     after = train_step(model, batch, optimizer, cfg, 1, keep_pseudo=True).pseudo
     assert bool(torch.isnan(warm.disagreement).all())  # MC: no OT ran
     assert not bool(torch.isnan(after.disagreement).any())
+
+
+def test_optimizer_groups_follow_the_lr_factors(setup) -> None:
+    cfg, dataset, batch = setup
+    from dataclasses import replace
+
+    cfg = replace(cfg, train=replace(cfg.train, lr=1e-3, lr_backbone_mult=0.1, lr_offsets_mult=0.5))
+    model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic))
+    groups = {g["name"]: g for g in build_optimizer(model, cfg).param_groups}
+    assert groups["backbone"]["lr"] == pytest.approx(1e-4) and groups["offsets"]["lr"] == pytest.approx(5e-4)
+    assert groups["rest"]["lr"] == pytest.approx(1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith("backbone.") for p in groups["backbone"]["params"])
+    assert all("sampling_offsets" in names[id(p)] or ".reference." in names[id(p)] for p in groups["offsets"]["params"])
+    total = sum(len(g["params"]) for g in groups.values())
+    assert total == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_release_weighting_scales_by_the_thing_ratio_and_ramps() -> None:
+    from p2m_core.model.criterion import UNRAMPED_TERMS, release_weighting
+
+    names = ("presence", "partial_ce", "lab_affinity", "tree_energy", "boundary", "projector", "cls", "thing_dice",
+             "stuff_dice", "stuff_presence")  # fmt: skip
+    terms = {n: torch.tensor(1.0) for n in names}
+    # one image: points 0, 1 things (both own pixels), 2, 3 stuff of one class: 2 things, 1 stuff
+    segments = torch.tensor([[[0, 1], [2, 2]]])
+    labels = torch.tensor([[0, 0, 5, 5]])
+    is_thing = torch.tensor([[True, True, False, False]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    start = release_weighting(terms, segments, labels, is_thing, mask, iteration=0, ramp_iters=10)
+    half = release_weighting(terms, segments, labels, is_thing, mask, iteration=5, ramp_iters=10)
+    for name in names:
+        scale = 1.0 if name in ("boundary", "projector") else (1 / 3 if name.startswith("stuff") else 2 / 3)
+        ramp0, ramp5 = (1.0, 1.0) if name in UNRAMPED_TERMS else (0.0, 0.5)
+        assert float(start[name]) == pytest.approx(scale * ramp0), name
+        assert float(half[name]) == pytest.approx(scale * ramp5), name

@@ -42,9 +42,23 @@ class StepResult:
 
 
 def build_optimizer(model: Point2Mask, cfg: Config) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters (``train.lr``, ``train.weight_decay``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    """AdamW over the trainable parameters (``train.lr``, ``train.weight_decay``), in three groups:
+    the backbone at ``lr * train.lr_backbone_mult``, the deformable sampling offsets and reference
+    points at ``lr * train.lr_offsets_mult`` (the release's 0.1 for both), the rest at ``lr``."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"backbone": [], "offsets": [], "rest": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("backbone."):
+            groups["backbone"].append(param)
+        elif "sampling_offsets" in name or name.startswith("panoptic.location.reference."):
+            groups["offsets"].append(param)
+        else:
+            groups["rest"].append(param)
+    lr = cfg.train.lr
+    factor = {"backbone": cfg.train.lr_backbone_mult, "offsets": cfg.train.lr_offsets_mult, "rest": 1.0}
+    params = [{"params": p, "lr": lr * factor[g], "name": g} for g, p in groups.items() if p]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay)
 
 
 def train_step(
@@ -64,7 +78,7 @@ def train_step(
     maps = task_maps(out, points, grid, cfg.pseudo, boundary_low=low)
     pseudo = generate_pseudo_labels(maps, points, cfg.pseudo, warmup=iteration < cfg.pseudo.warmup_iters, check_values=False)
     pseudo_seconds = time.perf_counter() - pseudo_start
-    terms = point2mask_losses(model, out, batch, pseudo, points, cfg)
+    terms = point2mask_losses(model, out, batch, pseudo, points, cfg, iteration)
     total = sum(terms.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
@@ -74,7 +88,7 @@ def train_step(
     return StepResult(
         losses={k: float(v.detach()) for k, v in terms.items()},
         total=float(total.detach()),
-        lr=float(optimizer.param_groups[0]["lr"]),
+        lr=float(max(group["lr"] for group in optimizer.param_groups)),
         step_seconds=time.perf_counter() - start,
         pseudo_seconds=pseudo_seconds,
         pseudo=pseudo if keep_pseudo else None,

@@ -49,12 +49,20 @@ from p2m_core.pseudo.labels import PseudoLabels
 from p2m_core.pseudo.maps import PointSet, pad_points
 
 
+# The release's weighting (loss.release_weighting): which terms its thing / stuff ratio scales,
+# and which escape its linear ramp (its keys containing "sem", and the contrastive loss).
+STUFF_TERMS = ("stuff_dice", "stuff_presence")
+UNSCALED_TERMS = ("boundary", "projector")
+UNRAMPED_TERMS = ("presence", "partial_ce", "lab_affinity", "projector")
+
+
 def point2mask_losses(
     model: Point2Mask, out: NetworkOutput, batch: dict[str, Any], pseudo: PseudoLabels, points: list[PointSet],
-    cfg: Config,
+    cfg: Config, iteration: int = 0,
 ) -> dict[str, Tensor]:
     """Named, weighted loss terms (module docstring). ``batch`` as :func:`~p2m_core.data.dataset.collate_points`
-    returns it (images in [0, 1]); ``points`` the batch's points on the mask grid."""
+    returns it (images in [0, 1]); ``points`` the batch's points on the mask grid; ``iteration``
+    (from 0) drives the release's ramp when ``loss.release_weighting`` is on."""
     images, padding = batch["images"], batch["padding_mask"]
     terms: dict[str, Tensor] = {}
     terms.update(_semantic_terms(out, batch, model.classes.num_classes, cfg))
@@ -69,7 +77,36 @@ def point2mask_losses(
         terms["projector"] = cfg.loss.projector_weight * _projector_term(out, batch, segments, labels, is_thing,
                                                                          point_mask, stride, cfg)  # fmt: skip
     terms.update(_panoptic_terms(model, out, segments, labels, is_thing, point_mask, batch, stride, cfg))
+    if cfg.loss.release_weighting:
+        terms = release_weighting(terms, segments, labels, is_thing, point_mask, iteration, cfg.loss.ramp_iters)
     return terms
+
+
+def release_weighting(
+    terms: dict[str, Tensor], segments: Tensor, labels: Tensor, is_thing: Tensor, point_mask: Tensor, iteration: int,
+    ramp_iters: int,
+) -> dict[str, Tensor]:
+    """The release's weighting of the terms (docs/METHOD.md, "Losses"): each term but
+    ``boundary`` and ``projector`` times the batch's thing ratio ``r = things / (things + stuff)``
+    (the stuff terms times ``1 - r``; things: thing pseudo masks; stuff: stuff classes with a
+    point, per image), then every term but the semantic ones that the release's names mark and the
+    projector's times ``min(iteration / ramp_iters, 1)``. The release's ramp counter restarts when
+    training resumes; this one follows the (checkpointed) iteration."""
+    things = stuff = 0
+    for b in range(segments.shape[0]):
+        present = torch.unique(segments[b][segments[b] >= 0])  # point indices owning pixels
+        things += int((is_thing[b] & point_mask[b])[present].sum())
+        stuff += len(set(labels[b][point_mask[b] & ~is_thing[b]].tolist()))
+    ratio = things / (things + stuff) if things + stuff else 1.0
+    ramp = min(iteration / ramp_iters, 1.0)
+    out = {}
+    for name, value in terms.items():
+        if name not in UNSCALED_TERMS:
+            value = value * ((1.0 - ratio) if name in STUFF_TERMS else ratio)
+        if name not in UNRAMPED_TERMS:
+            value = value * ramp
+        out[name] = value
+    return out
 
 
 def _semantic_terms(out: NetworkOutput, batch: dict[str, Any], num_classes: int, cfg: Config) -> dict[str, Tensor]:
