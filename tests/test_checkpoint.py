@@ -176,9 +176,10 @@ def test_checkpoint_maps_are_the_networks_own_maps(tiny):
         image = image_tensor(data.dataset.load_image(item.record))[None]
         with torch.no_grad():
             out = model(image, torch.zeros(1, *image.shape[-2:], dtype=torch.bool))
-        logits, high = network_maps(out, mask_grid(image.shape, scfg.pseudo.mask_stride))
+        logits, high, embedding = network_maps(out, mask_grid(image.shape, scfg.pseudo.mask_stride))
         np.testing.assert_allclose(item.maps.semantic, logits.softmax(1)[0].numpy(), atol=1e-5)
         np.testing.assert_allclose(item.maps.boundary_high, high[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(item.maps.embedding, embedding[0].numpy(), atol=1e-5)  # the projector's vectors
         assert item.maps.boundary_low is not None and item.maps.boundary_low.shape == item.mask_shape
     with pytest.raises(ValueError, match="needs the network"):
         next(prepare_batches(data, scfg))

@@ -94,8 +94,9 @@ class CheckpointMaps:
 
     @torch.inference_mode()
     def __call__(self, batch: list[PreparedImage]) -> None:
-        """Predict ``P^s`` and ``P^b_high`` of every image of ``batch`` (which must carry its RGB
-        image) and store them in its maps, keeping its ``P^b_low``."""
+        """Predict ``P^s``, ``P^b_high`` and the projector's embedding (when the network has one)
+        of every image of ``batch`` (which must carry its RGB image) and store them in its maps,
+        keeping its ``P^b_low``."""
         start = time.perf_counter()
         inputs = []
         for item in batch:
@@ -104,12 +105,16 @@ class CheckpointMaps:
             inputs.append(image_tensor(item.image))
         images, padding_mask, _ = pad_images(inputs, self.size_divisor)
         out = self.model(images.to(self.device), padding_mask.to(self.device))
-        logits, high = network_maps(out, mask_grid(images.shape, self.mask_stride))
+        logits, high, embedding = network_maps(out, mask_grid(images.shape, self.mask_stride))
         semantic = logits.softmax(1).cpu().numpy()
         high = high.clamp(0, 1).cpu().numpy()
+        embedding = None if embedding is None else embedding.cpu().numpy()
         for b, item in enumerate(batch):
             h, w = item.mask_shape
-            item.maps = ImageMaps(semantic[b, :, :h, :w].copy(), high[b, :h, :w].copy(), item.maps.boundary_low)
+            item.maps = ImageMaps(
+                semantic[b, :, :h, :w].copy(), high[b, :h, :w].copy(), item.maps.boundary_low,
+                None if embedding is None else embedding[b, :, :h, :w].copy(),
+            )
         self.seconds += time.perf_counter() - start
         self.images += len(batch)
 

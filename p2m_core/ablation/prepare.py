@@ -254,7 +254,8 @@ def batch_inputs(batch: Sequence[PreparedImage], cfg: Config, device: Any = "cpu
         value = stacked[name]
         return None if value is None or name not in cfg.pseudo.maps else torch.from_numpy(value).to(device)
 
-    return TaskMaps(semantic, boundary("boundary_high"), boundary("boundary_low")), point_sets
+    embedding = None if stacked["embedding"] is None else torch.from_numpy(stacked["embedding"]).to(device)
+    return TaskMaps(semantic, boundary("boundary_high"), boundary("boundary_low"), embedding=embedding), point_sets
 
 
 def provided_maps(cfg: Config) -> tuple[str, ...]:

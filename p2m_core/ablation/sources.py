@@ -75,11 +75,14 @@ class ImageMaps:
 
     semantic : [C, h, w] class probabilities (zero vector on void with ``void_semantic=zero``).
     boundary_high, boundary_low : [h, w] in [0, 1], or ``None`` when the source has none.
+    embedding : [D, h, w] the manifold projector's vectors (``checkpoint`` source with a
+        projector only), or ``None``.
     """
 
     semantic: np.ndarray
     boundary_high: np.ndarray | None
     boundary_low: np.ndarray | None
+    embedding: np.ndarray | None = None
 
 
 def mask_size(height: int, width: int, stride: int) -> tuple[int, int]:
@@ -286,7 +289,8 @@ def corrupt_maps(maps: ImageMaps, corruption: CorruptionConfig, image_id: Any) -
 
 
 def stack_image_maps(maps: Sequence[ImageMaps]) -> dict[str, np.ndarray | None]:
-    """Stack equal-sized per-image maps: ``semantic`` [B, C, h, w], boundaries [B, h, w] or None.
+    """Stack equal-sized per-image maps: ``semantic`` [B, C, h, w], boundaries [B, h, w] or None,
+    ``embedding`` [B, D, h, w] or None.
 
     A boundary map is kept only if every image has it (the sources of one run agree).
     """
@@ -296,7 +300,7 @@ def stack_image_maps(maps: Sequence[ImageMaps]) -> dict[str, np.ndarray | None]:
     if len(shapes) != 1:
         raise ValueError(f"cannot batch maps of different shapes {sorted(shapes)}")
     out: dict[str, np.ndarray | None] = {"semantic": np.stack([m.semantic for m in maps])}
-    for name in ("boundary_high", "boundary_low"):
+    for name in ("boundary_high", "boundary_low", "embedding"):
         values = [getattr(m, name) for m in maps]
         out[name] = None if any(v is None for v in values) else np.stack(values)
     return out

@@ -63,15 +63,17 @@ def low_level_edges(batch: dict[str, Any]) -> Tensor:
 
 
 @torch.no_grad()
-def network_maps(out: NetworkOutput, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def network_maps(out: NetworkOutput, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor | None]:
     """The network's own maps on the mask grid, before any use of the points: the last
-    semantic layer's logits ``[B, C, h, w]`` and ``P^b_high [B, h, w]`` (bilinear resize, then
-    sigmoid). Shared by training and by the pseudo stage's ``checkpoint`` source, so a frozen
-    network gives the stage exactly the maps it would give its own training step."""
+    semantic layer's logits ``[B, C, h, w]``, ``P^b_high [B, h, w]`` (bilinear resize, then
+    sigmoid) and the projector's embedding ``[B, D, h, w]`` (bilinear; None without a projector).
+    Shared by training and by the pseudo stage's ``checkpoint`` source, so a frozen network gives
+    the stage exactly the maps it would give its own training step."""
     def resize(x: Tensor) -> Tensor:
         return x if tuple(x.shape[-2:]) == grid else F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
 
-    return resize(out.semantic.logits[-1].float()), resize(out.boundary.float()).sigmoid()[:, 0]
+    embedding = None if out.embedding is None else resize(out.embedding.float())
+    return resize(out.semantic.logits[-1].float()), resize(out.boundary.float()).sigmoid()[:, 0], embedding
 
 
 @torch.no_grad()
@@ -80,16 +82,11 @@ def task_maps(
     boundary_low: Tensor | None = None,
 ) -> TaskMaps:
     """The :class:`TaskMaps` of a batch on the mask grid (module docstring)."""
-    logits, boundary_high = network_maps(out, grid)
+    logits, boundary_high, embedding = network_maps(out, grid)
     semantic = semantic_cost_map(logits, points, dilation=dilation_at_mask(cfg.point_dilation, cfg.mask_stride))
     high = boundary_high if "boundary_high" in cfg.maps else None
     low = None
     if boundary_low is not None and "boundary_low" in cfg.maps:
         low = F.max_pool2d(boundary_low[:, None].float(), cfg.mask_stride, cfg.mask_stride, ceil_mode=True)[:, 0]
         low = low[:, : grid[0], : grid[1]]
-    embedding = None
-    if out.embedding is not None:  # the projector's pairwise edge term (pseudo.extra_weight)
-        embedding = out.embedding.float()
-        if tuple(embedding.shape[-2:]) != grid:
-            embedding = F.interpolate(embedding, size=grid, mode="bilinear", align_corners=False)
     return TaskMaps(semantic, high, low, embedding=embedding)
