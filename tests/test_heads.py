@@ -141,3 +141,13 @@ def test_panoptic_head_thing_and_stuff_masks() -> None:
     stuff = head.stuff_masks(memory, size)
     assert len(stuff.masks) == len(stuff.presence) == 3
     assert stuff.masks[-1].shape == (2, 2, *size) and stuff.presence[-1].shape == (2, 2)
+
+
+def test_masks_start_alive() -> None:
+    """Non-negative mixing weights at initialisation: every query's mask is non-zero somewhere."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        layer = MaskAttentionLayer(D, HEADS, d_ffn=32, self_attn=False)
+        assert bool((layer.mask_conv.weight >= 0).all()) and bool((layer.mask_conv.bias == 0).all())
+        _, mask = layer(torch.randn(2, 6, D), torch.randn(2, 6, D), memory(seed=seed), SHAPES[0])
+        assert bool((mask.flatten(2).amax(2) > 0).all())

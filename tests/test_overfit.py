@@ -1,8 +1,8 @@
 """The tiny network learns: trained in one process on 4 synthetic images, its pseudo masks and its
 panoptic predictions on those images score far above an untrained network's.
 
-Thresholds come from measurement (100 steps, 1 thread, seed 0: PQ 6.1 (stuff 10.7, things 0),
-pseudo-mask PQ 9.5, mIoU 23.4; the untrained network: 0, 1.2 and 2.7), with a wide margin.
+Thresholds come from measurement (150 steps, 1 thread, seed 0: PQ 10.3 (things 11.5, stuff 9.5),
+pseudo-mask PQ 12.7, mIoU 10.8; the untrained network: 0, 1.2 and 3.8), with a wide margin.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from p2m_core.engine.step import build_optimizer, train_step
 from p2m_core.model.point2mask import ClassInfo, build_model
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 100
+STEPS = 150
 
 
 def evaluate(model, dataset, batch, cfg) -> dict[str, float]:
@@ -41,6 +41,7 @@ def test_tiny_network_overfits_four_images(tmp_path) -> None:
     for iteration in range(STEPS):
         train_step(model, batch, optimizer, cfg, iteration)
     after = evaluate(model, dataset, batch, cfg)
-    assert after["mIoU"] >= before["mIoU"] + 10
-    assert after["pseudo_PQ"] >= before["pseudo_PQ"] + 3
-    assert after["PQ"] >= before["PQ"] + 1.5
+    assert after["PQ"] >= before["PQ"] + 4
+    assert after["PQ_th"] >= before["PQ_th"] + 3  # the thing branch learns, not only stuff
+    assert after["pseudo_PQ"] >= before["pseudo_PQ"] + 5
+    assert after["mIoU"] >= before["mIoU"] + 3

@@ -65,6 +65,13 @@ class MaskAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.level_convs = nn.ModuleList(nn.Conv2d(n_heads, n_heads, 1) for _ in range(n_levels))
         self.mask_conv = nn.Conv2d(n_levels * n_heads, 1, 1)
+        # The mask is ReLU(conv(ReLU(...))): with the default signed initialisation a layer's
+        # mask is zero everywhere about half the time, and a dead ReLU never learns (measured on
+        # the tiny network: every thing mask 0 within 10 steps). Non-negative mixing weights and a
+        # zero bias start every mask alive; training may then change their signs.
+        with torch.no_grad():
+            self.mask_conv.weight.abs_()
+            self.mask_conv.bias.zero_()
 
     def forward(
         self, query: Tensor, query_pos: Tensor, memory: list[Tensor], out_size: tuple[int, int]
