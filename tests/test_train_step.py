@@ -102,3 +102,15 @@ def test_release_weighting_scales_by_the_thing_ratio_and_ramps() -> None:
         ramp0, ramp5 = (1.0, 1.0) if name in UNRAMPED_TERMS else (0.0, 0.5)
         assert float(start[name]) == pytest.approx(scale * ramp0), name
         assert float(half[name]) == pytest.approx(scale * ramp5), name
+
+
+def test_training_outputs_are_maps_pseudo_labels_and_losses(setup) -> None:
+    from p2m_core.engine.step import training_outputs
+
+    cfg, dataset, batch = setup
+    model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic))
+    outputs = training_outputs(model, batch, cfg, 0)
+    assert set(outputs.losses) == TERMS and all(v.requires_grad for v in outputs.losses.values())
+    assert outputs.maps.semantic.shape[-2:] == outputs.pseudo.panoptic.shape[-2:]
+    assert not outputs.maps.semantic.requires_grad and outputs.maps.embedding is not None
+    assert outputs.network.semantic.logits[-1].requires_grad

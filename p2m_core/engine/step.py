@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from p2m_core.config import Config
 from p2m_core.model.criterion import point2mask_losses
-from p2m_core.model.point2mask import Point2Mask
+from p2m_core.model.point2mask import NetworkOutput, Point2Mask
 from p2m_core.model.task_maps import low_level_edges, mask_grid, points_at_mask, task_maps
 from p2m_core.pseudo.labels import PseudoLabels, generate_pseudo_labels
+from p2m_core.pseudo.maps import TaskMaps
 
 
 @dataclass
@@ -61,13 +63,22 @@ def build_optimizer(model: Point2Mask, cfg: Config) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.weight_decay)
 
 
-def train_step(
-    model: Point2Mask, batch: dict[str, Any], optimizer: torch.optim.Optimizer, cfg: Config, iteration: int,
-    keep_pseudo: bool = False,
-) -> StepResult:
-    """One optimisation step on ``batch`` (module docstring); ``iteration`` counts from 0."""
-    start = time.perf_counter()
-    model.train()
+@dataclass
+class TrainingOutputs:
+    """What one training forward pass produces: the network's outputs, the pseudo-label
+    pipeline's inputs (:class:`~p2m_core.pseudo.maps.TaskMaps` on the mask grid) and the pseudo
+    labels it made from them (no gradient), and the named, weighted loss terms."""
+
+    network: NetworkOutput
+    maps: TaskMaps
+    pseudo: PseudoLabels
+    losses: dict[str, Tensor]
+    pseudo_seconds: float
+
+
+def training_outputs(model: Point2Mask, batch: dict[str, Any], cfg: Config, iteration: int) -> TrainingOutputs:
+    """Forward, pseudo labels and loss terms of one batch, without the optimisation step:
+    ``iteration`` (from 0) selects the warm-up assignment and drives the release's loss ramp."""
     out = model(batch["images"], batch["padding_mask"])
     pseudo_start = time.perf_counter()
     stride = cfg.pseudo.mask_stride
@@ -78,18 +89,29 @@ def train_step(
     maps = task_maps(out, points, grid, cfg.pseudo, boundary_low=low)
     pseudo = generate_pseudo_labels(maps, points, cfg.pseudo, warmup=iteration < cfg.pseudo.warmup_iters, check_values=False)
     pseudo_seconds = time.perf_counter() - pseudo_start
-    terms = point2mask_losses(model, out, batch, pseudo, points, cfg, iteration)
-    total = sum(terms.values())
+    losses = point2mask_losses(model, out, batch, pseudo, points, cfg, iteration)
+    return TrainingOutputs(out, maps, pseudo, losses, pseudo_seconds)
+
+
+def train_step(
+    model: Point2Mask, batch: dict[str, Any], optimizer: torch.optim.Optimizer, cfg: Config, iteration: int,
+    keep_pseudo: bool = False,
+) -> StepResult:
+    """One optimisation step on ``batch`` (module docstring); ``iteration`` counts from 0."""
+    start = time.perf_counter()
+    model.train()
+    outputs = training_outputs(model, batch, cfg, iteration)
+    total = sum(outputs.losses.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if cfg.train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     optimizer.step()
     return StepResult(
-        losses={k: float(v.detach()) for k, v in terms.items()},
+        losses={k: float(v.detach()) for k, v in outputs.losses.items()},
         total=float(total.detach()),
         lr=float(max(group["lr"] for group in optimizer.param_groups)),
         step_seconds=time.perf_counter() - start,
-        pseudo_seconds=pseudo_seconds,
-        pseudo=pseudo if keep_pseudo else None,
+        pseudo_seconds=outputs.pseudo_seconds,
+        pseudo=outputs.pseudo if keep_pseudo else None,
     )
