@@ -27,6 +27,7 @@ import torch
 from p2m_core.config import load_config
 from p2m_core.data.dataset import PointPanopticDataset, collate_points
 from p2m_core.data.synthetic import generate_synthetic
+from p2m_core.engine.loop import batch_to_device
 from p2m_core.engine.step import build_optimizer, train_step
 from p2m_core.model.point2mask import ClassInfo, build_model
 
@@ -35,15 +36,6 @@ R50 = ["model.backbone=resnet50", "model.width=64", "model.hidden_dim=256", "mod
        "model.ffn_dim=1024", "model.encoder_layers=6", "model.num_queries=300", "model.num_decoder_layers=6",
        "model.semantic_layers=6", "model.thing_layers=4", "model.stuff_layers=6", "model.projector_dim=128",
        "pseudo.mask_stride=4", "pseudo.graph_stride=16", "pseudo.point_dilation=17"]  # fmt: skip
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    out = dict(batch)
-    for key in ("images", "padding_mask"):
-        out[key] = batch[key].to(device)
-    for key in ("points_yx", "point_labels", "point_is_thing"):
-        out[key] = [t.to(device) for t in batch[key]]
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(REPO / "experiments" / "presets" / "synthetic_tiny.yaml",
                           overrides + (R50 if args.model == "r50" else []))  # fmt: skip
         dataset = PointPanopticDataset.from_config(cfg, "train")
-        batch = to_device(collate_points([dataset[i] for i in range(batch_size)]), device)
+        batch = batch_to_device(collate_points([dataset[i] for i in range(batch_size)]), device)
         torch.manual_seed(0)
         model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic)).to(device)
     optimizer = build_optimizer(model, cfg)

@@ -1,0 +1,136 @@
+"""The training loop around :func:`~p2m_core.engine.step.train_step`, resumable to the iteration.
+
+:class:`Trainer` owns what a run needs between steps: the data order (a
+``DistributedSampler``, so each of ``world_size`` workers sees its own shard; a single process is
+``world_size = 1``), the optimiser, the learning-rate schedule (the paper's step decay: x0.1 at
+the epochs of ``train.lr_steps``, applied per iteration), the iteration and epoch counters and
+every random state. :meth:`Trainer.state_dict` holds all of it, so a run restored from it
+continues exactly as if it had never stopped (tested): same batches, same augmentations, same
+weights. A distributed wrapper (Ray Train) calls :meth:`Trainer.run` on every worker and saves
+the state where it likes; this module needs no Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from p2m_core.config import Config
+from p2m_core.data.dataset import PointPanopticDataset, collate_points
+from p2m_core.engine.step import StepResult, build_optimizer, train_step
+from p2m_core.model.point2mask import Point2Mask
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """One worker's share of a training run (module docstring).
+
+    Parameters
+    ----------
+    cfg : Config
+        ``train`` (batch size per worker, lr, schedule, seed), ``pseudo``, ``loss``.
+    model : Point2Mask
+        On ``device``; wrap it for DDP before passing it when ``world_size > 1``.
+    dataset : PointPanopticDataset
+        The training split.
+    rank, world_size : int
+        This worker and the number of workers.
+    """
+
+    def __init__(
+        self, cfg: Config, model: Point2Mask, dataset: PointPanopticDataset, rank: int = 0, world_size: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=cfg.train.seed, drop_last=True)  # fmt: skip
+        self.loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=self.sampler, drop_last=True,
+                                 collate_fn=partial(collate_points, size_divisor=32))  # fmt: skip
+        self.iters_per_epoch = len(self.loader)
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"train: {len(dataset)} images give no batch of train.batch_size={cfg.train.batch_size} "
+                f"on each of {world_size} workers"
+            )
+        self.optimizer = build_optimizer(_unwrap(model), cfg)
+        milestones = [epoch * self.iters_per_epoch for epoch in cfg.train.lr_steps]
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=0.1)
+        self.iteration = 0
+        torch.manual_seed(cfg.train.seed)
+
+    @property
+    def epoch(self) -> int:
+        return self.iteration // self.iters_per_epoch
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Batches from the current iteration on, epoch after epoch (the sampler and the
+        augmentations reseeded per epoch; a resumed epoch skips what it already trained on)."""
+        while True:
+            epoch, offset = divmod(self.iteration, self.iters_per_epoch)
+            self.sampler.set_epoch(epoch)
+            self.dataset.set_epoch(epoch)
+            for index, batch in enumerate(self.loader):
+                if index >= offset:
+                    yield batch_to_device(batch, self.device)
+
+    def run(self, max_iters: int, on_step: Callable[[int, StepResult], None] | None = None) -> None:
+        """Train until ``max_iters`` iterations in total; ``on_step(iteration, result)`` after each
+        (the iteration just done, from 1): log, evaluate or save there."""
+        for batch in self.batches():
+            if self.iteration >= max_iters:
+                break
+            result = train_step(self.model, batch, self.optimizer, self.cfg, self.iteration)
+            self.scheduler.step()
+            self.iteration += 1
+            if on_step is not None:
+                on_step(self.iteration, result)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: weights, optimiser, schedule, iteration, random states."""
+        return {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.iteration,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        log.info("resumed at iteration %d (epoch %d)", self.iteration, self.epoch)
+
+
+def _unwrap(model: torch.nn.Module) -> Point2Mask:
+    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
+    return getattr(model, "module", model)
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch with its tensors (images, masks, per-image point tensors) on ``device``."""
+    out = dict(batch)
+    for key in ("images", "padding_mask"):
+        out[key] = batch[key].to(device)
+    for key in ("points_yx", "point_labels", "point_is_thing"):
+        out[key] = [t.to(device) for t in batch[key]]
+    return out
