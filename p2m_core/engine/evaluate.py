@@ -25,8 +25,7 @@ from p2m_core.config import Config
 from p2m_core.data.panoptic_format import CocoPanoptic
 from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels
 from p2m_core.model.point2mask import Point2Mask
-from p2m_core.model.task_maps import low_level_edges, mask_grid, points_at_mask, task_maps
-from p2m_core.pseudo.labels import generate_pseudo_labels
+from p2m_core.model.task_maps import batch_pseudo_labels
 
 
 class NetworkEvaluator:
@@ -46,8 +45,9 @@ class NetworkEvaluator:
         if "segment_ids" not in batch:
             raise ValueError("NetworkEvaluator: the batch has no ground truth (build the dataset with with_gt=True)")
         model.eval()
-        results = model.predict(batch["images"], batch["padding_mask"], batch["image_sizes"])
-        pseudo = self._pseudo_panoptic(model, batch)
+        out = model(batch["images"], batch["padding_mask"])
+        results = model.paint_predictions(out, tuple(batch["images"].shape[-2:]), batch["image_sizes"])
+        pseudo = batch_pseudo_labels(out, batch, self.cfg.pseudo)[1].panoptic
         stride = self.cfg.pseudo.mask_stride
         for b, (result, (h, w)) in enumerate(zip(results, batch["image_sizes"])):
             gt_ids = batch["segment_ids"][b, :h, :w].cpu().numpy()
@@ -61,17 +61,6 @@ class NetworkEvaluator:
             categories = [self.category_of[int(c)] for c in batch["point_labels"][b].tolist()]
             pseudo_ids, pseudo_segments = segments_from_labels(owner, categories, void_label=-1)
             self.pseudo_pq.process(gt_ids, gt_segments, pseudo_ids, pseudo_segments, image_id=image_id)
-
-    def _pseudo_panoptic(self, model: Point2Mask, batch: dict[str, Any]) -> torch.Tensor:
-        """The pseudo labels' owner map on the mask grid, ``[B, h, w]`` (point index, -1 none)."""
-        cfg = self.cfg.pseudo
-        out = model(batch["images"], batch["padding_mask"])
-        grid = mask_grid(batch["images"].shape, cfg.mask_stride)
-        points = points_at_mask(batch["points_yx"], batch["point_labels"], batch["point_is_thing"], cfg.mask_stride, grid)
-        points = [p.to(batch["images"].device) for p in points]
-        low = low_level_edges(batch) if "boundary_low" in cfg.maps else None
-        maps = task_maps(out, points, grid, cfg, boundary_low=low)
-        return generate_pseudo_labels(maps, points, cfg, check_values=False).panoptic
 
     def metrics(self) -> dict[str, float]:
         """``PQ``, ``SQ``, ``RQ`` (``_th``, ``_st``), ``mIoU``, ``pseudo_PQ`` (``_th``, ``_st``), in percent."""

@@ -20,8 +20,8 @@ from torch import Tensor
 from p2m_core.config import Config
 from p2m_core.model.criterion import point2mask_losses
 from p2m_core.model.point2mask import NetworkOutput, Point2Mask
-from p2m_core.model.task_maps import low_level_edges, mask_grid, points_at_mask, task_maps
-from p2m_core.pseudo.labels import PseudoLabels, generate_pseudo_labels
+from p2m_core.model.task_maps import batch_pseudo_labels
+from p2m_core.pseudo.labels import PseudoLabels
 from p2m_core.pseudo.maps import TaskMaps
 
 
@@ -81,13 +81,7 @@ def training_outputs(model: Point2Mask, batch: dict[str, Any], cfg: Config, iter
     ``iteration`` (from 0) selects the warm-up assignment and drives the release's loss ramp."""
     out = model(batch["images"], batch["padding_mask"])
     pseudo_start = time.perf_counter()
-    stride = cfg.pseudo.mask_stride
-    grid = mask_grid(batch["images"].shape, stride)
-    points = points_at_mask(batch["points_yx"], batch["point_labels"], batch["point_is_thing"], stride, grid)
-    points = [p.to(batch["images"].device) for p in points]
-    low = low_level_edges(batch) if "boundary_low" in cfg.pseudo.maps else None
-    maps = task_maps(out, points, grid, cfg.pseudo, boundary_low=low)
-    pseudo = generate_pseudo_labels(maps, points, cfg.pseudo, warmup=iteration < cfg.pseudo.warmup_iters, check_values=False)
+    maps, pseudo, points = batch_pseudo_labels(out, batch, cfg.pseudo, warmup=iteration < cfg.pseudo.warmup_iters)
     pseudo_seconds = time.perf_counter() - pseudo_start
     losses = point2mask_losses(model, out, batch, pseudo, points, cfg, iteration)
     return TrainingOutputs(out, maps, pseudo, losses, pseudo_seconds)

@@ -43,10 +43,16 @@ def merge_stuff_segments(
             f"{list(owner.shape)}, {list(point_labels.shape)}, {list(point_is_thing.shape)}"
         )
     real = torch.ones_like(point_is_thing) if point_mask is None else point_mask
-    stuff = real & ~point_is_thing
-    same = (point_labels[:, :, None] == point_labels[:, None, :]) & stuff[:, :, None] & stuff[:, None, :]  # [B, M, M]
-    first = same.to(torch.uint8).argmax(dim=2)  # lowest stuff point of the same class (itself if none)
-    index = torch.arange(point_labels.shape[1], device=owner.device).expand_as(first)
-    representative = torch.where(stuff, first, index)
+    representative = stuff_representatives(point_labels, point_is_thing, real)
     segments = torch.where(owner >= 0, representative.gather(1, owner.clamp(min=0).flatten(1)).view_as(owner), owner)
     return segments, point_is_thing & real
+
+
+def stuff_representatives(point_labels: Tensor, point_is_thing: Tensor, point_mask: Tensor) -> Tensor:
+    """The merged segment id of every point, ``[B, M]`` long: the first stuff point of its class
+    for a stuff point, the point itself otherwise (padded points included)."""
+    stuff = point_mask & ~point_is_thing
+    same = (point_labels[:, :, None] == point_labels[:, None, :]) & stuff[:, :, None] & stuff[:, None, :]  # [B, M, M]
+    first = same.to(torch.uint8).argmax(dim=2)  # lowest stuff point of the same class (itself if none)
+    index = torch.arange(point_labels.shape[1], device=point_labels.device).expand_as(first)
+    return torch.where(stuff, first, index)

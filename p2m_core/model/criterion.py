@@ -44,6 +44,7 @@ from p2m_core.losses import (
     sigmoid_focal_loss,
     tree_energy_loss,
 )
+from p2m_core.losses.segments import stuff_representatives
 from p2m_core.model.point2mask import NetworkOutput, Point2Mask
 from p2m_core.pseudo.labels import PseudoLabels
 from p2m_core.pseudo.maps import PointSet, pad_points
@@ -147,24 +148,13 @@ def _grid_sample_ids(segments: Tensor, stride: int, size: tuple[int, int], coars
     return segments[:, ys][:, :, xs]
 
 
-def _point_segments(labels: Tensor, is_thing: Tensor, point_mask: Tensor) -> Tensor:
-    """The merged segment id of each point, ``[B, M]``: itself for a thing point, the first stuff
-    point of its class for a stuff point (as :func:`merge_stuff_segments` merges them)."""
-    B, M = labels.shape
-    index = torch.arange(M, device=labels.device).expand(B, M)
-    stuff = point_mask & ~is_thing
-    same = (labels[:, :, None] == labels[:, None, :]) & stuff[:, :, None] & stuff[:, None, :]
-    first = torch.where(same, index[:, None, :], M).amin(2)
-    return torch.where(stuff, first, torch.where(point_mask, index, -1))
-
-
 def _projector_term(
     out: NetworkOutput, batch: dict[str, Any], segments: Tensor, labels: Tensor, is_thing: Tensor,
     point_mask: Tensor, stride: int, cfg: Config,
 ) -> Tensor:
     h8, w8 = out.size8
     seg8 = _grid_sample_ids(segments, stride, (h8, w8))
-    own = _point_segments(labels, is_thing, point_mask)
+    own = stuff_representatives(labels, is_thing, point_mask)
     points8, point_segments = [], []
     for b, yx in enumerate(batch["points_yx"]):
         yx = yx.to(seg8.device).long() // 8
@@ -243,7 +233,7 @@ def _stuff_terms(
     h8, w8 = out.size8
     B, M = labels.shape
     S = len(stuff_classes)
-    own = _point_segments(labels, is_thing, point_mask)
+    own = stuff_representatives(labels, is_thing, point_mask)
     present = torch.zeros(B, S, device=segments.device)
     masks = torch.zeros(B, S, *segments.shape[-2:], device=segments.device)
     for s, c in enumerate(stuff_classes):

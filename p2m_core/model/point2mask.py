@@ -141,14 +141,20 @@ class Point2Mask(nn.Module):
         """Panoptic predictions, one dict per image: ``panoptic [h, w]`` long segment ids (0 void),
         ``segments`` (``id``, ``label``, ``isthing``, ``score``, ``area``) and ``semantic [h, w]``
         (argmax of ``P^s``, what mIoU is computed from), at each image's unpadded size."""
-        out = self.forward(images, padding_mask)
+        return self.paint_predictions(self.forward(images, padding_mask), tuple(images.shape[-2:]), image_sizes)
+
+    @torch.no_grad()
+    def paint_predictions(
+        self, out: NetworkOutput, padded_size: tuple[int, int], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[dict[str, Any]]:
+        """:meth:`predict` from outputs already computed (on inputs of ``padded_size``)."""
         settings = self.cfg.inference
-        B = images.shape[0]
+        B = out.boundary.shape[0]
         K = min(settings.top_k, out.located.logits[-1].shape[1])
         scores = out.located.logits[-1].sigmoid().amax(-1)  # [B, Q]
         index = scores.topk(K, dim=1).indices
         thing_masks = self.thing_masks(out, index)[-1]
-        H, W = images.shape[-2:]
+        H, W = padded_size
         results = []
         for b in range(B):
             h, w = image_sizes[b]

@@ -28,6 +28,7 @@ from torch import Tensor
 from p2m_core.config import PseudoConfig
 from p2m_core.data.edges import classical_edges
 from p2m_core.model.point2mask import NetworkOutput
+from p2m_core.pseudo.labels import PseudoLabels, generate_pseudo_labels
 from p2m_core.pseudo.maps import PointSet, TaskMaps, dilation_at_mask, semantic_cost_map
 
 
@@ -90,3 +91,19 @@ def task_maps(
         low = F.max_pool2d(boundary_low[:, None].float(), cfg.mask_stride, cfg.mask_stride, ceil_mode=True)[:, 0]
         low = low[:, : grid[0], : grid[1]]
     return TaskMaps(semantic, high, low, embedding=embedding)
+
+
+def batch_pseudo_labels(
+    out: NetworkOutput, batch: dict[str, Any], cfg: PseudoConfig, warmup: bool = False
+) -> tuple[TaskMaps, PseudoLabels, list[PointSet]]:
+    """The pseudo labels of a collated batch from the network's outputs: its points on the mask
+    grid, its low-level edges (when ``cfg.maps`` lists them), the :class:`TaskMaps`, and
+    :func:`~p2m_core.pseudo.labels.generate_pseudo_labels` with the value checks off (each would
+    wait for the device). Shared by the training step and the evaluator."""
+    images = batch["images"]
+    grid = mask_grid(images.shape, cfg.mask_stride)
+    points = points_at_mask(batch["points_yx"], batch["point_labels"], batch["point_is_thing"], cfg.mask_stride, grid)
+    points = [p.to(images.device) for p in points]
+    low = low_level_edges(batch) if "boundary_low" in cfg.maps else None
+    maps = task_maps(out, points, grid, cfg, boundary_low=low)
+    return maps, generate_pseudo_labels(maps, points, cfg, warmup=warmup, check_values=False), points

@@ -15,7 +15,7 @@ semi-dual objective ``D(f) = sum_i x_i f_i - eps sum_j y_j lse_i((f_i - C_ij) / 
 its gradient ``x - r(f)`` and its negative Hessian ``(diag(r) - P Y P^T) / eps``. The decoded label
 of a pixel is ``argmax_i (f_i - C_ij)``: it needs no plan at all.
 
-This module holds that shared arithmetic (:func:`column_softmax`), the result types
+This module holds what the solvers share: the result types
 (:class:`TransportResult`, :class:`SinkhornLog`), the input checks and the tie rule of every
 decode (:func:`argmax_lowest`: exact ties go to the lowest supplier index). The solvers are
 :mod:`~p2m_core.pseudo.sinkhorn_reference` (the reference's fixed 80 iterations) and
@@ -143,25 +143,6 @@ def _first_index_of(scores: Tensor, best: Tensor | None) -> Tensor:
     rank = torch.arange(M, 0, -1, dtype=torch.int32, device=scores.device)[None, :, None]  # M..1
     hit = torch.where(scores == best, rank, 0).amax(1)
     return (M - hit).long().clamp_(0, M - 1)
-
-
-def column_softmax(shifted: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Softmax over suppliers of ``shifted = (f_i - C_ij) / eps`` ``[B, M, N]`` (-inf: absent),
-    scaled by the pixel weights ``weights [B, N]``; overwrites ``shifted``.
-
-    Returns ``(plan [B, M, N], lse [B, N])`` with ``plan = weights_j softmax_i`` and
-    ``lse_j = logsumexp_i shifted_ij`` (-inf for a column without any supplier, whose plan
-    column is 0). Terms more than ``SOFTMAX_FLOOR`` below their column's maximum are raised to
-    ``exp(-SOFTMAX_FLOOR)``, which no float32 sum can see.
-    """
-    top = shifted.amax(1, keepdim=True)
-    empty = torch.isneginf(top)  # no supplier reaches this column
-    top = torch.where(empty, 0.0, top)
-    plan = shifted.sub_(top).clamp_min_(-SOFTMAX_FLOOR).exp_()
-    total = plan.sum(1, keepdim=True)
-    plan = plan.mul_(torch.where(empty, 0.0, weights[:, None, :] / total))
-    lse = torch.where(empty, -math.inf, total.log() + top).squeeze(1)
-    return plan, lse
 
 
 def semidual_log_plan(
