@@ -359,13 +359,26 @@ class TrainConfig:
     lr_offsets_mult: float = 1.0  # deformable sampling offsets and reference points
     seed: int = 0
     device: Device = "auto"
-    log_every: int = 10
+    log_every: int = 10  # iterations between per-step metric batches sent to MLflow
+    # Length, evaluation and checkpoints of a run (iterations count optimiser steps)
+    iters: int = 0  # total iterations; 0: epochs x iterations per epoch
+    eval_every: int = 0  # iterations between evaluations on the val split; 0: at the end only
+    eval_images: int = 0  # val images per evaluation; 0: all
+    overlays: int = 2  # pseudo-mask overlays logged per evaluation
+    checkpoint_every: int = 0  # iterations between checkpoints; 0: with each evaluation
+    amp: bool = False  # bfloat16/float16 autocast on CUDA; ignored on CPU
+    # Ray Train
+    workers: int = 1  # data-parallel workers; the effective batch is workers x batch_size
+    max_failures: int = 2  # restarts of the worker group from its last checkpoint before the run fails
+    storage_path: str = ""  # checkpoints: a folder or a pyarrow URI (s3://...); empty: <tracking.output_dir>/ray
 
     def invalid_fields(self) -> list[tuple[str, str]]:
         bad = [(n, "a number > 0") for n in ("lr",) if not self.lr > 0]
         bad += [(n, "a number >= 0") for n in ("weight_decay", "grad_clip", "lr_backbone_mult", "lr_offsets_mult")
                 if not getattr(self, n) >= 0]  # fmt: skip
-        bad += [(n, "an integer >= 1") for n in ("batch_size", "epochs") if getattr(self, n) < 1]
+        bad += [(n, "an integer >= 1") for n in ("batch_size", "epochs", "workers", "log_every") if getattr(self, n) < 1]
+        bad += [(n, "an integer >= 0") for n in ("iters", "eval_every", "eval_images", "overlays", "checkpoint_every", "max_failures")
+                if getattr(self, n) < 0]  # fmt: skip
         return bad
 
 
@@ -410,7 +423,10 @@ STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "train": {
         "include": ("seed", "data.", "pseudo.", "model.", "loss.", "train."),
-        "exclude": ("data.num_workers", "train.log_every", "train.device"),
+        "exclude": (
+            "data.num_workers", "train.log_every", "train.device", "train.overlays", "train.checkpoint_every",
+            "train.max_failures", "train.storage_path",
+        ),
     },
 }
 STAGES: tuple[str, ...] = tuple(STAGE_KEYS)
