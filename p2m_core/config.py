@@ -111,6 +111,7 @@ class DataConfig:
     val: SplitConfig = field(default_factory=lambda: coco_layout("val"))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     point_seed: int = 0  # seed of the one-point-per-segment sampling
+    num_classes: int = 0  # categories the data must have (COCO 133, VOC 21); 0: whatever it has
     # Training-time augmentation: shorter side resized into [min_size, max_size], random flip,
     # random crop; points that fall out of a crop are dropped.
     min_size: int = 128
@@ -424,7 +425,7 @@ STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     "train": {
         "include": ("seed", "data.", "pseudo.", "model.", "loss.", "train."),
         "exclude": (
-            "data.num_workers", "train.log_every", "train.device", "train.overlays", "train.checkpoint_every",
+            "data.num_workers", "data.num_classes", "train.log_every", "train.device", "train.overlays", "train.checkpoint_every",
             "train.max_failures", "train.storage_path",
         ),
     },

@@ -102,13 +102,18 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int | None = None) -> Pa
     return atomic_write_text(path, text + "\n")
 
 
-def atomic_write_png(path: PathLike, array: np.ndarray) -> Path:
-    """Encode a uint8 HxW or HxWx3 array as PNG and write it atomically."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 HxW or HxWx3 array encoded as PNG."""
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def atomic_write_png(path: PathLike, array: np.ndarray) -> Path:
+    """Encode a uint8 HxW or HxWx3 array as PNG and write it atomically."""
+    return atomic_write_bytes(path, png_bytes(array))
 
 
 def load_json(path: PathLike, what: str = "JSON file") -> Any:

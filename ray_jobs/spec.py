@@ -50,8 +50,6 @@ from p2m_core.config import (
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_yaml
 
-#: Stages a sweep can run today; the others are accepted by the config but not wired yet.
-AVAILABLE_STAGES = ("pseudo",)
 #: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``.
 DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
     "pseudo": ("data.point_seed", "ablation.corruption.seed"),
@@ -59,7 +57,7 @@ DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: Config keys holding paths, made absolute against the launch directory (Ray workers run in
 #: their own working directories).
-PATH_KEYS = ("data.root", "data.edge_model", "ablation.checkpoint")
+PATH_KEYS = ("data.root", "data.edge_model", "ablation.checkpoint", "model.pretrained")
 SPEC_FIELDS = (
     "name", "description", "paper_table", "base", "stage", "split", "set", "grid", "seeds", "seed_keys",
     "resources", "mlflow_experiment",
@@ -190,11 +188,6 @@ def load_spec(path: PathLike) -> SweepSpec:
     stage = raw.get("stage", "pseudo")
     if stage not in STAGES:
         raise _fail(path, "stage", f"one of {', '.join(STAGES)}", stage)
-    if stage not in AVAILABLE_STAGES:
-        raise P2MInputError(
-            f"sweep spec {path}: key 'stage' is {stage!r}, which is not available yet (training sweeps come with "
-            f"the training stage); available: {', '.join(AVAILABLE_STAGES)}"
-        )
     split = raw.get("split", "val")
     if split not in ("train", "val"):
         raise _fail(path, "split", "'train' or 'val'", split)
@@ -261,7 +254,8 @@ def absolute_paths(cfg: Config, launch_dir: Path) -> Config:
 
     data = replace(cfg.data, root=absolute(cfg.data.root), edge_model=absolute(cfg.data.edge_model))
     ablation = replace(cfg.ablation, checkpoint=absolute(cfg.ablation.checkpoint))
-    return replace(cfg, data=data, ablation=ablation)
+    model = replace(cfg.model, pretrained=absolute(cfg.model.pretrained))
+    return replace(cfg, data=data, ablation=ablation, model=model)
 
 
 def in_ray_job() -> bool:
@@ -322,7 +316,12 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
             seen[config_hash] = f"{label} seed={seed}"
             trials.append(Trial(len(trials), label, dict(setting), seed, cfg, config_hash))
     try:
-        require_split(trials[0].config.data, spec.split)
+        if spec.stage == "train":
+            from p2m_core.engine.inputs import check_training_data
+
+            check_training_data(trials[0].config)
+        else:
+            require_split(trials[0].config.data, spec.split)
     except P2MInputError as exc:
         raise P2MInputError(f"{where}: {exc}") from None
     return trials

@@ -70,7 +70,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     from p2m_core.tracking.trial import TrialRun
 
     setup_worker_logging()
-    _limit_threads()
+    limit_threads()
     trial = context.trials[int(config["trial"])]
     start = time.perf_counter()
     run = TrialRun(
@@ -91,7 +91,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     tune.report({"PQ": metrics["PQ"], "PQ_th": metrics["PQ_th"], "trial_seconds": seconds, "run_id": run.run_id})
 
 
-def _limit_threads() -> None:
+def limit_threads() -> None:
     """Torch intra-op threads = the CPUs Ray gave the trial (OMP_NUM_THREADS), so concurrent
     trials do not oversubscribe the cores."""
     import torch

@@ -94,7 +94,6 @@ def test_sweep_hash_follows_the_trials(tmp_path, data_root):
         ({"grid": {"pseudo.k_scheme": []}}, "key 'grid.pseudo.k_scheme' expects a non-empty list"),
         ({"grid": [{}]}, "key 'grid[0]' expects a non-empty mapping"),
         ({"stage": "eval"}, "key 'stage' expects one of pseudo, train, got 'eval'"),
-        ({"stage": "train"}, "'train', which is not available yet"),
         ({"seeds": [0, 0]}, "key 'seeds' expects a non-empty list of distinct non-negative integers, got [0, 0]"),
         ({"seeds": "0"}, "key 'seeds' expects"),
         ({"resources": {"cpu": 0}}, "key 'resources.cpu' expects a number > 0"),
@@ -141,8 +140,9 @@ def test_missing_dataset_and_set_conflicts(tmp_path, data_root):
 def test_cli_refuses_bad_specs_and_an_unreachable_server_before_ray(tmp_path, data_root, monkeypatch, capsys):
     import socket
 
-    assert sweep_main([str(write_spec(tmp_path, stage="train"))]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    missing = tmp_path / "no_data"
+    assert sweep_main([str(write_spec(tmp_path, stage="train")), "--set", f"data.root={missing}"]) == 2
+    assert f"data.train.json -> {missing}" in capsys.readouterr().err
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -8,6 +8,12 @@ every random state. :meth:`Trainer.state_dict` holds all of it, so a run restore
 continues exactly as if it had never stopped (tested): same batches, same augmentations, same
 weights. A distributed wrapper (Ray Train) calls :meth:`Trainer.run` on every worker and saves
 the state where it likes; this module needs no Ray.
+
+With ``world_size > 1`` the step runs through ``DistributedDataParallel`` around a
+:class:`~p2m_core.engine.step.TrainingModule` on the process group the caller initialised (Ray
+Train does: gloo on CPU, nccl on GPU): gradients are averaged across workers, so every worker
+keeps identical weights. Random states are per process: :meth:`Trainer.rng_state` is saved by
+every worker, the rest of :meth:`Trainer.state_dict` by one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from p2m_core.config import Config
 from p2m_core.data.dataset import PointPanopticDataset, collate_points
-from p2m_core.engine.step import StepResult, build_optimizer, train_step
+from p2m_core.engine.step import StepResult, TrainingModule, build_optimizer, network_of, train_step
 from p2m_core.model.point2mask import Point2Mask
 
 log = logging.getLogger(__name__)
@@ -38,7 +44,7 @@ class Trainer:
     cfg : Config
         ``train`` (batch size per worker, lr, schedule, seed), ``pseudo``, ``loss``.
     model : Point2Mask
-        On ``device``; wrap it for DDP before passing it when ``world_size > 1``.
+        On ``device`` (the bare network: the trainer wraps it).
     dataset : PointPanopticDataset
         The training split.
     rank, world_size : int
@@ -63,15 +69,27 @@ class Trainer:
                 f"train: {len(dataset)} images give no batch of train.batch_size={cfg.train.batch_size} "
                 f"on each of {world_size} workers"
             )
-        self.optimizer = build_optimizer(_unwrap(model), cfg)
+        self.module: torch.nn.Module = TrainingModule(model, cfg)
+        if world_size > 1:
+            if not torch.distributed.is_initialized():
+                raise ValueError(f"Trainer: world_size={world_size} needs an initialised torch.distributed process group")
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.module = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids, find_unused_parameters=True)
+        self.optimizer = build_optimizer(model, cfg)
         milestones = [epoch * self.iters_per_epoch for epoch in cfg.train.lr_steps]
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=0.1)
         self.iteration = 0
+        self.last_image_ids: list[Any] = []  # of the latest step's batch: which shard this worker trains on
         torch.manual_seed(cfg.train.seed)
 
     @property
     def epoch(self) -> int:
         return self.iteration // self.iters_per_epoch
+
+    @property
+    def max_iters(self) -> int:
+        """The run's length: ``train.iters``, else ``train.epochs`` epochs."""
+        return self.cfg.train.iters or self.cfg.train.epochs * self.iters_per_epoch
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Batches from the current iteration on, epoch after epoch (the sampler and the
@@ -84,46 +102,63 @@ class Trainer:
                 if index >= offset:
                     yield batch_to_device(batch, self.device)
 
-    def run(self, max_iters: int, on_step: Callable[[int, StepResult], None] | None = None) -> None:
-        """Train until ``max_iters`` iterations in total; ``on_step(iteration, result)`` after each
-        (the iteration just done, from 1): log, evaluate or save there."""
+    def run(self, max_iters: int | None = None, on_step: Callable[[int, StepResult], None] | None = None) -> None:
+        """Train until ``max_iters`` iterations in total (default :attr:`max_iters`);
+        ``on_step(iteration, result)`` after each (the iteration just done, from 1): log,
+        evaluate or save there."""
+        max_iters = self.max_iters if max_iters is None else max_iters
+        if self.iteration >= max_iters:
+            return
         for batch in self.batches():
             if self.iteration >= max_iters:
                 break
-            result = train_step(self.model, batch, self.optimizer, self.cfg, self.iteration)
+            result = train_step(self.module, batch, self.optimizer, self.cfg, self.iteration, keep_pseudo=True)
+            self.last_image_ids = list(batch["image_ids"])
             self.scheduler.step()
             self.iteration += 1
             if on_step is not None:
                 on_step(self.iteration, result)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs: weights, optimiser, schedule, iteration, random states."""
+        """Everything a resumed run needs: weights, optimiser, schedule, iteration, and this
+        process's random states (``rng``)."""
         return {
-            "model": _unwrap(self.model).state_dict(),
+            "model": network_of(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "iteration": self.iteration,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": self.rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        _unwrap(self.model).load_state_dict(state["model"])
+        """Restore :meth:`state_dict`'s output (its ``rng`` too, when present)."""
+        network_of(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        if state.get("rng") is not None:
+            self.set_rng_state(state["rng"])
         log.info("resumed at iteration %d (epoch %d)", self.iteration, self.epoch)
 
+    @staticmethod
+    def rng_state() -> dict[str, Any]:
+        """This process's torch, numpy and Python random states (CUDA's too, when present), as
+        tensors and plain values, so a checkpoint holding them loads with ``weights_only=True``."""
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
-def _unwrap(model: torch.nn.Module) -> Point2Mask:
-    """The network inside a DistributedDataParallel wrapper (or the network itself)."""
-    return getattr(model, "module", model)
+    @staticmethod
+    def set_rng_state(state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -81,31 +81,84 @@ def training_outputs(model: Point2Mask, batch: dict[str, Any], cfg: Config, iter
     ``iteration`` (from 0) selects the warm-up assignment and drives the release's loss ramp."""
     out = model(batch["images"], batch["padding_mask"])
     pseudo_start = time.perf_counter()
-    maps, pseudo, points = batch_pseudo_labels(out, batch, cfg.pseudo, warmup=iteration < cfg.pseudo.warmup_iters)
+    # The maps are cast to float32 and the solvers run outside autocast (AMP): their log-sum-exps
+    # and Newton systems need the precision.
+    with torch.autocast(batch["images"].device.type, enabled=False):
+        maps, pseudo, points = batch_pseudo_labels(out, batch, cfg.pseudo, warmup=iteration < cfg.pseudo.warmup_iters)
     pseudo_seconds = time.perf_counter() - pseudo_start
     losses = point2mask_losses(model, out, batch, pseudo, points, cfg, iteration)
     return TrainingOutputs(out, maps, pseudo, losses, pseudo_seconds)
 
 
+class TrainingModule(torch.nn.Module):
+    """The network and its criterion as one module: ``forward(batch, iteration)`` gives the
+    named loss terms, the pseudo labels (no gradient) and the seconds spent making them.
+
+    Data-parallel training wraps this, not the bare network, in ``DistributedDataParallel``:
+    the criterion runs the thing decoder on the matched queries after the network's forward,
+    and DDP only tracks parameter use inside the forward it wraps. With the whole step inside,
+    and the loss terms as the only outputs that carry gradient, ``find_unused_parameters``
+    sees every use, including a batch without things, where the thing branch gets no gradient.
+    """
+
+    def __init__(self, network: Point2Mask, cfg: Config) -> None:
+        super().__init__()
+        self.network = network
+        self.cfg = cfg
+
+    def forward(self, batch: dict[str, Any], iteration: int) -> tuple[dict[str, Tensor], PseudoLabels, float]:
+        outputs = training_outputs(self.network, batch, self.cfg, iteration)
+        return outputs.losses, outputs.pseudo, outputs.pseudo_seconds
+
+
+def network_of(model: torch.nn.Module) -> Point2Mask:
+    """The :class:`Point2Mask` inside a DDP wrapper and/or a :class:`TrainingModule`."""
+    model = getattr(model, "module", model)
+    return model.network if isinstance(model, TrainingModule) else model
+
+
+def autocast(cfg: Config, device: torch.device) -> Any:
+    """bfloat16 autocast on CUDA when ``train.amp`` is on (no loss scaling needed, unlike
+    float16); a no-op context elsewhere: CPU autocast is slower than float32 for this network."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(cfg.train.amp) and device.type == "cuda")
+
+
 def train_step(
-    model: Point2Mask, batch: dict[str, Any], optimizer: torch.optim.Optimizer, cfg: Config, iteration: int,
-    keep_pseudo: bool = False,
+    model: Point2Mask | torch.nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, cfg: Config,
+    iteration: int, keep_pseudo: bool = False,
 ) -> StepResult:
-    """One optimisation step on ``batch`` (module docstring); ``iteration`` counts from 0."""
+    """One optimisation step on ``batch`` (module docstring); ``iteration`` counts from 0.
+
+    ``model`` is the network, a :class:`TrainingModule` around it (whose config the forward
+    uses), or a DDP wrapper of one."""
     start = time.perf_counter()
-    model.train()
-    outputs = training_outputs(model, batch, cfg, iteration)
-    total = sum(outputs.losses.values())
+    module = TrainingModule(model, cfg) if isinstance(model, Point2Mask) else model
+    module.train()
+    with autocast(cfg, batch["images"].device):
+        losses, pseudo, pseudo_seconds = module(batch, iteration)
+    total = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.train.grad_clip)
     optimizer.step()
     return StepResult(
-        losses={k: float(v.detach()) for k, v in outputs.losses.items()},
+        losses={k: float(v.detach()) for k, v in losses.items()},
         total=float(total.detach()),
         lr=float(max(group["lr"] for group in optimizer.param_groups)),
         step_seconds=time.perf_counter() - start,
-        pseudo_seconds=outputs.pseudo_seconds,
-        pseudo=outputs.pseudo if keep_pseudo else None,
+        pseudo_seconds=pseudo_seconds,
+        pseudo=pseudo if keep_pseudo else None,
     )
+
+
+def solver_metrics(pseudo: PseudoLabels) -> dict[str, float]:
+    """Batch means of the transport solve's diagnostics (:class:`PseudoLabels`): solver
+    iterations, largest demand violation in pixels, OT-vs-MC disagreement in percent and the
+    share of converged solves. One host sync, so the loop asks only on the steps it logs;
+    NaN entries (minimum cost has no solve) are left out of the means."""
+    rows = torch.stack([
+        pseudo.iterations.float(), pseudo.col_error.float(), 100.0 * pseudo.disagreement.float(), pseudo.converged.float(),
+    ]).cpu()  # fmt: skip
+    names = ("solver_iterations", "solver_col_error", "disagreement_pct", "solver_converged")
+    return {name: float(value) for name, value in zip(names, torch.nanmean(rows, dim=1).tolist()) if value == value}

@@ -5,6 +5,7 @@ from __future__ import annotations
 KIND = "p2m.kind"  # "sweep" or "trial"
 KIND_SWEEP = "sweep"
 KIND_TRIAL = "trial"
+KIND_TRAIN = "train"  # a training run started on its own (a sweep's training trial is a "trial")
 SPEC = "p2m.spec"
 PAPER_TABLE = "p2m.paper_table"
 STAGE = "p2m.stage"
@@ -20,6 +21,8 @@ SEED = "p2m.seed"
 SETTING = "p2m.setting"
 GIT_COMMIT = "p2m.git_commit"
 ERROR = "p2m.error"
+RESUMED = "p2m.resumed"  # how many times a training run was continued from its checkpoint
+CHECKPOINT_PREFIX = "p2m.checkpoint."  # p2m.checkpoint.ray, p2m.checkpoint.model: where they are
 PARENT_RUN_ID = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 

@@ -1,0 +1,66 @@
+"""The data of a training run, checked before any worker starts.
+
+A distributed run that fails on a missing file only after its workers have started costs a
+cluster's start-up time and buries the reason in a worker's log. :func:`check_training_data`
+opens both splits' annotation files in the launching process and refuses, with the config key
+and the path or value: a missing split, a split without images, a class count that disagrees
+with ``data.num_classes``, and train and val splits with different categories (the network's
+class axis comes from the train split; evaluation would then score the wrong classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from p2m_core.config import Config
+from p2m_core.data.panoptic_format import CocoPanoptic
+from p2m_core.data.splits import require_split
+from p2m_core.errors import P2MInputError
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the checks found: image counts per split and the class axis (things first flagged)."""
+
+    train_images: int
+    val_images: int
+    num_classes: int
+    thing_classes: int
+
+
+def _open_split(cfg: Config, split: str) -> CocoPanoptic:
+    paths = require_split(cfg.data, split, need_points=bool(getattr(cfg.data, split).points))
+    return CocoPanoptic(paths.panoptic_json, image_dir=paths.images_dir, png_dir=paths.panoptic_dir)
+
+
+def _category_summary(dataset: CocoPanoptic) -> list[tuple[Any, bool]]:
+    return [(cid, bool(cat.isthing)) for cid, cat in dataset.categories.items()]
+
+
+def check_training_data(cfg: Config) -> TrainingData:
+    """Open the train and val splits of ``cfg.data`` and check them (module docstring)."""
+    train, val = _open_split(cfg, "train"), _open_split(cfg, "val")
+    for split, dataset in (("train", train), ("val", val)):
+        if len(dataset) == 0:
+            raise P2MInputError(f"data.{split}.json -> {dataset.json_path}: the split has no images; a training run needs at least one")
+    expected = cfg.data.num_classes
+    for split, dataset in (("train", train), ("val", val)):
+        if expected and len(dataset.categories) != expected:
+            raise P2MInputError(
+                f"data.num_classes is {expected} but data.{split}.json -> {dataset.json_path} has "
+                f"{len(dataset.categories)} categories; fix data.num_classes or point the split at the right annotations"
+            )
+    if _category_summary(train) != _category_summary(val):
+        raise P2MInputError(
+            f"data.train.json -> {train.json_path} and data.val.json -> {val.json_path} list different categories "
+            f"({len(train.categories)} vs {len(val.categories)}, or other ids / thing flags): the network is built "
+            "from the train split's classes and evaluated on the val split's"
+        )
+    if len(train) < cfg.train.batch_size * cfg.train.workers:
+        raise P2MInputError(
+            f"data.train.json -> {train.json_path}: {len(train)} images give no batch of train.batch_size="
+            f"{cfg.train.batch_size} on each of train.workers={cfg.train.workers} workers"
+        )
+    things = sum(1 for cat in train.categories.values() if cat.isthing)
+    return TrainingData(len(train), len(val), len(train.categories), things)

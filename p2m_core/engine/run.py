@@ -1,0 +1,197 @@
+"""One worker's training run, built from a :class:`~p2m_core.config.Config`: what a Ray Train
+worker executes, and what a single process can execute without Ray.
+
+:class:`TrainingRun` builds the train split (sharded by rank), the network (the same initial
+weights on every worker: seeded by ``train.seed`` before it is built), the
+:class:`~p2m_core.engine.loop.Trainer`, and on rank 0 the val split. It answers the schedule
+(:meth:`TrainingRun.due`: evaluate every ``train.eval_every`` iterations and at the end,
+checkpoint at each evaluation or every ``train.checkpoint_every``), evaluates
+(:meth:`TrainingRun.evaluate`: PQ/SQ/RQ of the panoptic output for all, things and stuff, mIoU of
+``P^s``, and the pseudo masks' PQ, on the first ``train.eval_images`` val images), draws
+pseudo-mask overlays, and writes the final model file and its predictions on the val images.
+
+Resume state lives in two files per checkpoint folder: :data:`STATE_FILE` (weights, optimiser,
+schedule, iteration; written by rank 0) and one :data:`RNG_FILE` per rank (each worker's own
+random states). Both are plain tensors and values, read with ``weights_only=True``. Each rank
+also writes :data:`DATA_FILE`, the image ids it trained on at each iteration since the previous
+checkpoint: a record of the sharding, for audits and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from p2m_core.config import Config
+from p2m_core.data.dataset import PointPanopticDataset, collate_points
+from p2m_core.engine.checkpoint import save_checkpoint
+from p2m_core.engine.device import resolve_device
+from p2m_core.engine.evaluate import NetworkEvaluator
+from p2m_core.engine.loop import Trainer, batch_to_device
+from p2m_core.io import atomic_open, atomic_write_json
+from p2m_core.model.point2mask import ClassInfo, build_model
+from p2m_core.model.task_maps import batch_pseudo_labels
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+RNG_FILE = "rng-rank{rank}.pt"
+DATA_FILE = "data-rank{rank}.json"  # image ids of each iteration since the previous checkpoint
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class Due:
+    """What to do after an iteration."""
+
+    evaluate: bool
+    checkpoint: bool
+
+
+class TrainingRun:
+    """One worker's share of a run (module docstring)."""
+
+    def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1, device: str | torch.device | None = None) -> None:
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device if device is not None else resolve_device(cfg.train.device, "train.device"))
+        self.train_set = PointPanopticDataset.from_config(cfg, "train")
+        self.classes = ClassInfo.from_dataset(self.train_set.panoptic)
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg.model, self.classes).to(self.device)
+        self.trainer = Trainer(cfg, self.model, self.train_set, rank, world_size, self.device)
+        self.val_set = PointPanopticDataset.from_config(cfg, "val", with_gt=True) if rank == 0 else None
+        self._seen: list[tuple[int, list[Any]]] = []
+
+    def record_step(self, iteration: int) -> None:
+        """Remember which images this worker trained on at ``iteration`` (:data:`DATA_FILE`)."""
+        self._seen.append((iteration, list(self.trainer.last_image_ids)))
+
+    @property
+    def iteration(self) -> int:
+        return self.trainer.iteration
+
+    @property
+    def max_iters(self) -> int:
+        return self.trainer.max_iters
+
+    def due(self, iteration: int) -> Due:
+        """Evaluate every ``train.eval_every`` iterations and at the last; checkpoint at each
+        evaluation, and every ``train.checkpoint_every`` iterations when that is set."""
+        train = self.cfg.train
+        last = iteration >= self.max_iters
+        evaluate = last or (train.eval_every > 0 and iteration % train.eval_every == 0)
+        checkpoint = evaluate or (train.checkpoint_every > 0 and iteration % train.checkpoint_every == 0)
+        return Due(evaluate, checkpoint)
+
+    # ------------------------------------------------------------------ evaluation (rank 0)
+    def _val_batches(self, limit: int = 0) -> Any:
+        assert self.val_set is not None, "evaluation runs on rank 0"
+        count = len(self.val_set) if limit <= 0 else min(limit, len(self.val_set))
+        loader = DataLoader(Subset(self.val_set, range(count)), batch_size=self.cfg.train.batch_size,
+                            collate_fn=partial(collate_points, size_divisor=self.cfg.data.size_divisor))  # fmt: skip
+        for batch in loader:
+            yield batch_to_device(batch, self.device)
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics in percent (:meth:`NetworkEvaluator.metrics`) on the first
+        ``train.eval_images`` val images (all when 0)."""
+        evaluator = NetworkEvaluator(self.val_set.panoptic, self.cfg)
+        for batch in self._val_batches(self.cfg.train.eval_images):
+            evaluator.process(self.model, batch)
+        self.model.train()
+        return evaluator.metrics()
+
+    @torch.no_grad()
+    def overlays(self, count: int) -> dict[str, np.ndarray]:
+        """``{name: [H, W', 3] uint8}``: image, the network's pseudo masks and the ground truth,
+        with the points, for the first ``count`` val images."""
+        from p2m_core.evaluation.overlay import overlay_panel
+
+        panels: dict[str, np.ndarray] = {}
+        if count <= 0:
+            return panels
+        stride = self.cfg.pseudo.mask_stride
+        self.model.eval()
+        for batch in self._val_batches(count):
+            out = self.model(batch["images"], batch["padding_mask"])
+            pseudo = batch_pseudo_labels(out, batch, self.cfg.pseudo)[1].panoptic
+            for b, (h, w) in enumerate(batch["image_sizes"]):
+                owner = pseudo[b].repeat_interleave(stride, 0).repeat_interleave(stride, 1)[:h, :w].cpu().numpy()
+                points = batch["points_yx"][b].cpu().numpy()
+                gt_ids = batch["segment_ids"][b, :h, :w].cpu().numpy()
+                gt_owner = np.full(gt_ids.shape, -1, dtype=np.int64)
+                for index, segment_id in enumerate(batch["point_segment_ids"][b].tolist()):
+                    gt_owner[gt_ids == segment_id] = index
+                image = _display_image(batch["images"][b, :, :h, :w], self.val_set.normalize)
+                scale = max(1, 256 // max(h, w))
+                panel = overlay_panel(image, owner, points, batch["point_is_thing"][b].cpu().numpy(), gt_owner, scale=scale)
+                panels[f"{batch['image_ids'][b]}"] = panel
+        self.model.train()
+        return panels
+
+    # ------------------------------------------------------------------ resume state
+    def save_state(self, folder: str | Path) -> None:
+        """This worker's part of a checkpoint: :data:`STATE_FILE` on rank 0, its RNG file on all."""
+        folder = Path(folder)
+        if self.rank == 0:
+            state = self.trainer.state_dict()
+            state.pop("rng")
+            with atomic_open(folder / STATE_FILE) as handle:
+                torch.save(state, handle)
+        with atomic_open(folder / RNG_FILE.format(rank=self.rank)) as handle:
+            torch.save(self.trainer.rng_state(), handle)
+        atomic_write_json(folder / DATA_FILE.format(rank=self.rank), {"rank": self.rank, "iterations": self._seen})
+        self._seen = []
+
+    def load_state(self, folder: str | Path) -> None:
+        """Resume from a checkpoint folder written by :meth:`save_state` (of the same run).
+
+        A worker whose rank has no RNG file (the run had fewer workers) reseeds from
+        ``train.seed`` and its rank: the weights and the data order still resume exactly."""
+        folder = Path(folder)
+        state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
+        self.trainer.load_state_dict(state)
+        rng_path = folder / RNG_FILE.format(rank=self.rank)
+        if rng_path.is_file():
+            self.trainer.set_rng_state(torch.load(rng_path, weights_only=True))
+        else:
+            log.warning("checkpoint %s has no random state for rank %d; reseeding", folder, self.rank)
+            torch.manual_seed(self.cfg.train.seed + 1000 * (self.rank + 1) + self.iteration)
+
+    # ------------------------------------------------------------------ final outputs (rank 0)
+    def save_model(self, path: str | Path) -> Path:
+        """The trained network as a ``p2m-checkpoint/1`` file (what ``p2m_core.predict`` and the
+        pseudo stage's ``checkpoint`` source read)."""
+        categories = list(self.train_set.panoptic.categories.values())
+        return save_checkpoint(path, self.model, self.cfg, self.classes, categories,
+                               extra={"iteration": self.iteration})  # fmt: skip
+
+    def write_predictions(self, model_file: str | Path, out: str | Path) -> dict[str, Any]:
+        """Panoptic predictions of the saved model on the val images (``predictions.json``,
+        ``panoptic/`` PNGs, ``overlays/``), through the same code as ``p2m_core.predict``."""
+        from p2m_core.predict import predict_images
+
+        paths = [record.image_path for record in self.val_set.panoptic.records]
+        limit = self.cfg.train.eval_images
+        paths = paths[:limit] if limit > 0 else paths
+        return predict_images(model_file, paths, out, device=str(self.device), batch_size=self.cfg.train.batch_size,
+                              progress=False)  # fmt: skip
+
+
+def _display_image(image: torch.Tensor, normalized: bool) -> np.ndarray:
+    """An input ``[3, h, w]`` (in [0, 1], or ImageNet-normalised) back to uint8 RGB for drawing."""
+    if normalized:
+        from p2m_core.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+
+        image = image * torch.tensor(IMAGENET_STD, device=image.device).view(3, 1, 1)
+        image = image + torch.tensor(IMAGENET_MEAN, device=image.device).view(3, 1, 1)
+    return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()

@@ -1,0 +1,167 @@
+"""A training run in MLflow: opened by the launching process, written by rank 0, resumable.
+
+Two sides, so that no worker ever creates a run (workers starting at once would race on a fresh
+sqlite store, and a restarted worker group would open a second run):
+
+- the launcher (``ray_jobs.train`` or a sweep's trial) calls :func:`open_training_run`. It
+  finds the run of this config hash that did not finish (same name, same parent), sets it
+  RUNNING again and returns it, so a run resumed from its checkpoint continues the *same*
+  MLflow run; otherwise it creates one with params = the flat resolved config, the tags and the
+  resolved config as ``config.yaml``. :func:`end_training_run` ends it FINISHED or FAILED.
+- rank 0 of the workers writes through a :class:`TrainingLog`: per-step metrics in batches of
+  ``train.log_every``, per-evaluation metrics and overlays, and the final artifacts.
+
+**Every step exactly once.** A worker killed after logging step 40 and restored from the
+checkpoint of step 30 recomputes steps 31-40 (the resume is exact, so with the same values).
+:class:`TrainingLog` reads, when it opens, the last step already in the store for the step
+metrics (:data:`STEP_KEY`) and for the evaluation metrics (:data:`EVAL_KEY`) and drops anything
+at or before it. Metrics are buffered and flushed before every checkpoint, so nothing that a
+resume does not recompute can be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from p2m_core.config import HASH_VERSION, Config, dump_yaml, resolve
+from p2m_core.tracking import tags as T
+from p2m_core.tracking.store import client, log_files, search_all
+from p2m_core.tracking.trial import config_params
+
+log = logging.getLogger(__name__)
+
+#: The metric whose last step says how far the per-step metrics of a run got.
+STEP_KEY = "loss/total"
+#: The metric whose last step says how far the evaluations got.
+EVAL_KEY = "PQ"
+CONFIG_ARTIFACT = "config.yaml"
+CHECKPOINT_ARTIFACT = "checkpoint.txt"
+
+
+def open_training_run(
+    uri: str, experiment_id: str, cfg: Config, tags: Mapping[str, str], run_name: str, parent_run_id: str = "",
+) -> tuple[str, str]:
+    """The MLflow run that ``cfg``'s training writes to: ``(run_id, state)``.
+
+    ``state`` is ``"new"``, ``"resumed"`` (an unfinished run of the same config hash, run name
+    and parent, set RUNNING again) or ``"finished"`` (such a run already FINISHED; the caller
+    decides whether to skip). ``tags`` are written on a new run, with the kind, the stage, the
+    config hash and its version added here.
+    """
+    mlflow_client = client(uri)
+    config_hash = resolve(cfg, "train").hash
+    query = (
+        f"tags.`{T.CONFIG_HASH}` = '{config_hash}' and tags.`{T.STAGE}` = 'train' "
+        f"and tags.`{T.HASH_VERSION}` = '{HASH_VERSION}' and tags.`{T.RUN_NAME}` = '{run_name}'"
+    )
+    candidates = [
+        run for run in search_all(mlflow_client, experiment_id, query)
+        if run.data.tags.get(T.PARENT_RUN_ID, "") == parent_run_id
+    ]  # fmt: skip
+    finished = [run for run in candidates if run.info.status == "FINISHED"]
+    if finished:
+        return finished[0].info.run_id, "finished"
+    if candidates:
+        run_id = max(candidates, key=lambda run: run.info.start_time).info.run_id
+        mlflow_client.update_run(run_id, status="RUNNING")
+        mlflow_client.set_tag(run_id, T.RESUMED, str(int(mlflow_client.get_run(run_id).data.tags.get(T.RESUMED, "0")) + 1))
+        return run_id, "resumed"
+    run_tags = {
+        **tags, T.KIND: tags.get(T.KIND, T.KIND_TRAIN), T.STAGE: "train", T.CONFIG_HASH: config_hash,
+        T.HASH_VERSION: str(HASH_VERSION),
+    }  # fmt: skip
+    if parent_run_id:
+        run_tags[T.PARENT_RUN_ID] = parent_run_id
+    run_id = mlflow_client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
+    from mlflow.entities import Param
+
+    mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in config_params(cfg).items()])
+    log_files(uri, run_id, {CONFIG_ARTIFACT: dump_yaml(cfg)})
+    return run_id, "new"
+
+
+def end_training_run(uri: str, run_id: str, error: BaseException | str | None = None) -> None:
+    """FINISHED, or FAILED with the error as a tag (never raises: the store may be what failed)."""
+    mlflow_client = client(uri)
+    try:
+        if error is not None:
+            message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+            mlflow_client.set_tag(run_id, T.ERROR, message[:5000])
+        mlflow_client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
+    except Exception:
+        log.exception("could not end MLflow run %s", run_id)
+
+
+def last_logged_step(uri: str, run_id: str, key: str) -> int:
+    """The largest step of metric ``key`` in the run (-1 when it has none)."""
+    history = client(uri).get_metric_history(run_id, key)
+    return max((metric.step for metric in history), default=-1)
+
+
+class TrainingLog:
+    """Rank 0's writer into an open training run (module docstring: exactly once)."""
+
+    def __init__(self, uri: str, run_id: str, flush_every: int = 10) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self.client = client(uri)
+        self.flush_every = max(1, int(flush_every))
+        self.steps_done = last_logged_step(uri, run_id, STEP_KEY)
+        self.evals_done = last_logged_step(uri, run_id, EVAL_KEY)
+        self._pending: list[Any] = []
+        if self.steps_done >= 0:
+            log.info("MLflow run %s already has steps up to %d; those are not logged again", run_id, self.steps_done)
+
+    def step(self, iteration: int, metrics: Mapping[str, float]) -> None:
+        """Queue one step's metrics (dropped when the run already has this step)."""
+        if iteration <= self.steps_done:
+            return
+        self._queue(iteration, metrics)
+        self.steps_done = iteration
+        if len({m.step for m in self._pending}) >= self.flush_every:
+            self.flush()
+
+    def evaluation(self, iteration: int, metrics: Mapping[str, float], overlays: Mapping[str, Any] | None = None) -> bool:
+        """Log one evaluation (metrics at step ``iteration``, overlays as PNG artifacts under
+        ``overlays/iter_<iteration>/``); returns False when the run already has it."""
+        if iteration <= self.evals_done:
+            return False
+        if overlays:
+            from p2m_core.io import png_bytes
+
+            files = {f"{name}.png": png_bytes(image) for name, image in overlays.items()}
+            log_files(self.uri, self.run_id, files, f"overlays/iter_{iteration:06d}")
+        # The key that marks the evaluation as done goes last, in the same batch as the rest.
+        ordered = {k: v for k, v in metrics.items() if k != EVAL_KEY}
+        if EVAL_KEY in metrics:
+            ordered[EVAL_KEY] = metrics[EVAL_KEY]
+        self._queue(iteration, ordered)
+        self.flush()
+        self.evals_done = iteration
+        return True
+
+    def _queue(self, iteration: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(key, float(value), now, iteration) for key, value in metrics.items())
+
+    def flush(self) -> None:
+        """Send the queued metrics (MLflow takes at most 1000 per batch)."""
+        while self._pending:
+            chunk, self._pending = self._pending[:1000], self._pending[1000:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def checkpoint_location(self, lines: Mapping[str, str]) -> None:
+        """Where the run's checkpoints are: a text artifact and one tag per entry."""
+        for key, value in lines.items():
+            self.client.set_tag(self.run_id, f"{T.CHECKPOINT_PREFIX}{key}", value)
+        text = "".join(f"{key}: {value}\n" for key, value in lines.items())
+        log_files(self.uri, self.run_id, {CHECKPOINT_ARTIFACT: text})

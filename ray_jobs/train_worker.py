@@ -1,0 +1,115 @@
+"""What every Ray Train worker of a training run executes: :func:`train_loop`.
+
+Ray Train starts the workers, initialises the torch process group (gloo on CPU, nccl on GPU)
+and calls :func:`train_loop` on each with the same ``loop_config`` (:func:`loop_config`). The
+worker builds its :class:`~p2m_core.engine.run.TrainingRun` (its shard of the train split), resumes
+from ``ray.train.get_checkpoint()`` when Ray restarted the group after a failure (or the launcher
+was run again), and trains. At each checkpoint iteration rank 0 evaluates (when due) and logs to
+MLflow, every worker writes its part of the state into one folder, and all report it together
+(``ray.train.report`` is a barrier). After the last iteration rank 0 writes the model file and
+its predictions on the val images and logs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from p2m_core.config import Config, from_dict, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def loop_config(cfg: Config, tracking_uri: str, run_id: str, output_dir: str | Path, checkpoints: str) -> dict[str, Any]:
+    """The plain dict every worker receives: the resolved config, the MLflow run, the folder
+    for the final model and predictions, and where Ray keeps the run's checkpoints."""
+    return {
+        "config": to_dict(cfg), "tracking_uri": tracking_uri, "run_id": run_id, "output_dir": str(output_dir),
+        "checkpoints": checkpoints,
+    }  # fmt: skip
+
+
+def step_metrics(result: Any) -> dict[str, float]:
+    """Per-step metrics of a :class:`~p2m_core.engine.step.StepResult`: each loss term, the
+    total, the learning rate, the step's seconds and the pseudo labels' share of them, and the
+    transport solver's diagnostics."""
+    from p2m_core.engine.step import solver_metrics
+
+    metrics = {f"loss/{name}": value for name, value in result.losses.items()}
+    metrics.update({
+        "loss/total": result.total, "lr": result.lr, "step_seconds": result.step_seconds,
+        "pseudo_seconds": result.pseudo_seconds, "pseudo_share": result.pseudo_share,
+    })  # fmt: skip
+    if result.pseudo is not None:
+        metrics.update(solver_metrics(result.pseudo))
+    return metrics
+
+
+def _device() -> Any:
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function (module docstring)."""
+    import ray.train
+    import torch
+
+    from p2m_core.engine.run import MODEL_FILE, TrainingRun
+    from p2m_core.tracking.training import TrainingLog
+    from ray_jobs.trial import limit_threads, setup_worker_logging
+
+    setup_worker_logging()
+    limit_threads()
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    cfg = from_dict(config["config"], {}, Config)
+    run = TrainingRun(cfg, rank, world_size, _device())
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run.load_state(folder)
+    log.info("rank %d/%d: %d train images, iteration %d of %d on %s, %d torch threads",
+             rank, world_size, len(run.train_set), run.iteration, run.max_iters, run.device, torch.get_num_threads())  # fmt: skip
+    tracking = TrainingLog(config["tracking_uri"], config["run_id"], cfg.train.log_every) if rank == 0 else None
+    started = time.perf_counter()
+
+    def on_step(iteration: int, result: Any) -> None:
+        run.record_step(iteration)
+        if tracking is not None:
+            tracking.step(iteration, step_metrics(result))
+        due = run.due(iteration)
+        if not due.checkpoint:
+            return
+        report: dict[str, Any] = {"iteration": iteration}
+        if tracking is not None and due.evaluate and iteration > tracking.evals_done:
+            evaluation = run.evaluate()
+            tracking.evaluation(iteration, {**evaluation, "train_seconds": time.perf_counter() - started},
+                                run.overlays(cfg.train.overlays))  # fmt: skip
+            report.update(evaluation)
+            log.info("iteration %d: PQ %.1f (things %.1f, stuff %.1f), mIoU %.1f, pseudo PQ %.1f", iteration,
+                     evaluation["PQ"], evaluation["PQ_th"], evaluation["PQ_st"], evaluation["mIoU"], evaluation["pseudo_PQ"])  # fmt: skip
+        if tracking is not None:
+            tracking.flush()
+        with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
+            run.save_state(folder)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    run.trainer.run(on_step=on_step)
+    if tracking is None:
+        return
+    tracking.flush()
+    out = Path(config["output_dir"])
+    model_file = run.save_model(out / MODEL_FILE)
+    predictions = run.write_predictions(model_file, out / "predictions")
+    tracking.artifacts(str(predictions["predictions"].parent), "predictions")
+    tracking.checkpoint_location({
+        "model": str(model_file.resolve()),
+        "ray": config["checkpoints"],
+        "iteration": str(run.iteration),
+    })  # fmt: skip
+    log.info("finished at iteration %d; model %s", run.iteration, model_file)
