@@ -16,6 +16,10 @@ from p2m_core.errors import P2MInputError
 
 log = logging.getLogger(__name__)
 
+#: Seconds between the Ray Train controller's polls of its workers. Its default (2 s) makes every
+#: ``ray.train.report`` (each training checkpoint) wait that long. Set before Ray starts, so the
+#: in-process cluster's workers inherit it; ``runtime_env.yaml`` sets it for jobs.
+TRAIN_HEALTH_CHECK_INTERVAL_S = "0.2"
 #: Object store of an in-process cluster. Trials exchange only small configs and metrics, and
 #: Ray's default (30% of RAM, in /dev/shm) fails on small machines and containers.
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
@@ -28,6 +32,7 @@ def connect() -> tuple[float, bool]:
     if ray.is_initialized():
         return 0.0, bool(os.environ.get("RAY_ADDRESS"))
     start = time.perf_counter()
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_INTERVAL_S)
     address = os.environ.get("RAY_ADDRESS", "").strip()
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     if address:

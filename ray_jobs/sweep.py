@@ -31,6 +31,10 @@ from p2m_core.errors import P2MInputError
 from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep, sweep_tags
 
 
+#: CPUs a training trial holds while its TorchTrainer's workers train (Ray refuses 0).
+TRAIN_TRIAL_CPU = 0.01
+
+
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
@@ -53,18 +57,32 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
 
     from p2m_core.tracking import tags as T
     from ray_jobs.cluster import check_fits
-    from ray_jobs.trial import SweepContext, run_trial
+    from ray_jobs.trial import SweepContext, run_train_trial, run_trial
     from ray_jobs.tune_progress import TrialProgress
 
     todo = plan.todo
+    training = plan.spec.stage == "train"
     resources = plan.spec.resources.as_ray()
-    check_fits(resources, attached, f"sweep spec {plan.spec.path}")
+    workers = max(t.config.train.workers for t in todo) if training else 1
+    need = {k: v * workers + (TRAIN_TRIAL_CPU if training and k == "CPU" else 0.0) for k, v in resources.items()}
+    check_fits(need, attached, f"sweep spec {plan.spec.path}")
     context = SweepContext(
         plan.tracking_uri, plan.experiment_id, plan.parent_run_id,
         {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash}, tuple(plan.trials),
+        launch_dir=os.getcwd(), worker_resources=resources if training else None,
     )
     progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+    if training:
+        # The trial only launches and waits for its TorchTrainer, whose workers hold the spec's
+        # resources; a trial holding a whole CPU too would deadlock a 2-CPU machine.
+        trainable = tune.with_resources(tune.with_parameters(run_train_trial, context=context), {"CPU": TRAIN_TRIAL_CPU})
+        if max_concurrent is None:
+            import ray
+
+            total = ray.cluster_resources()
+            max_concurrent = max(1, int(min(total.get(k, 0.0) / v for k, v in need.items() if v > 0)))
+    else:
+        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
     run_config = tune.RunConfig(
         name=f"{plan.spec.name}-{plan.sweep_hash[:8]}-{int(time.time())}",
         storage_path=storage_path,

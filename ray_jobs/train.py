@@ -40,9 +40,6 @@ from p2m_core.errors import P2MInputError
 
 log = logging.getLogger(__name__)
 
-#: Seconds between the Train controller's polls of its workers. Its default (2 s) makes every
-#: ``ray.train.report`` wait that long; a checkpoint every few seconds would mostly wait.
-HEALTH_CHECK_INTERVAL_S = "0.2"
 #: Checkpoints Ray keeps per run (the newest; resume needs one, a spare covers a bad write).
 CHECKPOINTS_KEPT = 2
 
@@ -166,7 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     args = build_parser().parse_args(argv)
     if args.config is not None:

@@ -1,4 +1,8 @@
-"""The Ray Tune trial of a pseudo-stage sweep: run one setting, record it as an MLflow child run.
+"""The Ray Tune trials of a sweep: run one setting, record it as an MLflow child run.
+
+:func:`run_trial` is the pseudo stage's trial; :func:`run_train_trial` the training stage's,
+which launches its own ``TorchTrainer`` from inside the Tune trial (how Ray Train V2 sweeps
+training: Tune cannot wrap a trainer directly).
 
 Runs in a Ray worker. The sweep driver hands every trial the same :class:`SweepContext` (through
 ``tune.with_parameters``, so it travels once through the object store) and the index of the
@@ -31,6 +35,8 @@ class SweepContext:
     parent_run_id: str
     tags: dict[str, str]
     trials: tuple[Trial, ...]
+    launch_dir: str = ""  # the driver's working directory (relative output paths resolve against it)
+    worker_resources: dict[str, float] | None = None  # train stage: Ray resources of each training worker
 
 
 def trial_tags(context: SweepContext, trial: Trial) -> dict[str, str]:
@@ -99,3 +105,36 @@ def limit_threads() -> None:
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads and threads.isdigit() and int(threads) > 0:
         torch.set_num_threads(int(threads))
+
+
+def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """Tune function trainable of a ``stage: train`` sweep: train one setting on Ray Train.
+
+    The trial's MLflow run is keyed by the trial's config hash and run name under the sweep's
+    run, and its Ray Train run by the same name and hash in ``train.storage_path``: a trial
+    re-run after its driver was killed finds both, continues the same MLflow run (marked KILLED
+    by the new driver, RUNNING again here) from the last checkpoint, and logs no step twice.
+    """
+    from ray import tune
+
+    from p2m_core.tracking import tags as T
+    from p2m_core.tracking.training import open_training_run
+    from ray_jobs.train import plan_training, train_and_end
+
+    setup_worker_logging()
+    trial = context.trials[int(config["trial"])]
+    start = time.perf_counter()
+    resources = dict(context.worker_resources or {"CPU": 1.0})
+    plan = plan_training(trial.config, use_gpu=resources.get("GPU", 0) > 0, launch_dir=context.launch_dir or None,
+                         run_name=trial.run_name)  # fmt: skip
+    tags = {**trial_tags(context, trial), T.KIND: T.KIND_TRIAL}
+    run_id, state = open_training_run(context.tracking_uri, context.experiment_id, plan.cfg, tags, trial.run_name,
+                                      context.parent_run_id)  # fmt: skip
+    if state == "finished":
+        metrics: dict[str, Any] = {}
+    else:
+        log.info("trial %s: %s MLflow run %s, checkpoints in %s", trial.run_name, state, run_id, plan.checkpoints)
+        metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
+    seconds = time.perf_counter() - start
+    tune.report({"PQ": metrics.get("PQ", float("nan")), "PQ_th": metrics.get("PQ_th", float("nan")),
+                 "trial_seconds": seconds, "run_id": run_id})  # fmt: skip
