@@ -13,6 +13,7 @@ its predictions on the val images and logs them.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -73,9 +74,11 @@ def train_loop(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             run.load_state(folder)
-    log.info("rank %d/%d: %d train images, iteration %d of %d on %s, %d torch threads",
-             rank, world_size, len(run.train_set), run.iteration, run.max_iters, run.device, torch.get_num_threads())  # fmt: skip
+    log.info("rank %d/%d (pid %d): %d train images, iteration %d of %d on %s, %d torch threads", rank, world_size,
+             os.getpid(), len(run.train_set), run.iteration, run.max_iters, run.device, torch.get_num_threads())  # fmt: skip
     tracking = TrainingLog(config["tracking_uri"], config["run_id"], cfg.train.log_every) if rank == 0 else None
+    if tracking is not None and checkpoint is not None:
+        tracking.resumed_at(run.iteration)
     started = time.perf_counter()
 
     def on_step(iteration: int, result: Any) -> None:

@@ -156,6 +156,12 @@ class TrainingLog:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
             self.client.log_batch(self.run_id, metrics=chunk)
 
+    def resumed_at(self, iteration: int) -> None:
+        """Record that the worker group restarted from the checkpoint of ``iteration``: the
+        tag ``p2m.resumed_at`` lists every such iteration, in order."""
+        previous = self.client.get_run(self.run_id).data.tags.get(T.RESUMED_AT, "")
+        self.client.set_tag(self.run_id, T.RESUMED_AT, f"{previous},{iteration}" if previous else str(iteration))
+
     def artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 

@@ -1,0 +1,263 @@
+"""Training on Ray Train for real: in-process Ray clusters, DDP over gloo, a sqlite MLflow store.
+
+- two workers train the tiny network: each trains on its own shard, the losses fall, and MLflow
+  holds the run with params, every step's metrics once, evaluations and artifacts;
+- a 2-worker DDP step gives the gradients of a 1-worker step on the two halves concatenated;
+- a training worker killed by its PID mid-run: Ray restarts the group from the last checkpoint,
+  the run finishes, and every step is in MLflow exactly once;
+- bad input (missing or empty data, a wrong class count, an unreachable tracking server) is
+  refused before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from p2m_core.data.synthetic import generate_synthetic
+from ray_jobs.train import main as train_main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "experiments" / "train_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    generate_synthetic(root, num_train=4, num_val=2, size=64, seed=3, progress=False)
+    return root
+
+
+def settings(root: Path, folder: Path, *extra: str) -> list[str]:
+    args = [
+        f"data.root={root}", f"tracking.tracking_uri=sqlite:///{folder / 'mlflow.db'}", f"tracking.output_dir={folder / 'runs'}",
+        "train.batch_size=2", "train.log_every=3", "train.overlays=1", "data.flip_prob=0.0", *extra,
+    ]  # fmt: skip
+    return [item for arg in args for item in ("--set", arg)]
+
+
+def only_run(folder: Path, experiment: str = "p2m-train"):
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        found.add(item.path)
+        if item.is_dir:
+            found |= artifact_paths(client, run_id, item.path)
+    return found
+
+
+def shards(checkpoints: Path) -> dict[int, dict[int, list]]:
+    """{iteration: {rank: image ids}} from every checkpoint's per-rank data record."""
+    seen: dict[int, dict[int, list]] = {}
+    for path in checkpoints.glob("checkpoint_*/data-rank*.json"):
+        record = json.loads(path.read_text())
+        for iteration, ids in record["iterations"]:
+            seen.setdefault(iteration, {})[record["rank"]] = ids
+    return seen
+
+
+def test_two_workers_train_on_their_own_shards_and_log_to_mlflow(tmp_path, data_root) -> None:
+    import ray
+
+    iters = 12
+    code = train_main([str(CONFIG), "--num-workers", "2", "--quiet",
+                       *settings(data_root, tmp_path, f"train.iters={iters}", "train.eval_every=6")])  # fmt: skip
+    assert code == 0
+    assert not ray.is_initialized()  # the in-process cluster was shut down
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.workers"] == "2" and params["data.root"] == str(data_root) and len(params) > 100
+    tags = run.data.tags
+    assert tags["p2m.stage"] == "train" and tags["p2m.kind"] == "train" and len(tags["p2m.config_hash"]) == 16
+    assert tags["p2m.git_commit"] and tags["p2m.dataset"] == f"synthetic:{data_root}"
+    # every step once, evaluations at 6 and 12
+    assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))
+    assert steps_of(client, run.info.run_id, "pseudo_share") == list(range(1, iters + 1))
+    assert steps_of(client, run.info.run_id, "PQ") == [6, 12]
+    for key in ("PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "pseudo_PQ", "lr", "loss/partial_ce", "solver_iterations"):
+        assert key in run.data.metrics, key
+    # the losses fall (4 images, each worker sees 2 per step: the same images again and again)
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss/total"), key=lambda m: m.step)]
+    assert sum(losses[-3:]) < sum(losses[:3])
+    files = artifact_paths(client, run.info.run_id)
+    assert {"config.yaml", "checkpoint.txt", "predictions/predictions.json"} <= files
+    assert any(f.startswith("overlays/iter_000006/") and f.endswith(".png") for f in files)
+    assert any(f.startswith("predictions/panoptic/") for f in files)
+    model_file = Path(tags["p2m.checkpoint.model"])
+    assert model_file.is_file()
+    # the two workers saw different images at every iteration, together the whole split
+    seen = shards(Path(tags["p2m.checkpoint.ray"]))
+    assert sorted(seen) == list(range(1, iters + 1))
+    for iteration, by_rank in seen.items():
+        assert sorted(by_rank) == [0, 1]
+        assert not set(by_rank[0]) & set(by_rank[1]), iteration
+        assert sorted(by_rank[0] + by_rank[1]) == [1, 2, 3, 4]  # 4 images / (2 workers x 2): an epoch per step
+    # a finished run is not trained again
+    assert train_main([str(CONFIG), "--num-workers", "2", "--quiet",
+                       *settings(data_root, tmp_path, f"train.iters={iters}", "train.eval_every=6")]) == 0  # fmt: skip
+    assert len(steps_of(client, run.info.run_id, "loss/total")) == iters
+
+
+def _ddp_gradients(config: dict) -> None:
+    """Ray Train worker: one DDP step on this rank's half of a fixed batch; rank 0 saves the
+    averaged gradients."""
+    import ray.train
+
+    from p2m_core.config import Config, from_dict
+    from p2m_core.data.dataset import collate_points
+    from p2m_core.engine.loop import batch_to_device
+    from p2m_core.engine.run import TrainingRun
+    from p2m_core.engine.step import train_step
+
+    rank = ray.train.get_context().get_world_rank()
+    cfg = from_dict(config["config"], {}, Config)
+    run = TrainingRun(cfg, rank, 2, "cpu")
+    batch = collate_points([run.train_set[i] for i in config["halves"][rank]])
+    train_step(run.trainer.module, batch_to_device(batch, torch.device("cpu")), run.trainer.optimizer, cfg, 0)
+    if rank == 0:
+        torch.save({n: p.grad.clone() for n, p in run.model.named_parameters() if p.grad is not None}, config["out"])
+
+
+def test_a_two_worker_step_equals_one_worker_on_the_concatenated_batch(tmp_path, data_root) -> None:
+    import ray
+    import ray.cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from p2m_core.config import load_config, to_dict
+    from p2m_core.data.dataset import collate_points
+    from p2m_core.engine.loop import batch_to_device
+    from p2m_core.engine.run import TrainingRun
+    from p2m_core.engine.step import train_step
+
+    cfg = load_config(CONFIG, [f"data.root={data_root}", "train.batch_size=2", "train.grad_clip=0", "data.flip_prob=0.0"])
+    halves = [[0, 1], [2, 3]]
+    out = tmp_path / "ddp_grads.pt"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100_000_000, log_to_driver=False)
+    try:
+        TorchTrainer(
+            _ddp_gradients, train_loop_config={"config": to_dict(cfg), "halves": halves, "out": str(out)},
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name="ddp-grads", storage_path=str(tmp_path / "ray")),
+        ).fit()
+    finally:
+        ray.shutdown()
+    distributed = torch.load(out, weights_only=True)
+
+    single = TrainingRun(cfg, 0, 1, "cpu")
+    batch = collate_points([single.train_set[i] for i in halves[0] + halves[1]])
+    train_step(single.trainer.module, batch_to_device(batch, torch.device("cpu")), single.trainer.optimizer, cfg, 0)
+    reference = {n: p.grad for n, p in single.model.named_parameters() if p.grad is not None}
+    assert set(distributed) == set(reference) and len(reference) > 100
+    flat_d = torch.cat([distributed[n].flatten() for n in sorted(reference)])
+    flat_r = torch.cat([reference[n].flatten() for n in sorted(reference)])
+    assert flat_r.norm() > 0
+    relative = (flat_d - flat_r).norm() / flat_r.norm()
+    assert relative < 0.05, f"2-worker gradient differs from the concatenated batch's by {relative:.3%}"
+
+
+def _train_workers(driver_pid: int) -> list[int]:
+    """PIDs of the Ray Train worker processes started under ``driver_pid``."""
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if not title.startswith(b"ray::RayTrainWorker"):
+            continue
+        pid, ancestor = int(entry.name), int(entry.name)
+        while ancestor > 1 and ancestor != driver_pid:
+            ancestor = parent(ancestor)
+        if ancestor == driver_pid:
+            found.append(pid)
+    return found
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_and_logs_every_step_once(tmp_path, data_root) -> None:
+    iters = 40
+    cmd = [sys.executable, "-m", "ray_jobs.train", str(CONFIG),
+           *settings(data_root, tmp_path, f"train.iters={iters}", "train.checkpoint_every=4", "train.max_failures=2")]  # fmt: skip
+    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    storage = tmp_path / "runs" / "ray"
+    killed = None
+    try:
+        deadline = time.monotonic() + 240
+        while killed is None:
+            assert driver.poll() is None, f"training ended before a worker could be killed: {driver.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared in time"
+            if list(storage.glob("*/checkpoint_*/state.pt")):
+                workers = _train_workers(driver.pid)
+                if workers:
+                    killed = workers[0]
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, stderr[-3000:]
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED"
+    resumed_at = [int(i) for i in run.data.tags["p2m.resumed_at"].split(",")]
+    assert len(resumed_at) == 1 and resumed_at[0] % 4 == 0 and 0 < resumed_at[0] < iters
+    assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))  # each step exactly once
+    assert steps_of(client, run.info.run_id, "PQ") == [iters]
+    assert Path(run.data.tags["p2m.checkpoint.model"]).is_file()
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "classes", "server"])
+def test_bad_input_is_refused_before_any_worker_starts(tmp_path, data_root, problem, capsys) -> None:
+    import ray
+
+    root = data_root
+    extra: list[str] = []
+    if problem == "missing":
+        root = tmp_path / "nowhere"
+        fragment = f"data.train.json -> {root / 'panoptic_train.json'}"
+    elif problem == "empty":
+        root = tmp_path / "empty"
+        generate_synthetic(root, num_train=0, num_val=1, size=64, seed=0, progress=False)
+        fragment = "the split has no images"
+    elif problem == "classes":
+        extra = ["data.num_classes=133"]
+        fragment = "data.num_classes is 133 but data.train.json"
+    else:
+        from tests.services import free_port
+
+        extra = [f"tracking.tracking_uri=http://127.0.0.1:{free_port()}"]
+        fragment = "is not reachable"
+    assert train_main([str(CONFIG), *settings(root, tmp_path, *extra)]) == 2  # a later --set wins
+    assert fragment in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "runs").exists()
