@@ -261,3 +261,59 @@ def test_bad_input_is_refused_before_any_worker_starts(tmp_path, data_root, prob
     assert fragment in capsys.readouterr().err
     assert not ray.is_initialized()
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_killed_sweep_driver_is_completed_by_running_it_again(tmp_path, data_root) -> None:
+    import yaml
+
+    iters = 40
+    spec = tmp_path / "train_resume.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "train_resume", "base": str(CONFIG), "stage": "train", "split": "val", "seeds": [0],
+        "grid": {"pseudo.assignment": ["ot"]}, "resources": {"cpu": 1}, "mlflow_experiment": "train-sweep-tests",
+        "set": {"data.root": str(data_root), "train.iters": iters, "train.checkpoint_every": 4, "train.batch_size": 2,
+                "train.log_every": 3, "train.overlays": 0, "tracking.output_dir": str(tmp_path / "runs")},
+    }))  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    cmd = [sys.executable, "-m", "ray_jobs.sweep", str(spec)]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "runs" / "ray").glob("*/checkpoint_*/state.pt")):
+            assert driver.poll() is None, f"the sweep ended before it could be killed: {driver.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+        driver.wait(timeout=30)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("train-sweep-tests").experiment_id
+
+    def trial_runs():
+        return client.search_runs([experiment], filter_string="tags.`p2m.kind` = 'trial'")
+
+    # the orphaned worker notices its raylet is gone and stops; wait until it logs no more
+    deadline, last = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        now = len(client.get_metric_history(trial_runs()[0].info.run_id, "loss/total"))
+        if now == last:
+            break
+        last = now
+        time.sleep(5)
+    before = trial_runs()
+    assert len(before) == 1 and before[0].info.status == "RUNNING"
+    assert len(client.get_metric_history(before[0].info.run_id, "loss/total")) < iters
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 interrupted runs marked KILLED" in again.stderr
+    after = trial_runs()
+    assert [r.info.run_id for r in after] == [before[0].info.run_id]  # the same MLflow run, continued
+    run = after[0]
+    assert run.info.status == "FINISHED" and run.data.tags["p2m.resumed"] == "1"
+    assert int(run.data.tags["p2m.resumed_at"]) % 4 == 0
+    assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))  # each step exactly once
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200, check=False)
+    assert rerun.returncode == 0 and "1 already finished, 0 to run" in rerun.stderr
