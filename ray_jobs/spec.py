@@ -51,7 +51,7 @@ from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_yaml
 
 #: Stages a sweep can run today; the others are accepted by the config but not wired yet.
-AVAILABLE_STAGES = ("pseudo",)
+AVAILABLE_STAGES = ("pseudo", "train")
 #: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``.
 DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
     "pseudo": ("data.point_seed", "ablation.corruption.seed"),
