@@ -112,6 +112,10 @@ def build_table(client: MlflowClient, table: str, experiment: str | None = None)
     then per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``, ``<m>_paper`` and the paired
     differences to the baseline ``delta_<m>_mean``, ``delta_<m>_std``, ``delta_<m>_n``,
     ``delta_<m>_paper``. ``meta`` holds the sweep's tags, the headers and the missing trials.
+
+    A training sweep (tag ``p2m.stage`` = ``train``) adds ``pseudo_stage_<m>_mean/_std/_n``
+    when the store has a pseudo-stage sweep of the same paper table, and ``meta`` says which
+    columns md/latex show under which labels (:mod:`analysis.trained`).
     """
     if table not in SPEC_METRICS:
         raise P2MInputError(f"--table {table!r} is not a known sweep spec (known: {', '.join(SPEC_METRICS)})")
