@@ -6,10 +6,13 @@ Modules:
 - ``runs``: MLflow -> pandas: the latest sweep of a spec, its ``trials.json``, its trials
   joined with their FINISHED runs by config hash (missing trials kept and marked);
 - ``tables``: one table per sweep, mean ± std over seeds, paired differences to the baseline;
-- ``plots``: PNG figures of the sweeps that exist, logged back to their sweep runs.
+- ``trained``: what a training sweep's table adds (the network's columns, its own pseudo-mask PQ,
+  and the pseudo-stage sweep's PQ of the same settings);
+- ``plots``: PNG figures of the sweeps that exist (learning curves of the training sweeps too),
+  logged back to their sweep runs.
 
 Commands::
 
-    python -m analysis.tables --table table7 [--experiment NAME] [--tracking-uri URI] [--format md|latex|csv] [--out FILE]
+    python -m analysis.tables --table table7|table7_train|table4|... [--experiment NAME] [--tracking-uri URI] [--format md|latex|csv] [--out FILE]
     python -m analysis.plots [--tracking-uri URI] [--experiment NAME] [--out DIR] [--no-log]
 """

@@ -1,4 +1,5 @@
-"""Figures of the sweeps that exist: centroid iterations, Sinkhorn convergence, MC vs OT overlays.
+"""Figures of the sweeps that exist: centroid iterations, Sinkhorn convergence, MC vs OT overlays,
+and the learning curves of the training sweeps.
 
 ``python -m analysis.plots`` draws what it can and says what it skipped: a store that holds only
 the table7 sweep still gives its overlays. Every PNG is written atomically under ``--out`` and
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis import paper, runs, tables
+from analysis import paper, runs, tables, trained
 from p2m_core.errors import P2MInputError
 from p2m_core.io import atomic_write_bytes
+from p2m_core.tracking import tags as T
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -244,6 +246,54 @@ def plot_table7_overlays(client: MlflowClient, experiment: str | None) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------
+# (d) training sweeps: val PQ (and the training loss) against the iteration, per setting
+
+CURVE_PANELS = (("PQ", "val PQ of the network (%)"), ("pseudo_PQ", "val PQ of its pseudo masks (%)"),
+                ("loss/total", "training loss (loss/total)"))
+
+
+def learning_curve_figure(history: pd.DataFrame, title: str) -> Figure:
+    """One panel per metric of ``history`` (:func:`runs.metric_histories`), one colour per setting,
+    one line per seed; the evaluation metrics are sparse, so their points are marked."""
+    keys = [k for k, _ in CURVE_PANELS if k in set(history["key"])]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(history["label"]))}
+    several_seeds = history.groupby("label")["seed"].nunique().max() > 1
+    for ax, key in zip(axes[0], keys):
+        for (label, seed), rows in history[history["key"] == key].groupby(["label", "seed"], sort=False):
+            ax.plot(rows["step"], rows["value"], marker=None if key.startswith("loss/") else "o", markersize=3,
+                    color=colours[label], alpha=0.8, label=f"{label} (seed {seed})" if several_seeds else label)
+        if key.startswith("loss/"):
+            _log_if_wide(ax, history.loc[history["key"] == key, "value"], axis="y")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(dict(CURVE_PANELS)[key])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_learning_curves(client: MlflowClient, experiment: str | None) -> list[tuple[str, bytes, str]]:
+    """``<spec>_learning_curves.png`` for the latest sweep of every training spec in the store."""
+    sweeps = runs.latest_sweeps(client, {T.STAGE: trained.STAGE}, experiment)
+    if not sweeps:
+        raise runs.NoSweepError(f"tracking store {client.tracking_uri}: no training sweep (tag p2m.stage=train)")
+    out = []
+    for spec, sweep in sweeps.items():
+        history = runs.metric_histories(client, runs.trial_frame(client, sweep), [k for k, _ in CURVE_PANELS])
+        if history.empty or "PQ" not in set(history["key"]):
+            print(f"note: training sweep {spec} ({sweep.info.run_id}) has no finished trial with a PQ history; "
+                  "its learning curves skipped", file=sys.stderr)
+            continue
+        fig = learning_curve_figure(history, f"{spec}: the network on {sweep.data.tags.get(T.SPLIT, 'val')} while it trains")
+        out.append((f"{spec}_learning_curves.png", figure_png(fig), sweep.info.run_id))
+    if not out:
+        raise Skip("no training sweep has a finished trial with a PQ history")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _single(fn: Callable[[MlflowClient, str | None], tuple[bytes, str]], name: str):
@@ -258,6 +308,7 @@ PLOTS: dict[str, Callable[[MlflowClient, str | None], list[tuple[str, bytes, str
     "table6": _single(plot_centroid_iters, "table6_centroid_iters.png"),
     "sinkhorn": plot_sinkhorn,
     "table7": _single(plot_table7_overlays, "table7_overlays.png"),
+    "train": plot_learning_curves,  # every training sweep (table4, table*_train, ...)
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,24 +103,34 @@ def _experiments(client: MlflowClient, experiment: str | None, uri: str) -> list
             return result
 
 
-def find_sweep(client: MlflowClient, table: str, experiment: str | None = None) -> Run:
-    """The latest sweep run (by start time) of spec ``table``, in ``experiment`` or in all experiments.
+def latest_sweeps(client: MlflowClient, tags: Mapping[str, str], experiment: str | None = None, one: bool = False) -> dict[str, Run]:
+    """The latest sweep run (by start time) of each spec among the sweep runs with ``tags``.
 
-    Latest, because re-running a spec with another grid, seeds or ``--set`` makes a new sweep
-    run; the newest is the one the user just launched.
+    ``one`` stops at the newest match (its spec then is the only key). Latest, because
+    re-running a spec with another grid, seeds or ``--set`` makes a new sweep run; the newest is
+    the one the user just launched.
     """
-    uri = client.tracking_uri
-    experiments = _experiments(client, experiment, uri)
+    experiments = _experiments(client, experiment, client.tracking_uri)
+    if not experiments:
+        return {}
+    where = " and ".join(f"tags.`{k}` = {_quote(v, k)}" for k, v in {T.KIND: T.KIND_SWEEP, **tags}.items())
+    order = ["attributes.start_time DESC"]
+    ids = [eid for eid, _ in experiments]
+    found = client.search_runs(ids, filter_string=where, max_results=1, order_by=order) if one else search_all_runs(client, ids, where, order)
+    latest: dict[str, Run] = {}
+    for run in found:
+        latest.setdefault(run.data.tags.get(T.SPEC, ""), run)
+    return latest
+
+
+def find_sweep(client: MlflowClient, table: str, experiment: str | None = None) -> Run:
+    """The latest sweep run (by start time) of spec ``table``, in ``experiment`` or in all experiments."""
+    found = latest_sweeps(client, {T.SPEC: table}, experiment, one=True)
+    if found:
+        return next(iter(found.values()))
+    experiments = _experiments(client, experiment, client.tracking_uri)
     names = ", ".join(repr(name) for _, name in experiments) or "none"
-    if experiments:
-        filter_string = f"tags.`{T.KIND}` = '{T.KIND_SWEEP}' and tags.`{T.SPEC}` = {_quote(table, 'table')}"
-        page = client.search_runs(
-            [eid for eid, _ in experiments], filter_string=filter_string, max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
-        if page:
-            return page[0]
-    raise NoSweepError(f"tracking store {uri}: no sweep run of table {table!r} (tag p2m.spec) in experiments {names}")
+    raise NoSweepError(f"tracking store {client.tracking_uri}: no sweep run of table {table!r} (tag p2m.spec) in experiments {names}")
 
 
 def load_sweep_trials(client: MlflowClient, sweep_run: Run) -> dict[str, Any]:
@@ -213,16 +223,37 @@ def trial_frame(client: MlflowClient, sweep_run: Run, param_keys: Sequence[str] 
 
 
 def sweep_info(sweep_run: Run) -> dict[str, Any]:
-    """The sweep run's tags a table header needs (spec, paper table, dataset, split, source)."""
+    """The sweep run's tags a table header needs (spec, paper table, stage, dataset, split, source)."""
     tags = sweep_run.data.tags
     return {
         "sweep_run_id": sweep_run.info.run_id,
         "experiment_id": sweep_run.info.experiment_id,
         "spec": tags.get(T.SPEC, ""),
         "paper_table": tags.get(T.PAPER_TABLE, ""),
+        "stage": tags.get(T.STAGE, "pseudo"),
         "dataset": tags.get(T.DATASET, "?"),
         "split": tags.get(T.SPLIT, "?"),
         "source": tags.get(T.SOURCE, "?"),
         "sweep_hash": tags.get(T.SWEEP_HASH, ""),
         "run_name": tags.get(T.RUN_NAME, ""),
     }
+
+
+def metric_histories(client: MlflowClient, frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Every logged step of ``keys`` of the finished trials of ``frame`` (:func:`trial_frame`).
+
+    One row per (trial, key, step): ``label``, ``seed``, ``run_id``, ``key``, ``step``,
+    ``value``, in grid order and by step. A step logged twice keeps its latest value (by
+    timestamp), as MLflow's own "latest" does. A training trial's metrics are logged per
+    iteration (docs/TRACKING.md), so ``step`` is the iteration.
+    """
+    records: list[dict[str, Any]] = []
+    for _, trial in frame[~frame["missing"]].iterrows():
+        for key in keys:
+            by_step: dict[int, tuple[int, float]] = {}
+            for m in client.get_metric_history(trial["run_id"], key):
+                if m.step not in by_step or m.timestamp >= by_step[m.step][0]:
+                    by_step[m.step] = (m.timestamp, float(m.value))
+            records.extend({"label": trial["label"], "seed": trial["seed"], "run_id": trial["run_id"], "key": key,
+                            "step": step, "value": value} for step, (_, value) in sorted(by_step.items()))
+    return pd.DataFrame.from_records(records, columns=["label", "seed", "run_id", "key", "step", "value"])

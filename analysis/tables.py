@@ -9,7 +9,9 @@ common effect, and a seed missing from either side is left out rather than biasi
 
 What we measure (pseudo masks of the label stage, on our data) is not what the paper reports
 (a trained network on VOC); the header of every output says both, so the columns are not read as
-a reproduction.
+a reproduction. A training sweep (``table4``, ``table*_train``) measures a trained network, as the
+paper does, and is rendered by the same rules with its columns named for what they hold
+(:mod:`analysis.trained`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis import paper, runs
+from analysis import paper, runs, trained
 from p2m_core.errors import P2MInputError
 from p2m_core.io import atomic_write_text
+from p2m_core.tracking import tags as T
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -42,10 +45,12 @@ SPEC_METRICS: dict[str, tuple[str, ...]] = {
                  "seconds_per_image"),
     "beta": ("PQ", "PQ_th", "PQ_st", "mIoU"),
     "release": ("PQ", "PQ_th", "PQ_st", "disagreement_pct", "k_violation_pct", "seconds_per_image"),
+    # Training sweeps (analysis/trained.py): the network's metrics, then its own pseudo masks'.
+    **{spec: trained.spec_metrics(spec) for spec in trained.NETWORK_METRICS},
 }
 PERCENT_METRICS = frozenset({
     "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st",
-    "mIoU", "pixel_acc", "disagreement_pct", "k_violation_pct",
+    "mIoU", "pixel_acc", "disagreement_pct", "k_violation_pct", *trained.NET_PSEUDO_METRICS,
 })
 ERROR_METRICS = frozenset({"row_error", "col_error", "max_col_error", "rel_error"})
 # The paper prints table 6 with two decimals (53.76 vs 53.80): one would hide its differences.
@@ -107,11 +112,35 @@ def build_table(client: MlflowClient, table: str, experiment: str | None = None)
     then per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``, ``<m>_paper`` and the paired
     differences to the baseline ``delta_<m>_mean``, ``delta_<m>_std``, ``delta_<m>_n``,
     ``delta_<m>_paper``. ``meta`` holds the sweep's tags, the headers and the missing trials.
+
+    A training sweep (tag ``p2m.stage`` = ``train``) adds ``pseudo_stage_<m>_mean/_std/_n``
+    when the store has a pseudo-stage sweep of the same paper table, and ``meta`` says which
+    columns md/latex show under which labels (:mod:`analysis.trained`).
     """
     if table not in SPEC_METRICS:
         raise P2MInputError(f"--table {table!r} is not a known sweep spec (known: {', '.join(SPEC_METRICS)})")
-    metrics = SPEC_METRICS[table]
     sweep = runs.find_sweep(client, table, experiment)
+    df, meta = sweep_table(client, sweep, table, SPEC_METRICS[table])
+    if meta["stage"] != trained.STAGE:
+        return df, meta
+    # A training sweep: the network's columns, and the pseudo masks of the same settings from
+    # the latest pseudo-stage sweep of the same paper table, in whichever experiment it is.
+    meta = trained.network_layout(meta, meta.pop("frame"))
+    stage_df = stage_meta = None
+    if meta["paper_table"]:
+        twins = runs.latest_sweeps(client, {T.PAPER_TABLE: meta["paper_table"], T.STAGE: "pseudo"}, one=True)
+        for twin in twins.values():
+            stage_df, stage_meta = sweep_table(client, twin, twin.data.tags.get(T.SPEC, ""), trained.STAGE_METRICS)
+    return trained.add_pseudo_stage(df, meta, stage_df, stage_meta)
+
+
+def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`build_table` of one sweep run (``table``: its spec name) and the given metrics.
+
+    ``meta`` also holds ``settings`` (each row's setting, as in trials.json) and, for a training
+    sweep, ``frame`` (the trial frame: its header reads the trials' iterations).
+    """
+    metrics = tuple(metrics)
     info = runs.sweep_info(sweep)
     frame = runs.trial_frame(client, sweep)
     trials_doc = frame.attrs["trials"]
@@ -185,7 +214,10 @@ def build_table(client: MlflowClient, table: str, experiment: str | None = None)
         "baseline": labels[baseline_key] if baseline_key else "",
         "header_measured": measured,
         "header_paper": f"{PAPER_SETTING} ({paper_key})" if paper_key else "paper: no corresponding table",
+        "settings": [by_key[key] for key in order],
     }
+    if info["stage"] == trained.STAGE:
+        meta["frame"] = frame
     return df, meta
 
 
@@ -210,23 +242,26 @@ def _cell(mean: float, std: float, n: int, places: int, row_n: int, pm: str) -> 
 
 def _display(df: pd.DataFrame, meta: Mapping[str, Any], pm: str, delta: str) -> tuple[list[str], list[list[str]]]:
     """Header and text cells shared by the Markdown and LaTeX outputs."""
-    metrics, with_paper, places = meta["metrics"], set(meta["paper_columns"]), meta["decimals"]
+    with_paper, places = set(meta["paper_columns"]), meta["decimals"]
+    # What md/latex show (a training table shows fewer columns than it computes) and how it names them.
+    shown, deltas = meta.get("columns", meta["metrics"]), meta.get("delta_metrics", meta["metrics"])
+    name = {m: meta.get("labels", {}).get(m, m) for m in [*shown, *deltas]}
     header = ["setting", "n"]
-    for m in metrics:
-        header += [m] + ([f"{m} paper"] if m in with_paper else [])
+    for m in shown:
+        header += [name[m]] + ([f"{name[m]} paper"] if m in with_paper else [])
     header.append("pairs")
-    for m in metrics:
-        header += [f"{delta}{m}"] + ([f"{delta}{m} paper"] if m in with_paper else [])
+    for m in deltas:
+        header += [f"{delta}{name[m]}"] + ([f"{delta}{name[m]} paper"] if m in with_paper else [])
     body = []
     for _, r in df.iterrows():
         cells = [str(r["setting"]), str(int(r["n"]))]
-        for m in metrics:
+        for m in shown:
             cells.append(_cell(r[f"{m}_mean"], r[f"{m}_std"], int(r[f"{m}_n"]), places[m], int(r["n"]), pm))
             if m in with_paper:
                 cells.append(_num(r[f"{m}_paper"], places[m]))
-        pairs = int(r[f"delta_{metrics[0]}_n"]) if metrics else 0
+        pairs = int(r[f"delta_{deltas[0]}_n"]) if deltas else 0
         cells.append("-" if r["baseline"] else str(pairs))
-        for m in metrics:
+        for m in deltas:
             if r["baseline"]:
                 cells.append("(baseline)")
             else:
@@ -248,14 +283,14 @@ def _notes(meta: Mapping[str, Any]) -> list[str]:
         shown = ", ".join(f"{label} seed {seed}" for label, seed in meta["missing"][:8])
         more = ", ..." if len(meta["missing"]) > 8 else ""
         lines.append(f"{meta['trials_missing']} of {meta['trials_total']} trials missing (no FINISHED run): {shown}{more}")
-    return lines
+    return lines + list(meta.get("extra_notes", []))
 
 
 def render_markdown(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
     """A paragraph saying what was measured, then a pipe table."""
     header, body = _display(df, meta, " ± ", "Δ")
     notes = _notes(meta)
-    lines = ["  \n".join(f"**{n.split(':', 1)[0]}:**{n.split(':', 1)[1]}" if n.startswith(("measured:", "paper:")) else n for n in notes), ""]
+    lines = ["  \n".join(f"**{n.split(':', 1)[0]}:**{n.split(':', 1)[1]}" if n.startswith(("measured:", "paper:", "columns:")) else n for n in notes), ""]
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines.append("| " + " | ".join(map(esc, header)) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
@@ -292,9 +327,12 @@ def render_csv(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
     out = df.copy()
     for key in meta["grid_keys"]:
         out[key] = [json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for v in out[key]]
-    for column in ("spec", "paper_table", "source", "dataset", "split", "sweep_run_id"):
+    for column in ("spec", "paper_table", "stage", "source", "dataset", "split", "sweep_run_id"):
         out[column] = meta[column]
     out["n_seeds"] = meta["n_seeds"]
+    if "pseudo_stage" in meta:  # a training table's pseudo_stage_* columns: which sweep they come from
+        out[f"{trained.STAGE_PREFIX}sweep_run_id"] = meta["pseudo_stage"]["sweep_run_id"]
+        out[f"{trained.STAGE_PREFIX}n_seeds"] = meta["pseudo_stage"]["n_seeds"]
     return out.to_csv(index=False, lineterminator="\n")
 
 

@@ -19,12 +19,14 @@ BASE = REPO / "experiments" / "ablation_synthetic.yaml"
 SHIPPED = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))
 PAPER_AXES = {"table3": "pseudo.maps", "table5": "pseudo.k_scheme", "table6": "pseudo.centroid_iters",
               "table7": "pseudo.assignment"}  # fmt: skip
+# Training sweeps: spec -> the pseudo-stage spec with the same grid and paper table (None: none).
+TRAIN_SPECS = {"table4": None, "table3_train": "table3", "table5_train": "table5", "table7_train": "table7"}
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic(root, num_train=0, num_val=2, size=48, seed=1, progress=False)
+    generate_synthetic(root, num_train=4, num_val=2, size=48, seed=1, progress=False)
     return root
 
 
@@ -38,25 +40,57 @@ def write_spec(folder: Path, **fields) -> Path:
 
 
 def test_shipped_specs_expand_into_checked_trials(data_root):
-    assert {p.stem for p in SHIPPED} == {"table3", "table5", "table6", "table7", "sinkhorn", "beta", "release"}
+    assert {p.stem for p in SHIPPED} == {"table3", "table5", "table6", "table7", "sinkhorn", "beta", "release", *TRAIN_SPECS}
     for path in SHIPPED:
         spec = load_spec(path)
         trials = expand_trials(spec, [f"data.root={data_root}"])
-        assert len(trials) == len(spec.settings()) * len(spec.seeds) and len(spec.seeds) >= 3
+        # training trials cost minutes each: one seed by default (--seeds for more)
+        assert len(trials) == len(spec.settings()) * len(spec.seeds) and len(spec.seeds) >= (1 if spec.stage == "train" else 3)
         assert len({t.config_hash for t in trials}) == len(trials)
         for trial in trials:
-            assert trial.config_hash == stage_hash(trial.config, "pseudo")
+            assert trial.config_hash == stage_hash(trial.config, spec.stage)
             for key, value in trial.setting.items():  # the grid value is in the trial's config
                 section, _, name = key.rpartition(".")
                 node = trial.config
                 for part in section.split("."):
                     node = getattr(node, part)
                 assert getattr(node, name) == value
-            assert trial.config.data.point_seed == trial.seed == trial.config.ablation.corruption.seed
+            if spec.stage == "train":
+                assert trial.config.seed == trial.seed == trial.config.data.point_seed
+            else:
+                assert trial.config.data.point_seed == trial.seed == trial.config.ablation.corruption.seed
             assert Path(trial.config.data.root).is_absolute()
         if spec.name in PAPER_AXES:
             assert spec.grid_keys == [PAPER_AXES[spec.name]] and spec.paper_table.startswith(spec.name)
     assert [v for (v,) in (tuple(s.values()) for s in load_spec(REPO / "experiments/sweeps/table6.yaml").settings())] == [1, 2, 4, 8, 10]
+
+
+def test_training_specs_answer_the_paper_tables(data_root):
+    """table4 and the *_train specs: training trials of the tiny network, one per paper row."""
+    from analysis import paper
+
+    for name, pseudo_name in TRAIN_SPECS.items():
+        spec = load_spec(REPO / "experiments" / "sweeps" / f"{name}.yaml")
+        assert (spec.stage, spec.split, spec.mlflow_experiment) == ("train", "val", "p2m-train")
+        assert spec.base == (REPO / "experiments" / "train_tiny.yaml").resolve()
+        assert spec.seeds == (0,) and spec.seed_keys == ("seed", "data.point_seed") and spec.resources.as_ray() == {"CPU": 1.0}
+        axis = paper.paper_table(spec.paper_table)["axis"]
+        assert spec.grid_keys == [axis]
+        # every paper row is a grid point, in the paper's order (its first row is the baseline)
+        rows = paper.paper_frame(spec.paper_table)
+        assert [paper.normalise(s[axis]) for s in spec.settings()] == list(rows.index)
+        if pseudo_name is not None:  # the same grid and paper table as the pseudo-stage spec
+            twin = load_spec(REPO / "experiments" / "sweeps" / f"{pseudo_name}.yaml")
+            assert (twin.stage, twin.paper_table, twin.settings()) == ("pseudo", spec.paper_table, spec.settings())
+        trials = expand_trials(spec, [f"data.root={data_root}"])
+        assert len({t.config_hash for t in trials}) == len(spec.settings()) == len(trials)
+        for trial, setting in zip(trials, spec.settings()):
+            assert trial.config_hash == stage_hash(trial.config, "train") and trial.setting == setting
+            section, _, key = axis.rpartition(".")
+            assert getattr(getattr(trial.config, section), key) == setting[axis]
+    t4 = load_spec(REPO / "experiments" / "sweeps" / "table4.yaml")
+    assert [s["loss.semantic_terms"] for s in t4.settings()] == [
+        ["partial"], ["partial", "lab"], ["partial", "rgb_tree"], ["partial", "lab", "rgb_tree"]]
 
 
 def test_sinkhorn_grid_is_a_union_of_blocks(data_root):
@@ -140,6 +174,8 @@ def test_missing_dataset_and_set_conflicts(tmp_path, data_root):
 def test_cli_refuses_bad_specs_and_an_unreachable_server_before_ray(tmp_path, data_root, monkeypatch, capsys):
     import socket
 
+    assert sweep_main([str(write_spec(tmp_path, stage="eval"))]) == 2
+    assert "key 'stage' expects one of pseudo, train, got 'eval'" in capsys.readouterr().err
     missing = tmp_path / "no_data"
     assert sweep_main([str(write_spec(tmp_path, stage="train")), "--set", f"data.root={missing}"]) == 2
     assert f"data.train.json -> {missing}" in capsys.readouterr().err
