@@ -79,13 +79,19 @@ def plan_sweep(spec_path: str, overrides: Sequence[str], seeds: Sequence[int] | 
     ``seeds`` replaces the spec's seeds (a quick look with one seed is a different sweep)."""
     from dataclasses import replace
 
-    from p2m_core.tracking.uri import resolve_tracking_uri, sqlite_path
-
     spec = load_spec(spec_path)
     if seeds is not None:
         spec = replace(spec, seeds=tuple(seeds))
     trials = expand_trials(spec, overrides)
-    configured = trials[0].config.tracking.tracking_uri
+    uri = job_tracking_uri(trials[0].config.tracking.tracking_uri)
+    return SweepPlan(spec, trials, sweep_hash(spec, trials), uri, tuple(overrides))
+
+
+def job_tracking_uri(configured: str) -> str:
+    """:func:`~p2m_core.tracking.uri.resolve_tracking_uri`, refusing inside a Ray job a store
+    that would live in the job's temporary working directory (Ray deletes it)."""
+    from p2m_core.tracking.uri import resolve_tracking_uri, sqlite_path
+
     if in_ray_job() and not configured and not os.environ.get("MLFLOW_TRACKING_URI"):
         raise P2MInputError(
             "this runs as a Ray job, whose working directory is a temporary copy that Ray deletes: the default "
@@ -93,9 +99,15 @@ def plan_sweep(spec_path: str, overrides: Sequence[str], seeds: Sequence[int] | 
             "--set tracking.tracking_uri=sqlite:////absolute/path/mlflow.db"
         )
     uri = resolve_tracking_uri(configured)
-    if in_ray_job() and sqlite_path(uri) is not None and Path.cwd().resolve() in sqlite_path(uri).parents:
-        raise P2MInputError(f"tracking store {uri} lies inside the Ray job's temporary working directory; use an absolute path outside it")
-    return SweepPlan(spec, trials, sweep_hash(spec, trials), uri, tuple(overrides))
+    if sqlite_path(uri) is not None:
+        refuse_job_temporary(sqlite_path(uri), f"tracking store {uri}")
+    return uri
+
+
+def refuse_job_temporary(path: Path, what: str) -> None:
+    """Inside a Ray job, refuse ``path`` when it lies in the job's temporary working directory."""
+    if in_ray_job() and Path.cwd().resolve() in Path(path).resolve().parents:
+        raise P2MInputError(f"{what} lies inside the Ray job's temporary working directory, which Ray deletes; use an absolute path outside it")
 
 
 def open_in_mlflow(plan: SweepPlan) -> None:

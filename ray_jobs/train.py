@@ -73,6 +73,7 @@ def plan_training(cfg: Config, use_gpu: bool = False, launch_dir: str | Path | N
     """Check ``cfg`` for training and decide its names and folders (no MLflow, no Ray)."""
     from p2m_core.engine.inputs import check_training_data
     from p2m_core.tracking.uri import resolve_tracking_uri
+    from ray_jobs.plan import job_tracking_uri, refuse_job_temporary
     from ray_jobs.spec import absolute_paths
 
     launch = Path(launch_dir if launch_dir is not None else os.getcwd()).resolve()
@@ -84,13 +85,15 @@ def plan_training(cfg: Config, use_gpu: bool = False, launch_dir: str | Path | N
     check_training_data(cfg)
     output_root = Path(cfg.tracking.output_dir)
     output_root = output_root if output_root.is_absolute() else launch / output_root
+    refuse_job_temporary(output_root, f"tracking.output_dir {output_root}")
     storage = cfg.train.storage_path or str(output_root / "ray")
-    if not _is_uri(storage) and not Path(storage).is_absolute():
+    if not _is_uri(storage):
         storage = str((launch / storage).resolve())
+        refuse_job_temporary(Path(storage), f"train.storage_path {storage}")
     config_hash = resolve(cfg, "train").hash
     run_name = run_name or cfg.tracking.run_name or f"train-{cfg.name}"
     ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{run_name}-{config_hash[:12]}")
-    uri = resolve_tracking_uri(cfg.tracking.tracking_uri, launch)
+    uri = job_tracking_uri(cfg.tracking.tracking_uri) if launch_dir is None else resolve_tracking_uri(cfg.tracking.tracking_uri, launch)
     return TrainPlan(cfg, uri, run_name, ray_name, storage, output_root / ray_name, use_gpu)
 
 

@@ -82,3 +82,27 @@ def test_paper_table_from_the_server_equals_the_runs(submitted_sweep):
     diffs = [seeds[("ot", s)] - seeds[("mc", s)] for s in ("0", "1")]
     ot_row = table[table[label_column].astype(str).str.contains("assignment=ot")].iloc[0]
     assert ot_row["delta_PQ_mean"] == pytest.approx(np.mean(diffs), abs=1e-9)
+
+
+def test_job_submission_trains_on_the_head(tmp_path, ray_head_url, mlflow_server_url):
+    """``ray_jobs.train`` as a Ray job: attaches to the head, logs to the server, writes its
+    model where the submitter said (an absolute path outside the job's temporary copy)."""
+    data = tmp_path / "data"
+    generate_synthetic(data, num_train=4, num_val=1, size=64, seed=6, progress=False)
+    cmd = [
+        str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head_url, "--working-dir", str(REPO),
+        "--runtime-env", str(REPO / "ray_jobs" / "runtime_env.yaml"), "--",
+        "python", "-m", "ray_jobs.train", "experiments/train_tiny.yaml", "--set", f"data.root={data}",
+        "--set", f"tracking.tracking_uri={mlflow_server_url}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
+        "--set", "train.iters=2", "--set", "train.batch_size=2", "--set", "tracking.experiment=job-train",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, check=False, cwd=REPO)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "Ray attached" in output
+    client = MlflowClient(tracking_uri=mlflow_server_url)
+    runs = client.search_runs([client.get_experiment_by_name("job-train").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/total")) == [1, 2]
+    assert Path(runs[0].data.tags["p2m.checkpoint.model"]).parent.parent == tmp_path / "runs"
+    assert "predictions" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
