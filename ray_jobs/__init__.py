@@ -1,10 +1,12 @@
 """Entry points that run p2m on Ray: thin layers that build Config objects and call the core.
 
+- ``python -m ray_jobs.train CONFIG ...`` one training run on Ray Train, logged to MLflow;
+- :mod:`ray_jobs.train_worker`            what each Ray Train worker executes;
 - ``python -m ray_jobs.sweep SPEC ...``   a Ray Tune grid over a sweep spec, logged to MLflow;
 - ``python -m ray_jobs.pseudo ...``       one pseudo-stage setting in this process (no Ray);
 - :mod:`ray_jobs.spec`                    sweep specs and their validation;
 - :mod:`ray_jobs.plan`                    a sweep's trials and its place in MLflow (resume);
-- :mod:`ray_jobs.trial`                   the Tune trial (runs in a worker);
+- :mod:`ray_jobs.trial`                   the Tune trials (pseudo stage; training: launches a TorchTrainer);
 - :mod:`ray_jobs.tune_progress`           one console line per finished trial;
 - :mod:`ray_jobs.cluster`                 starting or attaching to Ray;
 - ``runtime_env.yaml``                    for ``ray job submit``.

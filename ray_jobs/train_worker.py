@@ -91,8 +91,8 @@ def train_loop(config: dict[str, Any]) -> None:
         report: dict[str, Any] = {"iteration": iteration}
         if tracking is not None and due.evaluate and iteration > tracking.evals_done:
             evaluation = run.evaluate()
-            tracking.evaluation(iteration, {**evaluation, "train_seconds": time.perf_counter() - started},
-                                run.overlays(cfg.train.overlays))  # fmt: skip
+            extra = {"iteration": iteration, "train_seconds": time.perf_counter() - started}
+            tracking.evaluation(iteration, {**evaluation, **extra}, run.overlays(cfg.train.overlays))
             report.update(evaluation)
             log.info("iteration %d: PQ %.1f (things %.1f, stuff %.1f), mIoU %.1f, pseudo PQ %.1f", iteration,
                      evaluation["PQ"], evaluation["PQ_th"], evaluation["PQ_st"], evaluation["mIoU"], evaluation["pseudo_PQ"])  # fmt: skip

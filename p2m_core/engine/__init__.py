@@ -1,2 +1,12 @@
-"""Training machinery that runs without Ray: one step (:mod:`~p2m_core.engine.step`); the
-distributed loop wraps it."""
+"""Training machinery that runs without Ray.
+
+- :mod:`~p2m_core.engine.step`       one optimisation step (and the module DDP wraps);
+- :mod:`~p2m_core.engine.loop`       the loop around it: data shard, schedule, exact resume state;
+- :mod:`~p2m_core.engine.run`        one worker's run from a config: evaluation schedule, overlays,
+  resume files, the final model and predictions;
+- :mod:`~p2m_core.engine.inputs`     the data checks a launcher runs before any worker starts;
+- :mod:`~p2m_core.engine.evaluate`   PQ of predictions and of pseudo masks, mIoU;
+- :mod:`~p2m_core.engine.checkpoint` the model file (``p2m-checkpoint/1``).
+
+The distributed wrapper (Ray Train) is :mod:`ray_jobs.train`.
+"""
