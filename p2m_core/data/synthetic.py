@@ -405,25 +405,32 @@ def generate_synthetic(
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = SyntheticConfig()
     parser = argparse.ArgumentParser(
         prog="python -m p2m_core.data.synthetic", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--out", required=True, help="output root folder")
-    parser.add_argument("--num-train", type=int, default=defaults.num_train, help="train images (%(default)s)")
-    parser.add_argument("--num-val", type=int, default=defaults.num_val, help="val images (%(default)s)")
-    parser.add_argument("--size", type=int, default=defaults.size, help="image side in pixels (%(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (%(default)s)")
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="take the sizes from this experiment's data.synthetic (the options below override them)")  # fmt: skip
+    parser.add_argument("--num-train", type=int, default=None, help="train images (default: data.synthetic.num_train)")
+    parser.add_argument("--num-val", type=int, default=None, help="val images (default: data.synthetic.num_val)")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: data.synthetic.size)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: data.synthetic.seed)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     try:
-        paths = generate_synthetic(
-            args.out, args.num_train, args.num_val, args.size, args.seed, progress=not args.quiet
-        )
+        if args.config is not None:
+            from p2m_core.config import load_config
+
+            sizes = load_config(args.config).data.synthetic
+        else:
+            sizes = SyntheticConfig()
+        chosen = {name: getattr(sizes, name) if getattr(args, name) is None else getattr(args, name)
+                  for name in ("num_train", "num_val", "size", "seed")}  # fmt: skip
+        paths = generate_synthetic(args.out, progress=not args.quiet, **chosen)
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.num_train} train + {args.num_val} val images under {paths['root']}", file=sys.stderr)
+    print(f"wrote {chosen['num_train']} train + {chosen['num_val']} val images under {paths['root']}", file=sys.stderr)
     return 0
 
 
