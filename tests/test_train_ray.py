@@ -2,7 +2,8 @@
 
 - two workers train the tiny network: each trains on its own shard, the losses fall, and MLflow
   holds the run with params, every step's metrics once, evaluations and artifacts;
-- a 2-worker DDP step gives the gradients of a 1-worker step on the two halves concatenated;
+- a 2-worker DDP step gives the gradients of a 1-worker step on the two halves concatenated
+  (to float32 rounding: the workers share their loss normalisers);
 - a training worker killed by its PID mid-run: Ray restarts the group from the last checkpoint,
   the run finishes, and every step is in MLflow exactly once;
 - bad input (missing or empty data, a wrong class count, an unreachable tracking server) is
@@ -174,7 +175,9 @@ def test_a_two_worker_step_equals_one_worker_on_the_concatenated_batch(tmp_path,
     flat_r = torch.cat([reference[n].flatten() for n in sorted(reference)])
     assert flat_r.norm() > 0
     relative = (flat_d - flat_r).norm() / flat_r.norm()
-    assert relative < 0.05, f"2-worker gradient differs from the concatenated batch's by {relative:.3%}"
+    # 2.2e-7 measured: float32 summation order. Without the workers' shared loss normalisers
+    # (p2m_core.losses.normalise) it was 1.5e-2.
+    assert relative < 1e-5, f"2-worker gradient differs from the concatenated batch's by {relative:.2e}"
 
 
 def _train_workers(driver_pid: int) -> list[int]:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from p2m_core.errors import P2MInputError
+from p2m_core.losses.normalise import batch_count
 from p2m_core.pseudo.edge_lengths import pair_slices
 
 # sRGB (linear) -> XYZ, and the D65 white point (the values OpenCV uses).
@@ -141,5 +142,5 @@ def lab_affinity_loss(
             agree = (probs[..., p_sl[0], p_sl[1]] * probs[..., q_sl[0], q_sl[1]]).sum(dim=1)
             loss_sum = loss_sum + (-torch.log(agree.clamp(min=eps)) * counted).sum()
             count = count + counted.sum()
-        total = total + weight * loss_sum / torch.as_tensor(count).clamp(min=1).to(probs.dtype)
+        total = total + weight * loss_sum / batch_count(count, probs.device).to(probs.dtype)
     return total

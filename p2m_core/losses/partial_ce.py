@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from p2m_core.errors import P2MInputError
+from p2m_core.losses.normalise import batch_count
 
 IGNORE_INDEX = -1
 """Label of the pixels without a point label."""
@@ -105,4 +106,4 @@ def partial_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = IG
         )
     labelled = labels != ignore_index
     total = F.cross_entropy(logits, labels.long(), ignore_index=ignore_index, reduction="sum")
-    return total / labelled.sum().clamp(min=1).to(logits.dtype)
+    return total / batch_count(labelled.sum()).to(logits.dtype)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from p2m_core.errors import P2MInputError
+from p2m_core.losses.normalise import batch_count
 
 TEMPERATURE = 0.07
 
@@ -99,4 +100,4 @@ def projector_contrastive_loss(
         logits = queries @ prototypes.T / temperature
         total = total + F.cross_entropy(logits, match[counted].to(torch.uint8).argmax(dim=1), reduction="sum")
         count += int(counted.sum())
-    return total / max(count, 1)
+    return total / batch_count(count, unit.device).to(total.dtype)

@@ -70,6 +70,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree, shortest_path
 from torch import Tensor
 
 from p2m_core.errors import P2MInputError
+from p2m_core.losses.normalise import batch_count
 
 SIGMA = 0.02
 """Scale of the filter's edge strength ``exp(-w_e / sigma)`` (release)."""
@@ -307,5 +308,5 @@ def tree_energy_loss(probs: Tensor, image: Tensor, unlabelled: Tensor, sigma: fl
         if small.shape[-2:] != probs.shape[-2:]:
             small = F.interpolate(small, size=probs.shape[-2:], mode="bilinear", align_corners=False)
     filtered = tree_filter(probs, small, grid_mst(small), sigma)
-    count = unlabelled.sum().clamp(min=1).to(probs.dtype)
+    count = batch_count(unlabelled.sum()).to(probs.dtype)
     return (probs - filtered).abs().sum() / count

@@ -44,6 +44,7 @@ from p2m_core.losses import (
     sigmoid_focal_loss,
     tree_energy_loss,
 )
+from p2m_core.losses.normalise import batch_count
 from p2m_core.losses.segments import stuff_representatives
 from p2m_core.model.point2mask import NetworkOutput, Point2Mask
 from p2m_core.pseudo.labels import PseudoLabels
@@ -186,7 +187,7 @@ def _panoptic_terms(
         coarse = F.interpolate(masks[None].float(), size=(h8, w8), mode="area")[0] if len(ids) else masks.new_zeros(0, h8, w8).float()
         gt = thing_pos[labels[b, ids]] if ids else labels.new_zeros(0)
         targets.append((gt, boxes, coarse))
-    num = max(sum(len(t[0]) for t in targets), 1)
+    num = batch_count(sum(len(t[0]) for t in targets), device)
     terms = {"cls": out.boundary.new_zeros(()), "l1": out.boundary.new_zeros(()), "giou": out.boundary.new_zeros(())}
     last_match = []
     for layer, (logits, boxes) in enumerate(zip(out.located.logits, out.located.boxes)):
@@ -206,7 +207,7 @@ def _panoptic_terms(
 
 
 def _thing_dice(
-    model: Point2Mask, out: NetworkOutput, targets: list, matches: list, num: int, weight: float
+    model: Point2Mask, out: NetworkOutput, targets: list, matches: list, num: Tensor, weight: float
 ) -> Tensor:
     K = max((len(q) for q, _ in matches), default=0)
     if K == 0:
@@ -243,7 +244,7 @@ def _stuff_terms(
         present[:, s] = has.float()
         masks[:, s] = ((segments == first[:, None, None]) & has[:, None, None]).float()
     coarse = F.interpolate(masks, size=(h8, w8), mode="area")
-    num = max(int(present.sum()), 1)
+    num = batch_count(present.sum())
     dice, focal = zero, zero
     for layer_masks, presence in zip(out.stuff.masks, out.stuff.presence):
         focal = focal + cfg.loss.stuff_presence_weight * sigmoid_focal_loss(presence, present, reduction="sum") / max(B, 1)
