@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 #: ``ray.train.report`` (each training checkpoint) wait that long. Set before Ray starts, so the
 #: in-process cluster's workers inherit it; ``runtime_env.yaml`` sets it for jobs.
 TRAIN_HEALTH_CHECK_INTERVAL_S = "0.2"
+#: OpenMP threads of the workers sleep rather than spin between parallel regions. With spinning
+#: (libgomp's default) a worker whose cores are shared with other processes collapses: a tiny
+#: training step measured 23.8 s instead of 0.45 s with 2 threads on 2 busy cores (BENCHMARKS.md).
+OMP_WAIT_POLICY = "PASSIVE"
 #: Object store of an in-process cluster. Trials exchange only small configs and metrics, and
 #: Ray's default (30% of RAM, in /dev/shm) fails on small machines and containers.
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
@@ -33,6 +37,7 @@ def connect() -> tuple[float, bool]:
         return 0.0, bool(os.environ.get("RAY_ADDRESS"))
     start = time.perf_counter()
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_HEALTH_CHECK_INTERVAL_S)
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     address = os.environ.get("RAY_ADDRESS", "").strip()
     quiet = {"logging_level": logging.WARNING, "configure_logging": True}
     if address:

@@ -211,7 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         resources = worker_resources(plan.cfg.train.workers, plan.use_gpu, args.cpus_per_worker)
         check_fits({k: v * plan.cfg.train.workers for k, v in resources.items()}, attached, f"config {args.config_path}")
-        metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
+        from ray_jobs.train_progress import MlflowProgress
+
+        with MlflowProgress(plan.tracking_uri, run_id, plan.cfg.train, say, enabled=not args.quiet):
+            metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
     except P2MInputError as exc:
         from p2m_core.tracking.training import end_training_run
 

@@ -81,10 +81,19 @@ def train_loop(config: dict[str, Any]) -> None:
         tracking.resumed_at(run.iteration)
     started = time.perf_counter()
 
+    window: list[Any] = []
+
     def on_step(iteration: int, result: Any) -> None:
         run.record_step(iteration)
         if tracking is not None:
             tracking.step(iteration, step_metrics(result))
+            window.append(result)
+            if iteration % cfg.train.log_every == 0 or iteration == run.max_iters:
+                seconds = sum(r.step_seconds for r in window)
+                log.info("iteration %d/%d: loss %.3f, %.2f s/step, pseudo labels %.0f%% of it", iteration, run.max_iters,
+                         sum(r.total for r in window) / len(window), seconds / len(window),
+                         100 * sum(r.pseudo_seconds for r in window) / max(seconds, 1e-9))  # fmt: skip
+                window.clear()
         due = run.due(iteration)
         if not due.checkpoint:
             return
