@@ -142,6 +142,9 @@ def test_killed_sweep_resumes_with_only_the_missing_trials(tmp_path, roots):
                       [0, 1], roots["good"])  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # The store's schema is created here, before the driver and this test's polling could both
+    # create it at once (sqlite migrations race: "table _alembic_tmp_experiments already exists").
+    assert runs_of(uri, "trial") == []
     driver = subprocess.Popen(
         sweep_command(str(spec), "--max-concurrent", "1"), cwd=tmp_path, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
@@ -149,7 +152,7 @@ def test_killed_sweep_resumes_with_only_the_missing_trials(tmp_path, roots):
     deadline = time.monotonic() + 180
     try:
         while sum(r.info.status == "FINISHED" for r in runs_of(uri, "trial")) < 2:
-            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            assert driver.poll() is None, "the sweep ended before it could be interrupted: " + driver.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(0.5)
     finally:
