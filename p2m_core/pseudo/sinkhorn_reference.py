@@ -184,12 +184,13 @@ def _solve(
     scaled_cost = band_cost.masked_fill_(~in_band[:, None, :], 0.0 if not dense else math.inf) / eps
     log_w = band_w.log()[:, None, :]
 
-    u = torch.ones(b, M, device=dev)
-    u_prev = u
-    spread = torch.zeros(b, device=dev)
-    light = torch.full((b,), math.inf, device=dev)  # least row sum of a point without settled pixels
+    # The loop is overhead-bound at small sizes, so it only records u and the band row sums;
+    # the spread and the lightest row are reduced from those histories once, after it.
+    us = torch.ones(num_iters + 1, b, M, device=dev)  # us[i]: u after i iterations
+    masses = torch.full((num_iters, b, M), math.inf, device=dev)  # band row sums (linear domain)
     plan = scaled_cost.new_empty(b, M, width)  # the last iteration's plan (log plan when dense)
-    for _ in range(num_iters):
+    for i in range(num_iters):
+        u = us[i]
         shifted = (u / eps)[:, :, None] - scaled_cost  # (u_i - C_ij) / eps, -inf where padded
         if dense:  # log domain, as the reference: a starved point's row stays exact
             col_lse = _logsumexp(shifted, 1).nan_to_num_(neginf=0.0)
@@ -199,14 +200,15 @@ def _solve(
             top = shifted.amax(1, keepdim=True)
             plan = shifted.sub_(top).clamp_min_(-SOFTMAX_FLOOR).exp_()
             plan = plan.mul_(band_w[:, None, :] / plan.sum(1, keepdim=True))
-            band_mass = plan.sum(2)
-            light = torch.minimum(light, torch.where(unsettled, band_mass, math.inf).amin(1))
+            band_mass = torch.sum(plan, 2, out=masses[i])
             log_r = torch.log(settled_mass + band_mass)
-        u_prev = u
-        u = torch.where(row_live, u + eps * (log_x - log_r), u)
-        spread = torch.maximum(
-            spread, torch.where(row_live, u, -math.inf).amax(1) - torch.where(row_live, u, math.inf).amin(1)
-        )
+        torch.where(row_live, u + eps * (log_x - log_r), u, out=us[i + 1])
+    u, u_prev = us[num_iters], us[max(num_iters - 1, 0)]
+    later = us[1:]
+    spread = torch.where(row_live, later, -math.inf).amax(2) - torch.where(row_live, later, math.inf).amin(2)
+    spread = spread.amax(0).clamp_min(0.0) if num_iters else torch.zeros(b, device=dev)
+    # least row sum of a point without settled pixels
+    light = torch.where(unsettled, masses, math.inf).amin(2).amin(0) if num_iters else torch.full((b,), math.inf, device=dev)
     needed = spread + SOFTMAX_FLOOR * eps
     # below MIN_ROW_MASS the floored terms of the boundary softmax could matter to a row
     starved = starved | (light < MIN_ROW_MASS)
