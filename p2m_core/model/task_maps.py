@@ -74,7 +74,8 @@ def network_maps(out: NetworkOutput, grid: tuple[int, int]) -> tuple[Tensor, Ten
     sigmoid) and the projector's embedding ``[B, D, h, w]`` (bilinear; None without a projector).
     Shared by training and by the pseudo stage's ``checkpoint`` source, so a frozen network gives
     the stage exactly the maps it would give its own training step."""
-    def resize(x: Tensor) -> Tensor:
+    def resize(x: Tensor) -> Tensor:  # detached: at mask stride 8 the maps are the outputs themselves
+        x = x.detach()
         return x if tuple(x.shape[-2:]) == grid else F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
 
     embedding = None if out.embedding is None else resize(out.embedding.float())
