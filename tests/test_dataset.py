@@ -341,6 +341,18 @@ def test_collate_pads_to_the_divisor_and_keeps_point_lists(synthetic):
     assert collate_points(items[:1], size_divisor=1)["images"].shape == (1, 3, 40, 56)
 
 
+def test_decoded_samples_are_kept_read_only_and_items_are_copies(synthetic):
+    points = sample_points(synthetic, seed=0)
+    ds = PointPanopticDataset(synthetic, points, seed=0, with_gt=True)
+    first = ds[0]
+    assert len(ds._samples) == 1 and not ds._samples[0][0].flags.writeable
+    first["segment_ids"].fill_(-1)
+    first["image"].fill_(-1)
+    again = ds[0]
+    assert int(again["segment_ids"].min()) >= 0 and float(again["image"].min()) >= 0
+    assert torch.equal(again["segment_ids"], torch.from_numpy(synthetic.load_segment_ids(synthetic[0])))
+
+
 def test_edge_maps_are_those_of_the_transformed_image_and_cached(synthetic):
     from p2m_core.model.task_maps import low_level_edges
 

@@ -128,6 +128,9 @@ class PointPanopticDataset(Dataset):
     'iscrowd', 'area'}`` for the segments still present after the transforms.
     """
 
+    #: Decoded samples kept in memory per dataset (and per DataLoader worker), in bytes.
+    SAMPLE_CACHE_BYTES = 512 * 2**20
+
     def __init__(
         self,
         panoptic: CocoPanoptic,
@@ -155,6 +158,8 @@ class PointPanopticDataset(Dataset):
         self.normalize = bool(normalize)
         self.edges = EdgeCache("" if edges is True else edges) if edges is not False else None
         self.epoch = 0
+        self._samples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._sample_bytes = 0
         self.contiguous = panoptic.contiguous_ids()
         self._points = [self._points_of(record, by_id) for record in panoptic.records]
 
@@ -182,7 +187,29 @@ class PointPanopticDataset(Dataset):
         return len(self.panoptic)
 
     def load_sample(self, index: int) -> dict[str, Any]:
-        """The untransformed numpy sample of item ``index`` (see :mod:`p2m_core.data.transforms`)."""
+        """The untransformed numpy sample of item ``index`` (see :mod:`p2m_core.data.transforms`).
+
+        The decoded, checked image and segment ids are kept (read-only) while they fit in
+        :attr:`SAMPLE_CACHE_BYTES`: a small dataset (the synthetic one) is decoded once, not
+        once per epoch."""
+        cached = self._samples.get(index)
+        if cached is not None:
+            return {"image": cached[0], "segment_ids": cached[1], **{k: v.copy() for k, v in self._points[index].items()}}
+        sample = self._read_sample(index)
+        size = sample["image"].nbytes + sample["segment_ids"].nbytes
+        if self._sample_bytes + size <= self.SAMPLE_CACHE_BYTES:
+            for key in ("image", "segment_ids"):
+                sample[key].setflags(write=False)  # transforms make new arrays; a write would be a bug
+            self._samples[index] = (sample["image"], sample["segment_ids"])
+            self._sample_bytes += size
+        return sample
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers decode their own
+        state = dict(self.__dict__)
+        state["_samples"], state["_sample_bytes"] = {}, 0
+        return state
+
+    def _read_sample(self, index: int) -> dict[str, Any]:
         record = self.panoptic[index]
         image = self.panoptic.load_image(record)
         segment_ids = self.panoptic.load_segment_ids(record)
@@ -230,7 +257,7 @@ class PointPanopticDataset(Dataset):
         if self.edges is not None:
             item["edges"] = torch.from_numpy(self.edges(sample["image"]))
         if self.with_gt:
-            gt = np.ascontiguousarray(sample["segment_ids"], dtype=np.int64)
+            gt = np.require(sample["segment_ids"], dtype=np.int64, requirements=["C", "W"])  # a copy of a cached array
             item["segment_ids"] = torch.from_numpy(gt)
             item["segments"] = self._present_segments(record, gt)
         return item
