@@ -190,6 +190,7 @@ def _solve(
     us = torch.ones(num_iters + 1, b, M, device=dev)  # us[i]: u after i iterations
     masses = torch.full((num_iters, b, M), math.inf, device=dev)  # band row sums (linear domain)
     plan = scaled_cost.new_empty(b, M, width)  # the last iteration's plan (log plan when dense)
+    band_w_row = band_w[:, None, :]
     for i in range(num_iters):
         u = us[i]
         shifted = (u / eps)[:, :, None] - scaled_cost  # (u_i - C_ij) / eps, -inf where padded
@@ -200,7 +201,7 @@ def _solve(
         else:  # row sums of order 1 (checked): the linear domain is exact
             top = shifted.amax(1, keepdim=True)
             plan = shifted.sub_(top).clamp_min_(-SOFTMAX_FLOOR).exp_()
-            plan = plan.mul_(band_w[:, None, :] / plan.sum(1, keepdim=True))
+            plan = plan.mul_(band_w_row / plan.sum(1, keepdim=True))
             band_mass = torch.sum(plan, 2, out=masses[i])
             log_r = torch.log(settled_mass + band_mass)
         torch.where(row_live, u + eps * (log_x - log_r), u, out=us[i + 1])
