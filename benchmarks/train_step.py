@@ -3,15 +3,18 @@
 One process, no Ray (:func:`p2m_core.engine.step.train_step`): forward, pseudo labels from the
 network's own maps (no gradient), every loss term, backward, AdamW. Settings:
 
-- ``tiny`` (default, CPU): ``experiments/presets/synthetic_tiny.yaml`` on a batch of 4
-  synthetic images of ``--size`` pixels (masks at stride 1, the graph at 1/4);
+- ``tiny`` (default, CPU): the tiny network's training config, ``experiments/train_tiny.yaml``
+  (``--config``), on a batch of ``train.batch_size`` synthetic images of ``data.synthetic.size``
+  pixels (``--batch``, ``--size``), with its pseudo-label strides;
 - ``r50`` (``--model r50``, meant for a GPU): the paper's network (ResNet-50, 6-layer encoder,
   300 queries) on a batch of 2 images of 512x512, masks at stride 4, graph at 1/16, in fp32
   and, with ``--amp``, under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA).
 
-Times are the median of ``--steps`` steps after ``--warmup`` steps, synchronised on CUDA.
+Times are the median of ``--steps`` steps after ``--warmup`` steps, synchronised on CUDA. The
+batch carries its low-level edge maps, as the training loop's batches do (the dataset computes
+them once per image, :class:`~p2m_core.data.dataset.EdgeCache`).
 
-    .venv/bin/python benchmarks/train_step.py [--model tiny|r50] [--device cpu|cuda] [--steps 10] [--amp]
+    .venv/bin/python benchmarks/train_step.py [--model tiny|r50] [--config YAML] [--device cpu|cuda] [--steps 10] [--amp] [--set k=v]
 """
 
 from __future__ import annotations
@@ -48,17 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--config", default=str(REPO / "experiments" / "train_tiny.yaml"),
+                        help="the config whose network, losses and pseudo labels are timed (%(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = args.size or (128 if args.model == "tiny" else 512)
-    batch_size = args.batch or (4 if args.model == "tiny" else 2)
+    base = load_config(args.config, args.overrides)
+    size = args.size or (base.data.synthetic.size if args.model == "tiny" else 512)
+    batch_size = args.batch or (base.train.batch_size if args.model == "tiny" else 2)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         generate_synthetic(tmp, num_train=batch_size, num_val=0, size=size, seed=0, progress=False)
         overrides = [f"data.root={tmp}", "data.train.points=", f"data.min_size={size}", f"data.max_size={size}"]
-        cfg = load_config(REPO / "experiments" / "presets" / "synthetic_tiny.yaml",
-                          overrides + (R50 if args.model == "r50" else []))  # fmt: skip
+        cfg = load_config(args.config, args.overrides + overrides + (R50 if args.model == "r50" else []))
         dataset = PointPanopticDataset.from_config(cfg, "train")
         batch = batch_to_device(collate_points([dataset[i] for i in range(batch_size)]), device)
         torch.manual_seed(0)
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     memory = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
     print(f"train step: model {args.model} ({params:.2f} M parameters), batch {batch_size} x {size}^2, "
+          f"masks at stride {cfg.pseudo.mask_stride}, graph at 1/{cfg.pseudo.graph_stride}, "
           f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, "
           f"{'AMP' if args.amp else 'fp32'}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"median step {step:.3f} s ({1000 * step / batch_size:.1f} ms per image), pseudo labels {100 * share:.1f} % "

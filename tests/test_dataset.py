@@ -341,6 +341,41 @@ def test_collate_pads_to_the_divisor_and_keeps_point_lists(synthetic):
     assert collate_points(items[:1], size_divisor=1)["images"].shape == (1, 3, 40, 56)
 
 
+def test_decoded_samples_are_kept_read_only_and_items_are_copies(synthetic):
+    points = sample_points(synthetic, seed=0)
+    ds = PointPanopticDataset(synthetic, points, seed=0, with_gt=True)
+    first = ds[0]
+    assert len(ds._samples) == 1 and not ds._samples[0][0].flags.writeable
+    first["segment_ids"].fill_(-1)
+    first["image"].fill_(-1)
+    again = ds[0]
+    assert int(again["segment_ids"].min()) >= 0 and float(again["image"].min()) >= 0
+    assert torch.equal(again["segment_ids"], torch.from_numpy(synthetic.load_segment_ids(synthetic[0])))
+
+
+def test_edge_maps_are_those_of_the_transformed_image_and_cached(synthetic):
+    from p2m_core.model.task_maps import low_level_edges
+
+    points = sample_points(synthetic, seed=0)
+    ds = PointPanopticDataset(synthetic, points, train_chain(crop=40), seed=5, edges=True)
+    plain = PointPanopticDataset(synthetic, points, train_chain(crop=40), seed=5)
+    items = [ds[i] for i in range(4)]
+    batch = collate_points(items, size_divisor=16)
+    assert "edges" not in plain[0] and "edges" not in collate_points([plain[0]])
+    # what the training step computed from the batch before the dataset did it
+    expected = low_level_edges({k: v for k, v in batch.items() if k != "edges"})
+    assert batch["edges"].shape == batch["padding_mask"].shape and torch.equal(batch["edges"], expected)
+    assert ds.edges.misses == 4 and ds.edges.hits == 0
+    again = ds[1]
+    assert ds.edges.hits == 1 and torch.equal(again["edges"], items[1]["edges"])
+    again["edges"].fill_(7.0)  # items get copies: the cache is not modified through them
+    assert torch.equal(ds[1]["edges"], items[1]["edges"])
+    ds.edges.max_bytes = 0  # keeps only the latest map
+    ds.set_epoch(1)  # other crops: other images
+    ds[0]
+    assert ds.edges.misses == 5 and len(ds.edges._maps) == 1
+
+
 def test_from_config_samples_points_on_the_fly_and_applies_the_crop(synthetic, tmp_path):
     root = synthetic.json_path.parent
     cfg = load_config(
@@ -356,6 +391,9 @@ def test_from_config_samples_points_on_the_fly_and_applies_the_crop(synthetic, t
     )
     ds = PointPanopticDataset.from_config(cfg, "train")
     assert len(ds) == len(synthetic) and not ds.with_gt
+    assert ds.edges is not None and ds.edges.model_path == ""  # pseudo.maps lists boundary_low
+    no_low = load_config(None, [f"data.root={root}", "data.train.points=", "pseudo.maps=[semantic, boundary_high]"])
+    assert PointPanopticDataset.from_config(no_low, "train").edges is None
     for i in range(len(ds)):
         item = ds[i]
         assert item["image"].shape[1] <= 24 and item["image"].shape[2] <= 30

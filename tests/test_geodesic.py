@@ -504,3 +504,23 @@ def test_unknown_backend_is_rejected():
     lengths = random_lengths(torch.Generator().manual_seed(7), 1, 2, 2)
     with pytest.raises(P2MInputError, match="backend"):
         geodesic_distances(lengths, [torch.tensor([[0, 0]])], "networkx")
+
+
+def test_scipy_batches_small_graphs_in_one_call_with_the_same_distances() -> None:
+    from p2m_core.pseudo import geodesic
+    from p2m_core.pseudo.edge_lengths import edge_lengths
+
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        B, h, w = 3, 5 + trial % 7, 4 + trial % 5
+        sem = torch.rand(B, 3, h, w, generator=gen)
+        lengths = edge_lengths((sem > 0.5).float() if trial % 2 else sem)
+        lengths[torch.rand(lengths.shape, generator=gen) < 0.1] = float("inf")
+        sources = [torch.stack([torch.randint(0, h, (m,), generator=gen), torch.randint(0, w, (m,), generator=gen)], 1)
+                   for m in (0, 3, 5)]  # fmt: skip
+        flat = geodesic._check_sources(sources, B, h, w, lengths.device)
+        batched = geodesic._dijkstra_batch(lengths, flat)
+        for b, f in enumerate(flat):
+            assert torch.equal(batched[b], geodesic._dijkstra_image(lengths[b], f))
+        out = geodesic.geodesic_distances(lengths, sources, backend="scipy")
+        assert all(torch.equal(o, d.to(o.dtype)) for o, d in zip(out, batched))

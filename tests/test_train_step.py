@@ -114,3 +114,16 @@ def test_training_outputs_are_maps_pseudo_labels_and_losses(setup) -> None:
     assert outputs.maps.semantic.shape[-2:] == outputs.pseudo.panoptic.shape[-2:]
     assert not outputs.maps.semantic.requires_grad and outputs.maps.embedding is not None
     assert outputs.network.semantic.logits[-1].requires_grad
+
+
+def test_masks_at_the_network_stride(setup) -> None:
+    """pseudo.mask_stride 8 is the network's own grid: its maps enter the pseudo labels as they
+    are, detached (they once reached the geodesic solver with their gradient)."""
+    cfg, dataset, batch = setup
+    from dataclasses import replace
+
+    cfg = replace(cfg, pseudo=replace(cfg.pseudo, mask_stride=8, graph_stride=8))
+    model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic))
+    result = train_step(model, batch, build_optimizer(model, cfg), cfg, 0, keep_pseudo=True)
+    assert result.pseudo.panoptic.shape[-2:] == (batch["images"].shape[-2] // 8, batch["images"].shape[-1] // 8)
+    assert math.isfinite(result.total)

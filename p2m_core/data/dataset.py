@@ -14,10 +14,19 @@ any ``num_workers``. Call :meth:`PointPanopticDataset.set_epoch` before iteratin
 The panoptic ground truth is always read, because resizing uses it to keep each point inside
 its own segment (see :class:`~p2m_core.data.transforms.ResizeShortestEdge`); it is *returned*
 only with ``with_gt=True`` (evaluation). Training code therefore sees the points, not the masks.
+
+Low-level edges (``P^b_low``, :mod:`p2m_core.data.edges`) depend on the image alone, so the
+dataset computes them when asked (``edges=True``; :meth:`PointPanopticDataset.from_config` asks
+when ``pseudo.maps`` lists ``boundary_low``), on the *transformed* image, and keeps them in a
+cache keyed by the transformed image's bytes (:class:`EdgeCache`): an image seen again, e.g. with
+the same flip in a later epoch, costs a hash instead of an edge detection, and the training step
+no longer runs the detector (it was ~20 % of the tiny network's step).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from p2m_core.data.edges import EdgeDetector
 from p2m_core.data.panoptic_format import CocoPanoptic, PanopticRecord
 from p2m_core.data.points import image_point_arrays, load_points, sample_points, validate_points
 from p2m_core.data.splits import split_paths
@@ -44,6 +54,48 @@ def image_tensor(rgb: np.ndarray) -> torch.Tensor:
     return pixels.permute(2, 0, 1).float().div_(255.0)
 
 
+class EdgeCache:
+    """Low-level edge maps of images, computed once per distinct image (module docstring).
+
+    Keyed by a digest of the image's shape and bytes, so any augmentation is handled (a flipped
+    image is another key) and a hit returns exactly what the detector would. Least recently used
+    maps are dropped beyond ``max_bytes`` (default 256 MiB: ~4,000 maps of 128x128, and with
+    COCO-sized random resizes, where images rarely repeat, a bounded memory).
+
+    ``model_path``: ``data.edge_model`` (empty: the classical fallback); the detector is loaded
+    on first use, in the process that uses it (DataLoader workers included).
+    """
+
+    def __init__(self, model_path: str = "", max_bytes: int = 256 * 2**20) -> None:
+        self.model_path = str(model_path or "")
+        self.max_bytes = int(max_bytes)
+        self._maps: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def __getstate__(self) -> dict[str, Any]:  # workers start with an empty cache of their own
+        state = dict(self.__dict__)
+        state["_maps"], state["_bytes"] = OrderedDict(), 0
+        return state
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Edge map of ``rgb`` [H, W, 3] uint8: [H, W] float32 in [0, 1] (a copy of the cached map)."""
+        rgb = np.ascontiguousarray(rgb)
+        key = (rgb.shape, rgb.dtype.str, hashlib.blake2b(rgb.data, digest_size=16).digest())
+        edges = self._maps.get(key)
+        if edges is not None:
+            self.hits += 1
+            self._maps.move_to_end(key)
+            return edges.copy()
+        self.misses += 1
+        edges = EdgeDetector.from_model_path(self.model_path)(rgb)
+        self._maps[key] = edges.copy()
+        self._bytes += edges.nbytes
+        while self._bytes > self.max_bytes and len(self._maps) > 1:
+            self._bytes -= self._maps.popitem(last=False)[1].nbytes
+        return edges
+
+
 # --------------------------------------------------------------------------- dataset
 class PointPanopticDataset(Dataset):
     """Images, their labelled points and (optionally) panoptic ground truth, as tensors.
@@ -61,16 +113,23 @@ class PointPanopticDataset(Dataset):
     normalize : return ``(image / 255 - IMAGENET_MEAN) / IMAGENET_STD`` instead of
         ``image / 255``. Off by default: the losses compare raw colours (LAB affinity, RGB
         tree), so models are expected to normalise inside, as detectron2 models do.
+    edges : also return the low-level edge map of the transformed image (``P^b_low``), from
+        an :class:`EdgeCache` (``True``: the classical detector; a string: the path of a
+        Structured Edge forest, ``data.edge_model``).
 
     Item
     ----
     ``image`` float32 [3, H, W]; ``points_yx`` int64 [m, 2] (row, column);
     ``point_labels`` int64 [m] (contiguous index, :meth:`CocoPanoptic.contiguous_ids`);
     ``point_is_thing`` bool [m]; ``point_segment_ids`` int64 [m]; ``image_id``;
-    ``orig_size`` (H0, W0) before transforms; with ``with_gt``: ``segment_ids`` int64 [H, W]
+    ``orig_size`` (H0, W0) before transforms; with ``edges``: ``edges`` float32 [H, W] in
+    [0, 1]; with ``with_gt``: ``segment_ids`` int64 [H, W]
     (0 = void) and ``segments``, a list of ``{'id', 'category_id', 'label', 'isthing',
     'iscrowd', 'area'}`` for the segments still present after the transforms.
     """
+
+    #: Decoded samples kept in memory per dataset (and per DataLoader worker), in bytes.
+    SAMPLE_CACHE_BYTES = 512 * 2**20
 
     def __init__(
         self,
@@ -80,6 +139,7 @@ class PointPanopticDataset(Dataset):
         seed: int = 0,
         with_gt: bool = False,
         normalize: bool = False,
+        edges: bool | str = False,
     ) -> None:
         if seed < 0:
             raise P2MInputError(f"dataset seed must be non-negative, got {seed}")
@@ -96,7 +156,10 @@ class PointPanopticDataset(Dataset):
         self.seed = int(seed)
         self.with_gt = bool(with_gt)
         self.normalize = bool(normalize)
+        self.edges = EdgeCache("" if edges is True else edges) if edges is not False else None
         self.epoch = 0
+        self._samples: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._sample_bytes = 0
         self.contiguous = panoptic.contiguous_ids()
         self._points = [self._points_of(record, by_id) for record in panoptic.records]
 
@@ -124,7 +187,29 @@ class PointPanopticDataset(Dataset):
         return len(self.panoptic)
 
     def load_sample(self, index: int) -> dict[str, Any]:
-        """The untransformed numpy sample of item ``index`` (see :mod:`p2m_core.data.transforms`)."""
+        """The untransformed numpy sample of item ``index`` (see :mod:`p2m_core.data.transforms`).
+
+        The decoded, checked image and segment ids are kept (read-only) while they fit in
+        :attr:`SAMPLE_CACHE_BYTES`: a small dataset (the synthetic one) is decoded once, not
+        once per epoch."""
+        cached = self._samples.get(index)
+        if cached is not None:
+            return {"image": cached[0], "segment_ids": cached[1], **{k: v.copy() for k, v in self._points[index].items()}}
+        sample = self._read_sample(index)
+        size = sample["image"].nbytes + sample["segment_ids"].nbytes
+        if self._sample_bytes + size <= self.SAMPLE_CACHE_BYTES:
+            for key in ("image", "segment_ids"):
+                sample[key].setflags(write=False)  # transforms make new arrays; a write would be a bug
+            self._samples[index] = (sample["image"], sample["segment_ids"])
+            self._sample_bytes += size
+        return sample
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers decode their own
+        state = dict(self.__dict__)
+        state["_samples"], state["_sample_bytes"] = {}, 0
+        return state
+
+    def _read_sample(self, index: int) -> dict[str, Any]:
         record = self.panoptic[index]
         image = self.panoptic.load_image(record)
         segment_ids = self.panoptic.load_segment_ids(record)
@@ -169,8 +254,10 @@ class PointPanopticDataset(Dataset):
             "image_id": record.image_id,
             "orig_size": orig_size,
         }
+        if self.edges is not None:
+            item["edges"] = torch.from_numpy(self.edges(sample["image"]))
         if self.with_gt:
-            gt = np.ascontiguousarray(sample["segment_ids"], dtype=np.int64)
+            gt = np.require(sample["segment_ids"], dtype=np.int64, requirements=["C", "W"])  # a copy of a cached array
             item["segment_ids"] = torch.from_numpy(gt)
             item["segments"] = self._present_segments(record, gt)
         return item
@@ -206,7 +293,8 @@ class PointPanopticDataset(Dataset):
         per segment on the fly with ``cfg.data.point_seed``
         (:func:`p2m_core.data.points.sample_points`). Transforms default to
         :func:`build_transforms`; ``with_gt`` defaults to true for 'val' only. The per-item
-        seed is ``cfg.seed``.
+        seed is ``cfg.seed``. Items carry edge maps (``data.edge_model``'s detector) when
+        ``cfg.pseudo.maps`` lists ``boundary_low``.
         """
         paths = split_paths(cfg.data, split)
         panoptic = CocoPanoptic(paths.panoptic_json, image_dir=paths.images_dir, png_dir=paths.panoptic_dir)
@@ -220,6 +308,7 @@ class PointPanopticDataset(Dataset):
             transforms=transforms if transforms is not None else build_transforms(cfg.data, split),
             seed=cfg.seed,
             with_gt=(split == "val") if with_gt is None else with_gt,
+            edges=(cfg.data.edge_model or True) if "boundary_low" in cfg.pseudo.maps else False,
         )
 
 
@@ -285,7 +374,8 @@ def collate_points(batch: Sequence[dict[str, Any]], size_divisor: int = 32) -> d
     dict with ``images`` float [B, 3, Hp, Wp]; ``padding_mask`` bool [B, Hp, Wp], **true on
     padded pixels** (DETR's convention); ``image_sizes`` list of (h, w); ``image_ids``,
     ``orig_sizes``; lists of per-image tensors ``points_yx`` ([m_i, 2]), ``point_labels``,
-    ``point_is_thing``, ``point_segment_ids``; and, when the items carry ground truth,
+    ``point_is_thing``, ``point_segment_ids``; when the items carry edge maps, ``edges`` float32
+    [B, Hp, Wp] padded with 0; and, when the items carry ground truth,
     ``segment_ids`` int64 [B, Hp, Wp] padded with 0 (void) and ``segments`` (list of lists).
     Use ``functools.partial(collate_points, size_divisor=...)`` as a DataLoader ``collate_fn``.
     """
@@ -302,6 +392,11 @@ def collate_points(batch: Sequence[dict[str, Any]], size_divisor: int = 32) -> d
     }
     for key in ("points_yx", "point_labels", "point_is_thing", "point_segment_ids"):
         out[key] = [item[key] for item in batch]
+    if all("edges" in item for item in batch):
+        edges = torch.zeros((len(batch), pad_h, pad_w), dtype=torch.float32)
+        for i, (item, (h, w)) in enumerate(zip(batch, sizes)):
+            edges[i, :h, :w] = item["edges"]
+        out["edges"] = edges
     if all("segment_ids" in item for item in batch):
         segment_ids = torch.zeros((len(batch), pad_h, pad_w), dtype=torch.int64)
         for i, (item, (h, w)) in enumerate(zip(batch, sizes)):

@@ -53,9 +53,13 @@ def points_at_mask(
 
 
 def low_level_edges(batch: dict[str, Any]) -> Tensor:
-    """``P^b_low`` of a batch at the input resolution, ``[B, H, W]`` in [0, 1]: the classical edge
-    map of each image (docs/METHOD.md, "Task-oriented maps"); padding stays 0."""
+    """``P^b_low`` of a batch at the input resolution, ``[B, H, W]`` in [0, 1]; padding stays 0:
+    the batch's ``edges`` when its dataset computed them (``data.edge_model``'s detector, cached
+    per image: :class:`~p2m_core.data.dataset.EdgeCache`), else the classical edge map of each
+    image, computed here (docs/METHOD.md, "Task-oriented maps")."""
     images = batch["images"]
+    if "edges" in batch:
+        return batch["edges"].to(images.device)
     out = torch.zeros(images.shape[0], *images.shape[-2:])
     for b, (h, w) in enumerate(batch["image_sizes"]):
         rgb = (images[b, :, :h, :w].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
@@ -70,7 +74,8 @@ def network_maps(out: NetworkOutput, grid: tuple[int, int]) -> tuple[Tensor, Ten
     sigmoid) and the projector's embedding ``[B, D, h, w]`` (bilinear; None without a projector).
     Shared by training and by the pseudo stage's ``checkpoint`` source, so a frozen network gives
     the stage exactly the maps it would give its own training step."""
-    def resize(x: Tensor) -> Tensor:
+    def resize(x: Tensor) -> Tensor:  # detached: at mask stride 8 the maps are the outputs themselves
+        x = x.detach()
         return x if tuple(x.shape[-2:]) == grid else F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
 
     embedding = None if out.embedding is None else resize(out.embedding.float())

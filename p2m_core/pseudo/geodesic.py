@@ -131,6 +131,8 @@ def geodesic_distances(
     if log is not None:
         log["backend"] = backend
     if backend == "scipy":
+        if b > 1 and sum(len(f) for f in flat) * b * h * w <= _BATCH_ENTRIES:
+            return [d.to(lengths.dtype) for d in _dijkstra_batch(lengths, flat)]
         return [_dijkstra_image(lengths[i], f).to(lengths.dtype) for i, f in enumerate(flat)]
     return _sweep_solver(lengths, flat, max_sweeps, log, work_dtype)
 
@@ -179,6 +181,43 @@ def _check_sources(sources: Sequence[Tensor], b: int, h: int, w: int, device: to
 
 
 # ----------------------------------------------------------------------------- scipy backend
+
+
+#: Largest sources x nodes of one batched Dijkstra call (its dense output, float64): small graphs
+#: (the tiny network's 16 x 16) are solved in one call for the whole batch, large ones per image.
+_BATCH_ENTRIES = 1 << 21
+
+
+def _dijkstra_batch(lengths: Tensor, flat_sources: list[Tensor]) -> list[Tensor]:
+    """:func:`_dijkstra_image` for every image in one call: the images are the disjoint
+    components of one graph (node ``b * h * w + y * w + x``), so each distance is the same
+    shortest-path sum and other images' nodes are unreachable (never visited). Saves the
+    per-call overhead of scipy (graph construction and the call itself) on small graphs."""
+    B, _, h, w = lengths.shape
+    n = h * w
+    lengths_np = lengths.detach().to("cpu", torch.float64).numpy()
+    node = np.arange(B * n, dtype=np.int64).reshape(B, h, w)
+    rows, cols, data = [], [], []
+    for k, (dy, dx) in enumerate(NEIGHBOUR_OFFSETS):
+        p_sl, q_sl = pair_slices(dy, dx, h, w)
+        vals = lengths_np[:, k][(slice(None), *p_sl)].ravel()
+        keep = np.isfinite(vals)
+        rows.append(node[(slice(None), *p_sl)].ravel()[keep])
+        cols.append(node[(slice(None), *q_sl)].ravel()[keep])
+        data.append(vals[keep])
+    graph = csr_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=(B * n, B * n))
+    uniques, inverses = [], []
+    for b, f in enumerate(flat_sources):
+        unique, inverse = np.unique(f.cpu().numpy(), return_inverse=True)
+        uniques.append(unique + b * n)
+        inverses.append(inverse.reshape(-1))
+    dist = np.asarray(dijkstra(graph, directed=True, indices=np.concatenate(uniques)))
+    out, start = [], 0
+    for b, (unique, inverse) in enumerate(zip(uniques, inverses)):
+        block = dist[start : start + len(unique), b * n : (b + 1) * n].reshape(len(unique), h, w)[inverse]
+        out.append(torch.from_numpy(np.ascontiguousarray(block)).to(lengths.device))
+        start += len(unique)
+    return out
 
 
 def _csr_graph(lengths: Tensor) -> csr_matrix:

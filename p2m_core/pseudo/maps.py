@@ -163,10 +163,21 @@ def semantic_cost_map(logits: Tensor, points: list[PointSet], dilation: int = 17
     present = present_classes(labels, mask, C)
     probs = torch.softmax(logits.float(), dim=1) * present[:, :, None, None]
     if yx.shape[1]:
-        flat = labels * (H * W) + yx[..., 0] * W + yx[..., 1]
-        impulses = torch.zeros(B, C * H * W, dtype=probs.dtype, device=logits.device)
-        impulses.scatter_add_(1, torch.where(mask, flat, 0), mask.to(probs.dtype))
-        impulses = (impulses.reshape(B, C, H, W) > 0).to(probs.dtype)
-        squares = F.max_pool2d(impulses, dilation, stride=1, padding=dilation // 2)
-        return torch.maximum(probs, squares)
+        return torch.maximum(probs, point_squares(yx, labels, mask, C, (H, W), dilation).to(probs.dtype))
     return probs
+
+
+def point_squares(yx: Tensor, labels: Tensor, mask: Tensor, num_classes: int, size: tuple[int, int], dilation: int) -> Tensor:
+    """``[B, C, H, W]`` float 0/1: 1 on the ``dilation x dilation`` square (clipped at the border)
+    around every real point, in its class's channel. Each square is the outer product of a row
+    band and a column band, and the channels sum them by a ``[C, M] x [M, H*W]`` product: what a
+    ``dilation``-wide max pool of the point impulses gives, without its ``dilation^2`` work per
+    pixel (the max pool took ~17 ms of the tiny network's step at 9x9 on 128x128 masks)."""
+    B, M = labels.shape
+    H, W = size
+    r = dilation // 2
+    rows = ((torch.arange(H, device=yx.device) - yx[..., :1]).abs() <= r) & mask[..., None]  # [B, M, H]
+    cols = (torch.arange(W, device=yx.device) - yx[..., 1:]).abs() <= r  # [B, M, W]
+    squares = (rows[..., None] & cols[..., None, :]).reshape(B, M, H * W).float()
+    onehot = F.one_hot(labels.clamp(0, num_classes - 1), num_classes).float().transpose(1, 2)  # [B, C, M]
+    return (torch.bmm(onehot, squares) > 0).reshape(B, num_classes, H, W).float()

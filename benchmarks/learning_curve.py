@@ -1,0 +1,221 @@
+"""Learning curve of a training config in one process: validation PQ against iterations and seconds.
+
+Trains ``CONFIG`` with :class:`~p2m_core.engine.loop.Trainer` (one worker, no Ray, no MLflow)
+and evaluates the network on the whole validation split every ``--eval-every`` iterations
+and at the end with :class:`~p2m_core.engine.evaluate.NetworkEvaluator`. It stops after
+``train.iters`` iterations (``--iters``) or when the run's wall time (training and
+evaluations) would pass ``--minutes``, whichever comes first: the next evaluation is skipped
+when it would not fit, and the last one always runs.
+
+The synthetic dataset of ``data.synthetic`` is read from ``--data-root`` (default: a folder per
+dataset setting in the system's temporary directory), generated there when missing, with the
+point files of ``data.point_seed`` (what ``python -m p2m_core.data.points`` writes).
+
+Printed table (stdout; progress lines on stderr), one row per evaluation: ``iter``, ``train
+s`` (seconds of training so far, evaluations excluded), ``wall s`` (since the start of
+training, evaluations included), ``loss`` (mean total loss since the previous row), ``PQ``,
+``PQ_th``, ``PQ_st``, ``mIoU``, ``pseudo_PQ`` (the pseudo masks the network's maps give with the
+val points, against the ground truth), ``pseudo %`` (the share of the step time spent making
+pseudo labels since the previous row), ``s/iter``.
+
+    .venv/bin/python benchmarks/learning_curve.py experiments/train_tiny.yaml --minutes 12 \\
+        --eval-every 100 [--iters N] [--threads 2] [--set key=value ...] [--csv F] [--markdown F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+from p2m_core.config import Config, load_config  # noqa: E402
+from p2m_core.data.dataset import PointPanopticDataset, collate_points  # noqa: E402
+from p2m_core.data.panoptic_format import CocoPanoptic  # noqa: E402
+from p2m_core.data.points import sample_points, write_points  # noqa: E402
+from p2m_core.data.splits import split_paths  # noqa: E402
+from p2m_core.data.synthetic import generate_synthetic  # noqa: E402
+from p2m_core.engine.evaluate import NetworkEvaluator  # noqa: E402
+from p2m_core.engine.loop import Trainer, batch_to_device  # noqa: E402
+from p2m_core.engine.step import StepResult  # noqa: E402
+from p2m_core.model.point2mask import ClassInfo, build_model  # noqa: E402
+
+COLUMNS = ("iter", "train s", "wall s", "loss", "PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo %", "s/iter")
+
+
+class _OutOfTime(Exception):
+    """Raised from the step callback to end :meth:`Trainer.run` at the time limit."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_data(cfg: Config, data_root: str | None) -> Config:
+    """``cfg`` with ``data.root`` holding its dataset: the synthetic one is generated from
+    ``data.synthetic`` when its files are missing (under ``data_root`` or a cache folder)."""
+    if cfg.data.dataset != "synthetic":
+        return cfg
+    syn = cfg.data.synthetic
+    if data_root is None:
+        key = f"synthetic-{syn.num_train}-{syn.num_val}-{syn.size}-{syn.seed}"
+        data_root = str(Path(tempfile.gettempdir()) / "p2m-learning-curve" / key)
+    root = Path(data_root)
+    cfg.data.root = str(root)
+    if not (split_paths(cfg.data, "train").panoptic_json.is_file() and split_paths(cfg.data, "val").panoptic_json.is_file()):
+        log(f"generating the synthetic dataset ({syn.num_train} train, {syn.num_val} val, {syn.size} px) under {root}")
+        generate_synthetic(root, syn.num_train, syn.num_val, syn.size, syn.seed, progress=False)
+    for split in ("train", "val"):
+        paths = split_paths(cfg.data, split)
+        if paths.points is not None and not paths.points.is_file():  # what `python -m p2m_core.data.points` writes
+            panoptic = CocoPanoptic(paths.panoptic_json, image_dir=paths.images_dir, png_dir=paths.panoptic_dir)
+            write_points(sample_points(panoptic, seed=cfg.data.point_seed), paths.points)
+    return cfg
+
+
+def evaluate(model: torch.nn.Module, dataset: PointPanopticDataset, cfg: Config, limit: int = 0) -> dict[str, float]:
+    """:class:`NetworkEvaluator` metrics over the first ``limit`` images of ``dataset`` (0: all)."""
+    evaluator = NetworkEvaluator(dataset.panoptic, cfg)
+    count = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    size = cfg.train.batch_size
+    for start in range(0, count, size):
+        items = [dataset[i] for i in range(start, min(start + size, count))]
+        evaluator.process(model, batch_to_device(collate_points(items, size_divisor=32), torch.device("cpu")))
+    return evaluator.metrics()
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    out = [str(row["iter"]), f"{row['train s']:.0f}", f"{row['wall s']:.0f}", f"{row['loss']:.3f}"]
+    out += [f"{row[k]:.1f}" for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo %")]
+    return out + [f"{row['s/iter']:.3f}"]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(format_row(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def learning_curve(
+    cfg: Config, minutes: float, eval_every: int, iters: int, eval_images: int = 0, verbose: bool = True
+) -> tuple[list[dict[str, Any]], PointPanopticDataset, torch.nn.Module]:
+    """Train ``cfg`` for ``iters`` iterations or ``minutes`` and evaluate along the way
+    (module docstring); the rows of the table, the val dataset and the trained network."""
+    train = PointPanopticDataset.from_config(cfg, "train")
+    val = PointPanopticDataset.from_config(cfg, "val", with_gt=True)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, ClassInfo.from_dataset(train.panoptic))
+    trainer = Trainer(cfg, model, train)
+    rows: list[dict[str, Any]] = []
+    budget = 60.0 * minutes
+    start = time.perf_counter()
+    train_seconds = 0.0
+    eval_seconds: list[float] = []
+    window: dict[str, list[float]] = {"loss": [], "step": [], "pseudo": []}
+    last_step_end = start
+
+    def add_row(iteration: int) -> None:
+        nonlocal last_step_end
+        t0 = time.perf_counter()
+        metrics = evaluate(model, val, cfg, eval_images)
+        eval_seconds.append(time.perf_counter() - t0)
+        steps = sum(window["step"])
+        row = {
+            "iter": iteration, "train s": train_seconds, "wall s": time.perf_counter() - start,
+            "loss": statistics.fmean(window["loss"]) if window["loss"] else float("nan"),
+            **{k: metrics[k] for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ")},
+            "pseudo %": 100.0 * sum(window["pseudo"]) / steps if steps else 0.0,
+            "s/iter": steps / len(window["step"]) if window["step"] else 0.0,
+        }
+        rows.append(row)
+        for values in window.values():
+            values.clear()
+        if verbose:
+            log("  ".join(f"{k} {v}" for k, v in zip(COLUMNS, format_row(row))) + f"  (eval {eval_seconds[-1]:.1f} s)")
+        last_step_end = time.perf_counter()
+
+    def on_step(iteration: int, result: StepResult) -> None:
+        nonlocal train_seconds, last_step_end
+        now = time.perf_counter()
+        train_seconds += now - last_step_end  # data loading included
+        last_step_end = now
+        window["loss"].append(result.total)
+        window["step"].append(result.step_seconds)
+        window["pseudo"].append(result.pseudo_seconds)
+        if verbose and iteration % max(cfg.train.log_every, 1) == 0:
+            log(f"iter {iteration}: loss {result.total:.3f}, step {result.step_seconds:.3f} s, "
+                f"pseudo {100 * result.pseudo_share:.0f} %, lr {result.lr:.2g}, {now - start:.0f} s")  # fmt: skip
+        per_iter = train_seconds / iteration
+        eval_cost = max(eval_seconds, default=0.0)
+        left = budget - (time.perf_counter() - start)
+        if eval_every and iteration % eval_every == 0 and iteration < iters:
+            # an intermediate evaluation only when the final one still fits after it
+            if left - eval_cost >= eval_cost + per_iter:
+                add_row(iteration)
+                left = budget - (time.perf_counter() - start)
+        if left < per_iter + eval_cost:
+            raise _OutOfTime
+
+    try:
+        trainer.run(iters, on_step)
+    except _OutOfTime:
+        if verbose:
+            log(f"time limit: stopping at iteration {trainer.iteration}")
+    if not rows or rows[-1]["iter"] != trainer.iteration:
+        add_row(trainer.iteration)
+    return rows, val, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="training config YAML (e.g. experiments/train_tiny.yaml)")
+    parser.add_argument("--minutes", type=float, default=12.0, help="wall-time limit, evaluations included (%(default)s)")
+    parser.add_argument("--eval-every", type=int, default=None, help="iterations between evaluations (train.eval_every)")
+    parser.add_argument("--iters", type=int, default=None, help="iterations (train.iters; 0 there: epochs)")
+    parser.add_argument("--eval-images", type=int, default=None, help="val images per evaluation (train.eval_images; 0: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (%(default)s)")
+    parser.add_argument("--data-root", default=None, help="where the synthetic dataset is (generated if missing)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--csv", default=None, help="also write the table as CSV")
+    parser.add_argument("--markdown", default=None, help="also write the table as markdown")
+    parser.add_argument("--save", default=None, help="save the trained network's state dict here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = ensure_data(load_config(args.config, args.overrides), args.data_root)
+    iters = args.iters if args.iters is not None else cfg.train.iters
+    eval_every = args.eval_every if args.eval_every is not None else cfg.train.eval_every
+    eval_images = args.eval_images if args.eval_images is not None else cfg.train.eval_images
+    if iters <= 0:
+        per_epoch = cfg.data.synthetic.num_train // cfg.train.batch_size if cfg.data.dataset == "synthetic" else 0
+        iters = cfg.train.epochs * per_epoch if per_epoch else 10**9
+    log(f"{args.config} {' '.join(args.overrides)}: up to {iters} iterations or {args.minutes:g} min, "
+        f"evaluation every {eval_every or 'end'}, {args.threads} torch threads")  # fmt: skip
+    rows, _, model = learning_curve(cfg, args.minutes, eval_every, iters, eval_images)
+    width = [max(len(c), 7) for c in COLUMNS]
+    print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, width)))
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(format_row(row), width)))
+    if args.csv:
+        with open(args.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(rows))
+    if args.save:
+        torch.save(model.state_dict(), args.save)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
