@@ -26,7 +26,7 @@ test: setup
 # trains longer), so that the whole demo stays within 15 minutes on 2 cores.
 DEMO_STORE := sqlite:///$(abspath $(DEMO))/mlflow.db
 SWEEPS     := experiments/sweeps
-DEMO_TRAIN_ITERS ?= 400
+DEMO_TRAIN_ITERS ?= 750
 
 demo: setup
 	$(PY) -m p2m_core.data.synthetic --out $(DEMO)/data --num-train 0 --num-val 8 --size 128 --seed 0
