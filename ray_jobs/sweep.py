@@ -99,7 +99,15 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
     # With Tune's file loggers off (MLflow is the record) its result grid warns that it found no
     # result files; the grid is not used.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    tuner.fit()
+    if training:
+        from ray_jobs.train_progress import SweepProgress
+
+        iters = max(t.config.train.iters for t in todo)
+        with SweepProgress(plan.tracking_uri, plan.experiment_id, plan.parent_run_id, iters,
+                           lambda line: say(f"[{plan.spec.name}] {line}", quiet), enabled=not quiet):  # fmt: skip
+            tuner.fit()
+    else:
+        tuner.fit()
     return progress.finished, progress.failed, progress.errors
 
 

@@ -4,7 +4,8 @@ The workers' own log lines stay in Ray's log files (shown on the console they wo
 Ray's internal warnings). The run's MLflow store already has what a user wants to see, written
 by rank 0 every ``train.log_every`` steps: a thread in the launcher polls it and prints a line
 when the run has moved on: iteration, loss, seconds per step, pseudo-label share, and the latest
-evaluation. The same lines appear in a ``ray job submit`` job's log.
+evaluation. The same lines appear in a ``ray job submit`` job's log. :class:`SweepProgress` does
+the same for the running trials of a training sweep.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,38 @@ class MlflowProgress:
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
-                text = self.line()
+                lines = self.lines()
             except Exception as exc:  # progress must never break the run
                 log.debug("progress poll failed: %s", exc)
                 continue
-            if text:
+            for text in lines:
                 self.say(text)
+
+    def lines(self) -> list[str]:
+        text = self.line()
+        return [text] if text else []
+
+
+class SweepProgress(MlflowProgress):
+    """Progress of every RUNNING child run of a training sweep's parent run, one line each."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, iters: int, say: Callable[[str], None],
+                 enabled: bool = True, poll_s: float = POLL_S) -> None:  # fmt: skip
+        super().__init__(uri, "", SimpleNamespace(iters=iters), say, enabled, poll_s)
+        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+        self._runs: dict[str, MlflowProgress] = {}
+
+    def lines(self) -> list[str]:
+        from p2m_core.tracking import tags as T
+        from p2m_core.tracking.store import client
+
+        query = f"tags.`{T.PARENT_RUN_ID}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'"
+        out = []
+        for run in client(self.uri).search_runs([self.experiment_id], filter_string=query, max_results=100):
+            run_id = run.info.run_id
+            if run_id not in self._runs:
+                self._runs[run_id] = MlflowProgress(self.uri, run_id, SimpleNamespace(iters=self.total), self.say, False)
+            text = self._runs[run_id].line()
+            if text:
+                out.append(f"{run.info.run_name}: {text}")
+        return out

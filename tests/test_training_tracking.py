@@ -84,3 +84,19 @@ def test_the_progress_line_follows_the_run(tmp_path) -> None:
     assert progress.line() is None  # no news, no line
     writer.evaluation(10, {"PQ": 31.0, "PQ_th": 20.0, "PQ_st": 40.0})
     assert progress.line().endswith("val PQ 31.0 (things 20.0, stuff 40.0) at 10")
+
+
+def test_a_training_sweep_reports_its_running_trials(tmp_path) -> None:
+    from ray_jobs.train_progress import SweepProgress
+
+    uri, experiment, cfg = setup(tmp_path)
+    parent = MlflowClient(tracking_uri=uri).create_run(experiment, run_name="sweep").info.run_id
+    running, _ = open_training_run(uri, experiment, cfg, {"p2m.kind": "trial"}, "assignment=ot seed=0", parent)
+    done, _ = open_training_run(uri, experiment, load_config(None, ["train.lr=0.5"]), {"p2m.kind": "trial"},
+                                "assignment=mc seed=0", parent)  # fmt: skip
+    for run_id in (running, done):
+        TrainingLog(uri, run_id, flush_every=1).step(5, {"loss/total": 1.0})
+    end_training_run(uri, done)
+    progress = SweepProgress(uri, experiment, parent, 20, print, enabled=False)
+    assert progress.lines() == ["assignment=ot seed=0: iteration 5/20, loss 1.000"]
+    assert progress.lines() == []
