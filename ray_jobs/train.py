@@ -69,10 +69,13 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def plan_training(cfg: Config, use_gpu: bool = False, launch_dir: str | Path | None = None, run_name: str = "") -> TrainPlan:
-    """Check ``cfg`` for training and decide its names and folders (no MLflow, no Ray)."""
+def plan_training(
+    cfg: Config, use_gpu: bool = False, launch_dir: str | Path | None = None, run_name: str = "", tracking_uri: str = "",
+) -> TrainPlan:
+    """Check ``cfg`` for training and decide its names and folders (no MLflow, no Ray).
+
+    ``tracking_uri``: the store already chosen by a sweep's driver; empty, the launch rule."""
     from p2m_core.engine.inputs import check_training_data
-    from p2m_core.tracking.uri import resolve_tracking_uri
     from ray_jobs.plan import job_tracking_uri, refuse_job_temporary
     from ray_jobs.spec import absolute_paths
 
@@ -93,7 +96,7 @@ def plan_training(cfg: Config, use_gpu: bool = False, launch_dir: str | Path | N
     config_hash = resolve(cfg, "train").hash
     run_name = run_name or cfg.tracking.run_name or f"train-{cfg.name}"
     ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{run_name}-{config_hash[:12]}")
-    uri = job_tracking_uri(cfg.tracking.tracking_uri) if launch_dir is None else resolve_tracking_uri(cfg.tracking.tracking_uri, launch)
+    uri = tracking_uri or job_tracking_uri(cfg.tracking.tracking_uri)
     return TrainPlan(cfg, uri, run_name, ray_name, storage, output_root / ray_name, use_gpu)
 
 
@@ -103,8 +106,10 @@ def worker_resources(num_workers: int, use_gpu: bool, cpus_per_worker: float | N
     import ray
 
     if cpus_per_worker is None:
-        total = ray.cluster_resources().get("CPU", 1.0)
-        cpus_per_worker = max(0.01, total / num_workers if not os.environ.get("RAY_ADDRESS") else min(1.0, total / num_workers))
+        share = ray.cluster_resources().get("CPU", 1.0) / num_workers
+        if os.environ.get("RAY_ADDRESS"):
+            share = min(1.0, share)
+        cpus_per_worker = max(0.01, share)
     resources = {"CPU": float(cpus_per_worker)}
     if use_gpu:
         resources["GPU"] = 1.0

@@ -18,7 +18,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from ray_jobs.spec import Trial
@@ -125,9 +125,9 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
     trial = context.trials[int(config["trial"])]
     start = time.perf_counter()
     resources = dict(context.worker_resources or {"CPU": 1.0})
+    # the driver's store, whatever this node's environment says
     plan = plan_training(trial.config, use_gpu=resources.get("GPU", 0) > 0, launch_dir=context.launch_dir or None,
-                         run_name=trial.run_name)  # fmt: skip
-    plan = replace(plan, tracking_uri=context.tracking_uri)  # the driver's store, whatever this node's environment says
+                         run_name=trial.run_name, tracking_uri=context.tracking_uri)  # fmt: skip
     tags = {**trial_tags(context, trial), T.KIND: T.KIND_TRIAL}
     run_id, state = open_training_run(context.tracking_uri, context.experiment_id, plan.cfg, tags, trial.run_name,
                                       context.parent_run_id)  # fmt: skip

@@ -11,8 +11,8 @@ from p2m_core.ablation.sources import (
     corrupt_maps,
     downsample_ids,
     instance_boundaries,
-    upsample_nearest,
 )
+from p2m_core.evaluation import upsample_nearest
 from p2m_core.config import AblationConfig, CorruptionConfig, load_config
 from p2m_core.errors import P2MInputError
 

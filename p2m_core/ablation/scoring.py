@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from p2m_core.ablation.prepare import PreparedImage
-from p2m_core.ablation.sources import upsample_nearest
-from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels
+from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels, upsample_nearest
+from p2m_core.evaluation.overlay import point_owner_map
 
 #: The metrics of a stage result, in the order tables show them.
 QUALITY_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "pixel_acc")
@@ -132,7 +132,4 @@ def image_diagnostics(labels: Any, b: int, item: PreparedImage) -> dict:
 
 def gt_point_labels(item: PreparedImage) -> np.ndarray:
     """GT map coloured by point index (for overlays): segment of point i -> i, else -1."""
-    lookup = {int(s): i for i, s in enumerate(item.segment_ids.tolist())}
-    present, inverse = np.unique(item.gt_ids, return_inverse=True)
-    table = np.array([lookup.get(int(v), -1) for v in present.tolist()], dtype=np.int64)
-    return table[inverse.reshape(item.gt_ids.shape)]
+    return point_owner_map(item.gt_ids, item.segment_ids)

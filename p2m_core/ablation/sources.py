@@ -104,16 +104,6 @@ def downsample_ids(ids: np.ndarray, stride: int) -> np.ndarray:
     return ids[np.ix_(block_centres(ids.shape[0], stride), block_centres(ids.shape[1], stride))]
 
 
-def upsample_nearest(labels: np.ndarray, stride: int, height: int, width: int) -> np.ndarray:
-    """Inverse of the mask grid: full-resolution pixel (y, x) takes mask pixel (y // s, x // s)."""
-    labels = np.asarray(labels)
-    if stride == 1:
-        return labels[:height, :width].copy()
-    rows = np.arange(height) // stride
-    cols = np.arange(width) // stride
-    return labels[np.ix_(rows, cols)]
-
-
 def max_pool(values: np.ndarray, stride: int) -> np.ndarray:
     """Max over each ``s x s`` block of an [H, W] map (edge-padded): [ceil(H/s), ceil(W/s)]."""
     values = np.asarray(values, dtype=np.float32)

@@ -23,7 +23,7 @@ import torch
 
 from p2m_core.config import Config
 from p2m_core.data.panoptic_format import CocoPanoptic
-from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels
+from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels, upsample_nearest
 from p2m_core.model.point2mask import Point2Mask
 from p2m_core.model.task_maps import batch_pseudo_labels
 
@@ -57,7 +57,7 @@ class NetworkEvaluator:
             self.pq.process(gt_ids, gt_segments, result["panoptic"].cpu().numpy(), pred_segments, image_id=image_id)
             gt_sem = panoptic_to_semantic(gt_ids, gt_segments, self.contiguous, ignore_index=-1)
             self.miou.process(gt_sem, result["semantic"].cpu().numpy())
-            owner = pseudo[b].repeat_interleave(stride, 0).repeat_interleave(stride, 1)[:h, :w].cpu().numpy()
+            owner = upsample_nearest(pseudo[b].cpu().numpy(), stride, h, w)
             categories = [self.category_of[int(c)] for c in batch["point_labels"][b].tolist()]
             pseudo_ids, pseudo_segments = segments_from_labels(owner, categories, void_label=-1)
             self.pseudo_pq.process(gt_ids, gt_segments, pseudo_ids, pseudo_segments, image_id=image_id)

@@ -114,7 +114,8 @@ class TrainingRun:
     def overlays(self, count: int) -> dict[str, np.ndarray]:
         """``{name: [H, W', 3] uint8}``: image, the network's pseudo masks and the ground truth,
         with the points, for the first ``count`` val images."""
-        from p2m_core.evaluation.overlay import overlay_panel
+        from p2m_core.evaluation import upsample_nearest
+        from p2m_core.evaluation.overlay import overlay_panel, point_owner_map
 
         panels: dict[str, np.ndarray] = {}
         if count <= 0:
@@ -125,12 +126,9 @@ class TrainingRun:
             out = self.model(batch["images"], batch["padding_mask"])
             pseudo = batch_pseudo_labels(out, batch, self.cfg.pseudo)[1].panoptic
             for b, (h, w) in enumerate(batch["image_sizes"]):
-                owner = pseudo[b].repeat_interleave(stride, 0).repeat_interleave(stride, 1)[:h, :w].cpu().numpy()
+                owner = upsample_nearest(pseudo[b].cpu().numpy(), stride, h, w)
                 points = batch["points_yx"][b].cpu().numpy()
-                gt_ids = batch["segment_ids"][b, :h, :w].cpu().numpy()
-                gt_owner = np.full(gt_ids.shape, -1, dtype=np.int64)
-                for index, segment_id in enumerate(batch["point_segment_ids"][b].tolist()):
-                    gt_owner[gt_ids == segment_id] = index
+                gt_owner = point_owner_map(batch["segment_ids"][b, :h, :w].cpu().numpy(), batch["point_segment_ids"][b].cpu().numpy())
                 image = _display_image(batch["images"][b, :, :h, :w], self.val_set.normalize)
                 scale = max(1, 256 // max(h, w))
                 panel = overlay_panel(image, owner, points, batch["point_is_thing"][b].cpu().numpy(), gt_owner, scale=scale)

@@ -19,6 +19,7 @@ from p2m_core.evaluation.writer import (
     segment_stats,
     segments_from_labels,
     segments_from_semantic_instance,
+    upsample_nearest,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "segment_stats",
     "segments_from_labels",
     "segments_from_semantic_instance",
+    "upsample_nearest",
 ]

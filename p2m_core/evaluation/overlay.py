@@ -14,6 +14,7 @@ category and the category names written on the segments (``python -m p2m_core.pr
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -72,6 +73,16 @@ def draw_points(
             cv2.rectangle(canvas, (centre[0] - r - 1, centre[1] - r - 1), (centre[0] + r + 1, centre[1] + r + 1), (0, 0, 0), -1)
             cv2.rectangle(canvas, (centre[0] - r, centre[1] - r), (centre[0] + r, centre[1] + r), tuple(int(c) for c in colour), -1)
     return canvas
+
+
+def point_owner_map(gt_ids: np.ndarray, point_segment_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The ground truth as :func:`overlay_panel`'s ``gt_labels``: each pixel of point i's
+    segment -> i, every other pixel -1 (so the GT panel takes the pseudo panel's colours)."""
+    gt_ids = np.asarray(gt_ids)
+    lookup = {int(s): i for i, s in enumerate(np.asarray(point_segment_ids).tolist())}
+    present, inverse = np.unique(gt_ids, return_inverse=True)
+    table = np.array([lookup.get(int(v), -1) for v in present.tolist()], dtype=np.int64)
+    return table[inverse.reshape(gt_ids.shape)]
 
 
 def overlay_panel(

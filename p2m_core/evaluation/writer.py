@@ -39,6 +39,16 @@ __all__ = [
 ]
 
 
+def upsample_nearest(labels: np.ndarray, stride: int, height: int, width: int) -> np.ndarray:
+    """Inverse of the mask grid: full-resolution pixel (y, x) takes mask pixel (y // s, x // s)."""
+    labels = np.asarray(labels)
+    if stride == 1:
+        return labels[:height, :width].copy()
+    rows = np.arange(height) // stride
+    cols = np.arange(width) // stride
+    return labels[np.ix_(rows, cols)]
+
+
 def segments_from_labels(
     labels: np.ndarray, label_to_category: Mapping[int, Any] | Sequence[Any], void_label: int = -1
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:

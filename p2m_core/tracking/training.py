@@ -113,6 +113,7 @@ class TrainingLog:
         self.steps_done = last_logged_step(uri, run_id, STEP_KEY)
         self.evals_done = last_logged_step(uri, run_id, EVAL_KEY)
         self._pending: list[Any] = []
+        self._pending_steps = 0  # steps queued since the last flush
         if self.steps_done >= 0:
             log.info("MLflow run %s already has steps up to %d; those are not logged again", run_id, self.steps_done)
 
@@ -122,7 +123,8 @@ class TrainingLog:
             return
         self._queue(iteration, metrics)
         self.steps_done = iteration
-        if len({m.step for m in self._pending}) >= self.flush_every:
+        self._pending_steps += 1
+        if self._pending_steps >= self.flush_every:
             self.flush()
 
     def evaluation(self, iteration: int, metrics: Mapping[str, float], overlays: Mapping[str, Any] | None = None) -> bool:
@@ -152,6 +154,7 @@ class TrainingLog:
 
     def flush(self) -> None:
         """Send the queued metrics (MLflow takes at most 1000 per batch)."""
+        self._pending_steps = 0
         while self._pending:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
             self.client.log_batch(self.run_id, metrics=chunk)
