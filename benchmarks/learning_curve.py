@@ -1,25 +1,27 @@
-"""Learning curve of a training config in one process: validation PQ against iterations and seconds.
+"""Learning curve of a training config in one process: PQ against iterations and seconds.
 
-Trains ``CONFIG`` with :class:`~p2m_core.engine.loop.Trainer` (one worker, no Ray, no MLflow)
-and evaluates the network on the whole validation split every ``--eval-every`` iterations
-and at the end with :class:`~p2m_core.engine.evaluate.NetworkEvaluator`. It stops after
+Trains ``CONFIG`` with :class:`~p2m_core.engine.run.TrainingRun` (one worker, no Ray, no
+MLflow: the run a Ray Train worker executes) and evaluates the network on ``--split`` (default:
+``train.test_split`` when the config has one, else val) every ``--eval-every`` iterations and at
+the end with :meth:`TrainingRun.evaluate` (the worker's evaluation). It stops after
 ``train.iters`` iterations (``--iters``) or when the run's wall time (training and
 evaluations) would pass ``--minutes``, whichever comes first: the next evaluation is skipped
 when it would not fit, and the last one always runs.
 
 The synthetic dataset of ``data.synthetic`` is read from ``--data-root`` (default: a folder per
 dataset setting in the system's temporary directory), generated there when missing, with the
-point files of ``data.point_seed`` (what ``python -m p2m_core.data.points`` writes).
+point files of ``data.point_seed`` (what ``python -m p2m_core.data.points`` writes). Settings are
+chosen on val; the numbers in docs/BENCHMARKS.md are on the held-out test split.
 
 Printed table (stdout; progress lines on stderr), one row per evaluation: ``iter``, ``train
 s`` (seconds of training so far, evaluations excluded), ``wall s`` (since the start of
 training, evaluations included), ``loss`` (mean total loss since the previous row), ``PQ``,
 ``PQ_th``, ``PQ_st``, ``mIoU``, ``pseudo_PQ`` (the pseudo masks the network's maps give with the
-val points, against the ground truth), ``pseudo %`` (the share of the step time spent making
+split's points, against the ground truth), ``pseudo %`` (the share of the step time spent making
 pseudo labels since the previous row), ``s/iter``.
 
     .venv/bin/python benchmarks/learning_curve.py experiments/train_tiny.yaml --minutes 12 \\
-        --eval-every 100 [--iters N] [--threads 2] [--set key=value ...] [--csv F] [--markdown F]
+        --eval-every 100 [--iters N] [--split val|test] [--threads 2] [--set key=value ...] [--csv F] [--markdown F]
 """
 
 from __future__ import annotations
@@ -40,15 +42,12 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from p2m_core.config import Config, load_config  # noqa: E402
-from p2m_core.data.dataset import PointPanopticDataset, collate_points  # noqa: E402
 from p2m_core.data.panoptic_format import CocoPanoptic  # noqa: E402
 from p2m_core.data.points import sample_points, write_points  # noqa: E402
 from p2m_core.data.splits import split_paths  # noqa: E402
 from p2m_core.data.synthetic import generate_synthetic  # noqa: E402
-from p2m_core.engine.evaluate import NetworkEvaluator  # noqa: E402
-from p2m_core.engine.loop import Trainer, batch_to_device  # noqa: E402
+from p2m_core.engine.run import TrainingRun  # noqa: E402
 from p2m_core.engine.step import StepResult  # noqa: E402
-from p2m_core.model.point2mask import ClassInfo, build_model  # noqa: E402
 
 COLUMNS = ("iter", "train s", "wall s", "loss", "PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo %", "s/iter")
 
@@ -68,30 +67,21 @@ def ensure_data(cfg: Config, data_root: str | None) -> Config:
         return cfg
     syn = cfg.data.synthetic
     if data_root is None:
-        key = f"synthetic-{syn.num_train}-{syn.num_val}-{syn.size}-{syn.seed}"
+        key = f"synthetic-{syn.num_train}-{syn.num_val}-{syn.num_test}-{syn.size}-{syn.seed}"
         data_root = str(Path(tempfile.gettempdir()) / "p2m-learning-curve" / key)
     root = Path(data_root)
     cfg.data.root = str(root)
-    if not (split_paths(cfg.data, "train").panoptic_json.is_file() and split_paths(cfg.data, "val").panoptic_json.is_file()):
-        log(f"generating the synthetic dataset ({syn.num_train} train, {syn.num_val} val, {syn.size} px) under {root}")
-        generate_synthetic(root, syn.num_train, syn.num_val, syn.size, syn.seed, progress=False)
-    for split in ("train", "val"):
+    splits = ("train", "val", "test") if syn.num_test else ("train", "val")
+    if not all(split_paths(cfg.data, split).panoptic_json.is_file() for split in splits):
+        log(f"generating the synthetic dataset ({syn.num_train} train, {syn.num_val} val, {syn.num_test} test, "
+            f"{syn.size} px) under {root}")  # fmt: skip
+        generate_synthetic(root, syn.num_train, syn.num_val, syn.size, syn.seed, progress=False, num_test=syn.num_test)
+    for split in splits:
         paths = split_paths(cfg.data, split)
         if paths.points is not None and not paths.points.is_file():  # what `python -m p2m_core.data.points` writes
             panoptic = CocoPanoptic(paths.panoptic_json, image_dir=paths.images_dir, png_dir=paths.panoptic_dir)
             write_points(sample_points(panoptic, seed=cfg.data.point_seed), paths.points)
     return cfg
-
-
-def evaluate(model: torch.nn.Module, dataset: PointPanopticDataset, cfg: Config, limit: int = 0) -> dict[str, float]:
-    """:class:`NetworkEvaluator` metrics over the first ``limit`` images of ``dataset`` (0: all)."""
-    evaluator = NetworkEvaluator(dataset.panoptic, cfg)
-    count = len(dataset) if limit <= 0 else min(limit, len(dataset))
-    size = cfg.train.batch_size
-    for start in range(0, count, size):
-        items = [dataset[i] for i in range(start, min(start + size, count))]
-        evaluator.process(model, batch_to_device(collate_points(items, size_divisor=32), torch.device("cpu")))
-    return evaluator.metrics()
 
 
 def format_row(row: dict[str, Any]) -> list[str]:
@@ -107,15 +97,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def learning_curve(
-    cfg: Config, minutes: float, eval_every: int, iters: int, eval_images: int = 0, verbose: bool = True
-) -> tuple[list[dict[str, Any]], PointPanopticDataset, torch.nn.Module]:
-    """Train ``cfg`` for ``iters`` iterations or ``minutes`` and evaluate along the way
-    (module docstring); the rows of the table, the val dataset and the trained network."""
-    train = PointPanopticDataset.from_config(cfg, "train")
-    val = PointPanopticDataset.from_config(cfg, "val", with_gt=True)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, ClassInfo.from_dataset(train.panoptic))
-    trainer = Trainer(cfg, model, train)
+    cfg: Config, minutes: float, eval_every: int, iters: int, split: str = "val", verbose: bool = True
+) -> tuple[list[dict[str, Any]], TrainingRun]:
+    """Train ``cfg`` for ``iters`` iterations or ``minutes`` and evaluate on ``split`` along the
+    way (module docstring); the rows of the table and the run (its network trained)."""
+    run = TrainingRun(cfg, device="cpu")
+    trainer = run.trainer
     rows: list[dict[str, Any]] = []
     budget = 60.0 * minutes
     start = time.perf_counter()
@@ -127,7 +114,7 @@ def learning_curve(
     def add_row(iteration: int) -> None:
         nonlocal last_step_end
         t0 = time.perf_counter()
-        metrics = evaluate(model, val, cfg, eval_images)
+        metrics = run.evaluate(split)
         eval_seconds.append(time.perf_counter() - t0)
         steps = sum(window["step"])
         row = {
@@ -173,7 +160,7 @@ def learning_curve(
             log(f"time limit: stopping at iteration {trainer.iteration}")
     if not rows or rows[-1]["iter"] != trainer.iteration:
         add_row(trainer.iteration)
-    return rows, val, model
+    return rows, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=None, help="iterations between evaluations (train.eval_every)")
     parser.add_argument("--iters", type=int, default=None, help="iterations (train.iters; 0 there: epochs)")
     parser.add_argument("--eval-images", type=int, default=None, help="val images per evaluation (train.eval_images; 0: all)")
+    parser.add_argument("--split", default=None, help="the split evaluated (default: train.test_split, else val)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (%(default)s)")
     parser.add_argument("--data-root", default=None, help="where the synthetic dataset is (generated if missing)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -194,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ensure_data(load_config(args.config, args.overrides), args.data_root)
     iters = args.iters if args.iters is not None else cfg.train.iters
     eval_every = args.eval_every if args.eval_every is not None else cfg.train.eval_every
-    eval_images = args.eval_images if args.eval_images is not None else cfg.train.eval_images
+    if args.eval_images is not None:
+        cfg.train.eval_images = args.eval_images
+    split = args.split or cfg.train.test_split or "val"
     if iters <= 0:
         per_epoch = cfg.data.synthetic.num_train // cfg.train.batch_size if cfg.data.dataset == "synthetic" else 0
         iters = cfg.train.epochs * per_epoch if per_epoch else 10**9
     log(f"{args.config} {' '.join(args.overrides)}: up to {iters} iterations or {args.minutes:g} min, "
-        f"evaluation every {eval_every or 'end'}, {args.threads} torch threads")  # fmt: skip
-    rows, _, model = learning_curve(cfg, args.minutes, eval_every, iters, eval_images)
+        f"evaluation on {split} every {eval_every or 'end'}, {args.threads} torch threads")  # fmt: skip
+    rows, run = learning_curve(cfg, args.minutes, eval_every, iters, split)
     width = [max(len(c), 7) for c in COLUMNS]
     print("  ".join(c.rjust(w) for c, w in zip(COLUMNS, width)))
     for row in rows:
@@ -213,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(rows))
     if args.save:
-        torch.save(model.state_dict(), args.save)
+        torch.save(run.model.state_dict(), args.save)
     return 0
 
 

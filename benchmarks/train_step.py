@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         generate_synthetic(tmp, num_train=batch_size, num_val=0, size=size, seed=0, progress=False)
-        overrides = [f"data.root={tmp}", "data.train.points=", f"data.min_size={size}", f"data.max_size={size}"]
+        overrides = [f"data.root={tmp}", "data.train.points=", f"data.train_short_side=[{size}, {size}]"]
         cfg = load_config(args.config, args.overrides + overrides + (R50 if args.model == "r50" else []))
         dataset = PointPanopticDataset.from_config(cfg, "train")
         batch = batch_to_device(collate_points([dataset[i] for i in range(batch_size)]), device)

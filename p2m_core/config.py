@@ -54,7 +54,7 @@ OtPixels = Literal["transported", "all"]
 SemanticTerm = Literal["partial", "lab", "rgb_tree"]
 MapSourceKind = Literal["oracle", "oracle_corrupt", "image", "checkpoint"]
 PointsFrom = Literal["sample", "file"]
-SplitName = Literal["train", "val"]
+SplitName = Literal["train", "val", "test"]
 Device = Literal["auto", "cpu", "cuda"]
 
 MAP_NAMES: tuple[str, ...] = typing.get_args(MapName)
@@ -98,6 +98,7 @@ class SyntheticConfig:
 
     num_train: int = 48
     num_val: int = 16
+    num_test: int = 0
     size: int = 128
     seed: int = 0
 
@@ -109,19 +110,40 @@ class DataConfig:
     # COCO's layout: panoptic_<split>.json beside its PNG folder panoptic_<split>/.
     train: SplitConfig = field(default_factory=lambda: coco_layout("train"))
     val: SplitConfig = field(default_factory=lambda: coco_layout("val"))
+    # held out: settings are chosen on val, the numbers reported on test (docs/METHOD.md)
+    test: SplitConfig = field(default_factory=lambda: coco_layout("test"))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     point_seed: int = 0  # seed of the one-point-per-segment sampling
     num_classes: int = 0  # categories the data must have (COCO 133, VOC 21); 0: whatever it has
-    # Training-time augmentation: shorter side resized into [min_size, max_size], random flip,
-    # random crop; points that fall out of a crop are dropped.
-    min_size: int = 128
-    max_size: int = 128
+    # Image scales (p2m_core.data.dataset.build_transforms). Training: the shorter side is drawn
+    # from train_short_side [low, high] in steps of train_short_step, the longer side capped at
+    # long_side_max; then a random flip and, when crop_size is set, a random crop (points that
+    # fall out of it are dropped). val / test: the shorter side at test_short_side, the longer
+    # side capped at long_side_max. Predictions are scored at each image's original size.
+    train_short_side: list[int] = field(default_factory=lambda: [128, 128])
+    train_short_step: int = 1
+    long_side_max: int = 1333
+    test_short_side: int = 128
     flip_prob: float = 0.5
     crop_size: list[int] = field(default_factory=list)  # [h, w]; empty: no crop
     size_divisor: int = 32
     # P^b_low: path to OpenCV's Structured Edge forest (model.yml.gz); empty: classical fallback.
     edge_model: str = ""
     num_workers: int = 0
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        bad = []
+        low_high = self.train_short_side
+        if len(low_high) != 2 or not 1 <= low_high[0] <= low_high[1]:
+            bad.append(("train_short_side", "[low, high] with 1 <= low <= high"))
+        for name in ("train_short_step", "long_side_max", "test_short_side"):
+            if getattr(self, name) < 1:
+                bad.append((name, "an integer >= 1"))
+        if self.crop_size and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
+            bad.append(("crop_size", "[h, w] of positive integers, or empty"))
+        if not 0.0 <= self.flip_prob <= 1.0:
+            bad.append(("flip_prob", "a number in [0, 1]"))
+        return bad
 
 
 @dataclass
@@ -351,25 +373,30 @@ class TrainConfig:
     optimizer: Literal["adamw"] = "adamw"  # paper
     lr: float = 1e-4  # paper, VOC (COCO: 2e-4)
     weight_decay: float = 0.1  # paper, VOC
-    batch_size: int = 8  # paper, VOC (COCO: 16)
+    # The global batch (paper, VOC; COCO: 16), split evenly over train.workers: lr stays the
+    # paper's for this batch whatever the number of workers.
+    batch_size: int = 8
     epochs: int = 24  # paper, VOC (COCO: 15)
     lr_steps: list[int] = field(default_factory=list)  # epochs; paper COCO: [8, 12]
     grad_clip: float = 0.1  # max L2 norm of the gradient; 0: no clipping
     # Learning-rate factors (release: 0.1 for both; paper: none)
     lr_backbone_mult: float = 1.0
     lr_offsets_mult: float = 1.0  # deformable sampling offsets and reference points
-    seed: int = 0
     device: Device = "auto"
     log_every: int = 10  # iterations between per-step metric batches sent to MLflow
     # Length, evaluation and checkpoints of a run (iterations count optimiser steps)
     iters: int = 0  # total iterations; 0: epochs x iterations per epoch
     eval_every: int = 0  # iterations between evaluations on the val split; 0: at the end only
     eval_images: int = 0  # val images per evaluation; 0: all
+    # Scored once after the last iteration (metrics test/PQ, ...): the held-out numbers a table
+    # reports, while the val evaluations choose settings. Empty: none (VOC, COCO: val is the
+    # paper's report split).
+    test_split: Literal["", "train", "val", "test"] = ""
     overlays: int = 2  # pseudo-mask overlays logged per evaluation
     checkpoint_every: int = 0  # iterations between checkpoints; 0: with each evaluation
     amp: bool = False  # bfloat16/float16 autocast on CUDA; ignored on CPU
     # Ray Train
-    workers: int = 1  # data-parallel workers; the effective batch is workers x batch_size
+    workers: int = 1  # data-parallel workers; each takes batch_size / workers images a step
     max_failures: int = 2  # restarts of the worker group from its last checkpoint before the run fails
     storage_path: str = ""  # checkpoints: a folder or a pyarrow URI (s3://...); empty: <tracking.output_dir>/ray
 
@@ -378,6 +405,8 @@ class TrainConfig:
         bad += [(n, "a number >= 0") for n in ("weight_decay", "grad_clip", "lr_backbone_mult", "lr_offsets_mult")
                 if not getattr(self, n) >= 0]  # fmt: skip
         bad += [(n, "an integer >= 1") for n in ("batch_size", "epochs", "workers", "log_every") if getattr(self, n) < 1]
+        if self.workers >= 1 and self.batch_size % self.workers:
+            bad.append(("batch_size", f"a multiple of train.workers ({self.workers}): it is the global batch, split over the workers"))
         bad += [(n, "an integer >= 0") for n in ("iters", "eval_every", "eval_images", "overlays", "checkpoint_every", "max_failures")
                 if getattr(self, n) < 0]  # fmt: skip
         return bad
@@ -395,6 +424,8 @@ class TrackingConfig:
 @dataclass
 class Config:
     name: str = "point2mask"
+    # The run's seed: the network's initial weights, the data order and every augmentation draw.
+    # data.point_seed draws the points; a training sweep's seed sets both (ray_jobs/spec.py).
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
@@ -409,7 +440,10 @@ class Config:
 #: Bump when the code changes what some setting computes: runs hashed under another version
 #: are then never taken for finished (docs/TRACKING.md, "The config hash").
 #: 2: the converged Sinkhorn became a Newton solver (same problem, different stopping point).
-HASH_VERSION = 2
+#: 3: training: the tree energy on the normalised image, the presence losses normalised by the
+#: present classes, predictions scored at the original image size, one seed for initialisation,
+#: data order and augmentation, the global batch.
+HASH_VERSION = 3
 
 #: Dotted prefixes of the keys each stage reads, and the keys among them that change only speed
 #: or artifacts. A stage's hash covers exactly these, so e.g. ``train.lr`` never changes a
@@ -417,7 +451,7 @@ HASH_VERSION = 2
 STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     "pseudo": {
         "include": (
-            "data.dataset", "data.root", "data.train.", "data.val.", "data.point_seed", "data.edge_model",
+            "data.dataset", "data.root", "data.train.", "data.val.", "data.test.", "data.point_seed", "data.edge_model",
             "pseudo.", "ablation.",
         ),
         "exclude": ("ablation.batch_size", "ablation.overlays", "ablation.device"),
@@ -434,6 +468,15 @@ STAGES: tuple[str, ...] = tuple(STAGE_KEYS)
 
 
 # --------------------------------------------------------------------------- loading
+#: Keys an older config may still hold, and what replaced them (said instead of "unknown key").
+RENAMED_KEYS: dict[str, str] = {
+    "data.min_size": "use data.train_short_side: [low, high] (training) and data.test_short_side (val / test)",
+    "data.max_size": "use data.train_short_side: [low, high] (training), data.test_short_side (val / test) "
+                     "and data.long_side_max (the longer side's cap)",
+    "train.seed": "the top-level 'seed' now seeds the initial weights, the data order and the augmentation",
+}
+
+
 def _merge(base: dict, child: dict, sources: dict[str, str], source: str, prefix: str = "") -> dict:
     """Deep-merge ``child`` into a copy of ``base``, recording which source set each leaf."""
     merged = copy.deepcopy(base)
@@ -611,6 +654,8 @@ def _build(
     for key in raw:
         if key not in known:
             dotted = f"{prefix}{key}"
+            if dotted in RENAMED_KEYS:
+                raise P2MInputError(f"{source_of(dotted)}: key '{dotted}' (value {raw[key]!r}) is gone: {RENAMED_KEYS[dotted]}")
             raise P2MInputError(
                 f"{source_of(dotted)}: unknown key '{dotted}' (value {raw[key]!r}); "
                 f"'{section}' accepts: {', '.join(sorted(known))}"

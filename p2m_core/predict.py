@@ -4,9 +4,10 @@
         [--device auto|cpu|cuda] [--batch-size 4] [--max-size N]
 
 ``--images`` takes folders (their ``.jpg``/``.jpeg``/``.png`` files, not recursive) and files.
-Each image is resized as the checkpoint's config evaluates (shorter side to ``data.max_size``,
-:func:`~p2m_core.data.dataset.build_transforms` for ``val``; ``--max-size N`` sets that side to
-N instead, ``--max-size 0`` keeps every image's own size), padded into batches (size divisor
+Each image is resized as the checkpoint's config evaluates (shorter side to
+``data.test_short_side``, longer side at most ``data.long_side_max``:
+:func:`~p2m_core.data.dataset.scoring_resize`; ``--max-size N`` sets the shorter side to N
+instead, ``--max-size 0`` keeps every image's own size), padded into batches (size divisor
 ``data.size_divisor``), run through :meth:`Point2Mask.predict`, and the prediction is mapped back
 to the image's own size by nearest neighbour. Written, each file atomically:
 
@@ -34,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from p2m_core.data.dataset import build_transforms, image_tensor, pad_images
-from p2m_core.data.transforms import Compose, ResizeShortestEdge, resize_nearest
+from p2m_core.data.dataset import image_tensor, pad_images, scoring_resize
+from p2m_core.data.transforms import Compose, resize_nearest
 from p2m_core.engine.checkpoint import load_checkpoint
 from p2m_core.engine.device import resolve_device
 from p2m_core.errors import P2MInputError
@@ -110,13 +111,12 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def eval_resize(data_cfg: Any, max_size: int | None) -> Compose | None:
-    """The resize of evaluation: the config's ``val`` transform, ``--max-size N`` (shorter side
-    N, long side capped as :class:`ResizeShortestEdge` does), or none for ``--max-size 0``."""
-    if max_size is None:
-        return build_transforms(data_cfg, "val")
+    """The resize of evaluation: the config's (shorter side ``data.test_short_side``), ``--max-size
+    N`` (shorter side N), the longer side capped at ``data.long_side_max`` either way; or none
+    for ``--max-size 0``."""
     if max_size == 0:
         return None
-    return Compose([ResizeShortestEdge(max_size, max_size)])
+    return Compose([scoring_resize(data_cfg, max_size)])
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     parser.add_argument(
         "--max-size", type=int, default=None,
-        help="shorter side fed to the network (default: the checkpoint's data.max_size; 0: each image's own size)",
+        help="shorter side fed to the network (default: the checkpoint's data.test_short_side; 0: each image's own size)",
     )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser

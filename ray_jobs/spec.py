@@ -7,7 +7,8 @@ A spec is a YAML file in ``experiments/sweeps/``::
     paper_table: table7_assignment     # the paper table it answers ('' for none)
     base: ../ablation_synthetic.yaml   # base config, relative to the spec file
     stage: pseudo                      # pseudo (train comes with training)
-    split: val                         # the dataset split the stage scores
+    split: val                         # the split the stage scores (train: val as it trains; any
+                                       # other split also at the end, train.test_split)
     set: {}                            # fixed overrides of the base, dotted keys
     grid:                              # dotted key -> list of values: the product is run
       pseudo.assignment: [mc, ot]
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from p2m_core.config import (
+    SPLITS,
     STAGES,
     Config,
     apply_overrides,
@@ -50,7 +52,10 @@ from p2m_core.config import (
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_yaml
 
-#: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``.
+#: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``: what a
+#: seed varies. pseudo: the sampled points and the corruption of the maps. train: the points
+#: (``data.point_seed``) and ``seed``, which seeds the network's initial weights, the data order
+#: and every augmentation draw (p2m_core.engine.loop, p2m_core.data.dataset).
 DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
     "pseudo": ("data.point_seed", "ablation.corruption.seed"),
     "train": ("seed", "data.point_seed"),
@@ -189,8 +194,8 @@ def load_spec(path: PathLike) -> SweepSpec:
     if stage not in STAGES:
         raise _fail(path, "stage", f"one of {', '.join(STAGES)}", stage)
     split = raw.get("split", "val")
-    if split not in ("train", "val"):
-        raise _fail(path, "split", "'train' or 'val'", split)
+    if split not in SPLITS:
+        raise _fail(path, "split", " or ".join(repr(s) for s in SPLITS), split)
 
     base = path.parent / raw["base"]
     if not base.is_file():
@@ -288,6 +293,8 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
     base_raw = apply_overrides(base_raw, list(overrides), sources)
     if spec.stage == "pseudo":
         base_raw = apply_values(base_raw, {"ablation.split": spec.split}, sources, f"{where}, key 'split'")
+    elif spec.split != "val":  # a training run evaluates on val as it goes, and on this split at the end
+        base_raw = apply_values(base_raw, {"train.test_split": spec.split}, sources, f"{where}, key 'split'")
 
     short = _short_keys(spec.grid_keys)
     trials: list[Trial] = []

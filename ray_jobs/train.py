@@ -31,7 +31,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[train] {line}", file=sys.stderr, flush=True)
 
     try:
-        cfg = load_config(args.config_path, args.overrides)
-        if args.num_workers is not None:
-            if args.num_workers < 1:
-                raise P2MInputError(f"--num-workers must be >= 1, got {args.num_workers}")
-            cfg = replace(cfg, train=replace(cfg.train, workers=args.num_workers))
+        overrides = list(args.overrides)
+        if args.num_workers is not None:  # checked with the config, so a batch that does not split is refused
+            overrides.append(f"train.workers={args.num_workers}")
+        cfg = load_config(args.config_path, overrides)
         if args.cpus_per_worker is not None and not args.cpus_per_worker > 0:
             raise P2MInputError(f"--cpus-per-worker must be > 0, got {args.cpus_per_worker}")
         plan = plan_training(cfg, use_gpu=args.gpu)

@@ -6,8 +6,9 @@ worker builds its :class:`~p2m_core.engine.run.TrainingRun` (its shard of the tr
 from ``ray.train.get_checkpoint()`` when Ray restarted the group after a failure (or the launcher
 was run again), and trains. At each checkpoint iteration rank 0 evaluates (when due) and logs to
 MLflow, every worker writes its part of the state into one folder, and all report it together
-(``ray.train.report`` is a barrier). After the last iteration rank 0 writes the model file and
-its predictions on the val images and logs them.
+(``ray.train.report`` is a barrier). After the last iteration rank 0 scores the held-out split
+(``train.test_split``, once: metrics ``<split>/PQ`` ...), writes the model file and its
+predictions on the val images and logs them.
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ def train_loop(config: dict[str, Any]) -> None:
     if tracking is None:
         return
     tracking.flush()
+    split = cfg.train.test_split
+    if split and not tracking.held_out_done(split, run.iteration):
+        held_out = run.evaluate(split)
+        tracking.held_out(run.iteration, split, held_out)
+        log.info("%s split: PQ %.1f (things %.1f, stuff %.1f), mIoU %.1f", split, held_out["PQ"], held_out["PQ_th"],
+                 held_out["PQ_st"], held_out["mIoU"])  # fmt: skip
     out = Path(config["output_dir"])
     model_file = run.save_model(out / MODEL_FILE)
     predictions = run.write_predictions(model_file, out / "predictions")

@@ -135,7 +135,7 @@ def test_pseudo_stage_hash_ignores_training_naming_and_execution_settings():
     base = load_config(None)
     same = [
         "train.lr=3e-4", "model.backbone=resnet18", "loss.alpha1=1.0", "name=x", "tracking.experiment=y",
-        "ablation.batch_size=2", "ablation.overlays=0", "ablation.device=auto", "data.min_size=64", "seed=5",
+        "ablation.batch_size=2", "ablation.overlays=0", "ablation.device=auto", "data.train_short_side=[64, 64]", "data.test_short_side=64", "seed=5",
     ]
     for override in same:
         assert stage_hash(load_config(None, [override]), "pseudo") == stage_hash(base, "pseudo"), override

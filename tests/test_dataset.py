@@ -384,8 +384,7 @@ def test_from_config_samples_points_on_the_fly_and_applies_the_crop(synthetic, t
         [
             f"data.root={root}",
             "data.train={json: panoptic_train.json, images: images/train, panoptic: panoptic_train, points: ''}",
-            "data.min_size=36",
-            "data.max_size=48",
+            "data.train_short_side=[36, 48]",
             "data.crop_size=[24, 30]",
         ],
     )
@@ -405,7 +404,7 @@ def test_from_config_samples_points_on_the_fly_and_applies_the_crop(synthetic, t
     with pytest.raises(P2MInputError, match="points_train.json"):
         PointPanopticDataset.from_config(load_config(None, [f"data.root={root}"]), "train")
     with pytest.raises(P2MInputError, match="split"):
-        PointPanopticDataset.from_config(cfg, "test")
+        PointPanopticDataset.from_config(cfg, "holdout")
 
 
 def test_points_that_do_not_match_the_dataset_are_errors(synthetic):

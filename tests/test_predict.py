@@ -155,8 +155,8 @@ def test_train_steps_then_predict_on_the_real_coco_sample(coco_sample, tmp_path)
     from p2m_core.engine.step import build_optimizer, train_step
 
     cfg = tiny_config(coco_sample, "data.dataset=coco_panoptic", "data.train.json=panoptic.json",
-                      "data.train.images=images", "data.train.panoptic=panoptic", "data.min_size=128",
-                      "data.max_size=192", *PERMISSIVE)  # fmt: skip
+                      "data.train.images=images", "data.train.panoptic=panoptic",
+                      "data.train_short_side=[128, 192]", *PERMISSIVE)  # fmt: skip
     dataset = PointPanopticDataset.from_config(cfg, "train")
     batch = collate_points([dataset[0], dataset[1]])
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ TRAIN_SPECS = {"table4": None, "table3_train": "table3", "table5_train": "table5
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    generate_synthetic(root, num_train=4, num_val=2, size=48, seed=1, progress=False)
+    generate_synthetic(root, num_train=4, num_val=2, size=48, seed=1, progress=False, num_test=2)
     return root
 
 
@@ -133,7 +133,7 @@ def test_sweep_hash_follows_the_trials(tmp_path, data_root):
         ({"resources": {"cpu": 0}}, "key 'resources.cpu' expects a number > 0"),
         ({"resources": {"tpu": 1}}, "key 'resources' expects a mapping with cpu and/or gpu"),
         ({"base": "nowhere.yaml"}, "key 'base' expects an existing config file"),
-        ({"split": "test"}, "key 'split' expects 'train' or 'val', got 'test'"),
+        ({"split": "holdout"}, "key 'split' expects 'train' or 'val' or 'test', got 'holdout'"),
         ({"mlflow_experiment": 3}, "key 'mlflow_experiment' expects a string, got 3"),
         ({"grid": {"data.point_seed": [1, 2]}}, "not also a seed key"),
     ],

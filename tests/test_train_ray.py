@@ -34,14 +34,14 @@ CONFIG = REPO / "experiments" / "train_tiny.yaml"
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train_data")
-    generate_synthetic(root, num_train=4, num_val=2, size=64, seed=3, progress=False)
+    generate_synthetic(root, num_train=4, num_val=2, size=64, seed=3, progress=False, num_test=2)
     return root
 
 
 def settings(root: Path, folder: Path, *extra: str) -> list[str]:
     args = [
         f"data.root={root}", f"tracking.tracking_uri=sqlite:///{folder / 'mlflow.db'}", f"tracking.output_dir={folder / 'runs'}",
-        "train.batch_size=2", "train.log_every=3", "train.overlays=1", "data.flip_prob=0.0", *extra,
+        "train.batch_size=4", "train.log_every=3", "train.overlays=1", "data.flip_prob=0.0", *extra,
     ]  # fmt: skip
     return [item for arg in args for item in ("--set", arg)]
 
@@ -97,6 +97,9 @@ def test_two_workers_train_on_their_own_shards_and_log_to_mlflow(tmp_path, data_
     assert steps_of(client, run.info.run_id, "PQ") == [6, 12]
     for key in ("PQ_th", "PQ_st", "SQ", "RQ", "mIoU", "pseudo_PQ", "lr", "loss/partial_ce", "solver_iterations"):
         assert key in run.data.metrics, key
+    # the held-out split (train_tiny.yaml's train.test_split) scored once, after the last iteration
+    for key in ("test/PQ", "test/PQ_th", "test/PQ_st", "test/mIoU", "test/pseudo_PQ"):
+        assert steps_of(client, run.info.run_id, key) == [iters], key
     # the losses fall (4 images, each worker sees 2 per step: the same images again and again)
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss/total"), key=lambda m: m.step)]
     assert sum(losses[-3:]) < sum(losses[:3])
@@ -219,7 +222,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_logs_every_step_once(tm
         while killed is None:
             assert driver.poll() is None, f"training ended before a worker could be killed: {driver.stderr.read()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            if list(storage.glob("*/checkpoint_*/state.pt")):
+            # two checkpoints on disk: the first is surely registered with Ray (the newest may still be
+            # in its upload, and a kill then restarts from the one before, or from scratch)
+            if len(list(storage.glob("*/checkpoint_*/state.pt"))) >= 2:
                 workers = _train_workers(driver.pid)
                 if workers:
                     killed = workers[0]
@@ -250,7 +255,7 @@ def test_bad_input_is_refused_before_any_worker_starts(tmp_path, data_root, prob
         fragment = f"data.train.json -> {root / 'panoptic_train.json'}"
     elif problem == "empty":
         root = tmp_path / "empty"
-        generate_synthetic(root, num_train=0, num_val=1, size=64, seed=0, progress=False)
+        generate_synthetic(root, num_train=0, num_val=1, size=64, seed=0, progress=False, num_test=1)
         fragment = "the split has no images"
     elif problem == "classes":
         extra = ["data.num_classes=133"]

@@ -125,7 +125,11 @@ class PointPanopticDataset(Dataset):
     ``orig_size`` (H0, W0) before transforms; with ``edges``: ``edges`` float32 [H, W] in
     [0, 1]; with ``with_gt``: ``segment_ids`` int64 [H, W]
     (0 = void) and ``segments``, a list of ``{'id', 'category_id', 'label', 'isthing',
-    'iscrowd', 'area'}`` for the segments still present after the transforms.
+    'iscrowd', 'area'}`` for the segments still present after the transforms, and the same two
+    before any transform, ``orig_segment_ids`` [H0, W0] and ``orig_segments``: what predictions
+    are scored against, at the image's own size, as the COCO panoptic API scores them. (With
+    augmentation that moves pixels, a training split's flip or crop, there is no way back to the
+    original frame: there both are the transformed ground truth.)
     """
 
     #: Decoded samples kept in memory per dataset (and per DataLoader worker), in bytes.
@@ -260,6 +264,13 @@ class PointPanopticDataset(Dataset):
             gt = np.require(sample["segment_ids"], dtype=np.int64, requirements=["C", "W"])  # a copy of a cached array
             item["segment_ids"] = torch.from_numpy(gt)
             item["segments"] = self._present_segments(record, gt)
+            if self.transforms is None or not only_resizes(self.transforms):
+                # the image's own frame, or augmentation (flip, crop) with no way back: score here
+                item["orig_segment_ids"], item["orig_segments"] = item["segment_ids"], item["segments"]
+            else:
+                orig = np.array(self.load_sample(index)["segment_ids"], dtype=np.int64)
+                item["orig_segment_ids"] = torch.from_numpy(orig)
+                item["orig_segments"] = self._present_segments(record, orig)
         return item
 
     def _present_segments(self, record: PanopticRecord, gt: np.ndarray) -> list[dict[str, Any]]:
@@ -287,12 +298,12 @@ class PointPanopticDataset(Dataset):
         with_gt: bool | None = None,
         transforms: Transform | None = None,
     ) -> PointPanopticDataset:
-        """Build the ``split`` ('train' or 'val') dataset described by ``cfg.data``.
+        """Build the ``split`` ('train', 'val' or 'test') dataset described by ``cfg.data``.
 
         Paths are relative to ``cfg.data.root``. An empty ``points`` entry samples one point
         per segment on the fly with ``cfg.data.point_seed``
         (:func:`p2m_core.data.points.sample_points`). Transforms default to
-        :func:`build_transforms`; ``with_gt`` defaults to true for 'val' only. The per-item
+        :func:`build_transforms`; ``with_gt`` defaults to true for the scored splits (val, test). The per-item
         seed is ``cfg.seed``. Items carry edge maps (``data.edge_model``'s detector) when
         ``cfg.pseudo.maps`` lists ``boundary_low``.
         """
@@ -307,31 +318,46 @@ class PointPanopticDataset(Dataset):
             points,
             transforms=transforms if transforms is not None else build_transforms(cfg.data, split),
             seed=cfg.seed,
-            with_gt=(split == "val") if with_gt is None else with_gt,
+            with_gt=(split != "train") if with_gt is None else with_gt,
             edges=(cfg.data.edge_model or True) if "boundary_low" in cfg.pseudo.maps else False,
         )
 
 
 def build_transforms(data_cfg: Any, split: str) -> Compose:
-    """The augmentation chain of a split from a ``DataConfig``.
+    """The augmentation chain of a split from a ``DataConfig`` (its scale keys).
 
-    train: ``ResizeShortestEdge(min_size, max_size)``, ``RandomFlip(flip_prob)``, and
-    ``RandomCrop(*crop_size)`` when ``crop_size`` is set. val: a deterministic resize of the
-    shorter side to ``max_size`` (detectron2's convention: test at the largest training scale).
+    train: the shorter side drawn from ``train_short_side`` in steps of ``train_short_step``, the
+    longer side capped at ``long_side_max`` (:class:`ResizeShortestEdge`), ``RandomFlip(flip_prob)``,
+    and ``RandomCrop(*crop_size)`` when ``crop_size`` is set. val and test: the shorter side at
+    ``test_short_side``, the longer side capped at ``long_side_max`` (the release tests VOC at
+    600 / 1333 and COCO at 800 / 1333).
     """
     if split == "train":
+        low, high = data_cfg.train_short_side
         chain: list[Transform] = [
-            ResizeShortestEdge(data_cfg.min_size, data_cfg.max_size),
+            ResizeShortestEdge(low, high, data_cfg.long_side_max, step=data_cfg.train_short_step),
             RandomFlip(data_cfg.flip_prob),
         ]
         if data_cfg.crop_size:
-            if len(data_cfg.crop_size) != 2:
-                raise P2MInputError(f"config: data.crop_size must be [h, w] or empty, got {data_cfg.crop_size!r}")
             chain.append(RandomCrop(*data_cfg.crop_size))
         return Compose(chain)
-    if split == "val":
-        return Compose([ResizeShortestEdge(data_cfg.max_size, data_cfg.max_size)])
-    raise P2MInputError(f"dataset split must be 'train' or 'val', got {split!r}")
+    if split in ("val", "test"):
+        return Compose([scoring_resize(data_cfg)])
+    raise P2MInputError(f"dataset split must be 'train', 'val' or 'test', got {split!r}")
+
+
+def only_resizes(transforms: Transform) -> bool:
+    """Whether ``transforms`` only rescales (the val / test chain): then a prediction maps back
+    to the original image by resizing alone."""
+    steps = transforms.transforms if isinstance(transforms, Compose) else [transforms]
+    return all(isinstance(step, ResizeShortestEdge) for step in steps)
+
+
+def scoring_resize(data_cfg: Any, short_side: int | None = None) -> ResizeShortestEdge:
+    """The resize every evaluation feeds the network: shorter side ``short_side`` (default
+    ``data.test_short_side``), longer side at most ``data.long_side_max``."""
+    short = data_cfg.test_short_side if short_side is None else short_side
+    return ResizeShortestEdge(short, short, data_cfg.long_side_max)
 
 
 # --------------------------------------------------------------------------- batching
@@ -376,7 +402,8 @@ def collate_points(batch: Sequence[dict[str, Any]], size_divisor: int = 32) -> d
     ``orig_sizes``; lists of per-image tensors ``points_yx`` ([m_i, 2]), ``point_labels``,
     ``point_is_thing``, ``point_segment_ids``; when the items carry edge maps, ``edges`` float32
     [B, Hp, Wp] padded with 0; and, when the items carry ground truth,
-    ``segment_ids`` int64 [B, Hp, Wp] padded with 0 (void) and ``segments`` (list of lists).
+    ``segment_ids`` int64 [B, Hp, Wp] padded with 0 (void) and ``segments`` (list of lists), and
+    ``orig_segment_ids`` (list of [H0, W0] tensors) and ``orig_segments`` (list of lists).
     Use ``functools.partial(collate_points, size_divisor=...)`` as a DataLoader ``collate_fn``.
     """
     if not batch:
@@ -403,4 +430,6 @@ def collate_points(batch: Sequence[dict[str, Any]], size_divisor: int = 32) -> d
             segment_ids[i, :h, :w] = item["segment_ids"]
         out["segment_ids"] = segment_ids
         out["segments"] = [item["segments"] for item in batch]
+        out["orig_segment_ids"] = [item["orig_segment_ids"] for item in batch]
+        out["orig_segments"] = [item["orig_segments"] for item in batch]
     return out

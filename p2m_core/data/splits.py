@@ -1,6 +1,6 @@
 """Where the files of a dataset split are: the one path rule of the platform.
 
-A split (``train`` or ``val``) is described by ``data.<split>`` of the config (``json``,
+A split (``train``, ``val`` or the held-out ``test``) is described by ``data.<split>`` of the config (``json``,
 ``panoptic``, ``images``, ``points``), each relative to ``data.root``; the defaults follow COCO's
 layout (``panoptic_<split>.json`` beside ``panoptic_<split>/``, ``images/<split>/``,
 ``points_<split>.json``; docs/DATA.md). The training dataset, the pseudo-label stage and sweep
@@ -63,6 +63,8 @@ def require_split(data_cfg: Any, split: str, need_points: bool = False) -> Split
         hint = ""
         if data_cfg.dataset == "synthetic":
             hint = f"; generate it with: python -m p2m_core.data.synthetic --out {data_cfg.root}"
+            if split == "test":
+                hint += " --num-test N (the held-out split; or --config CONFIG to take data.synthetic's sizes)"
         raise P2MInputError(
             f"dataset not found: key 'data.root' is {str(data_cfg.root)!r} and these files are missing: "
             + ", ".join(missing) + hint

@@ -12,7 +12,7 @@ ends. Every image here is built for that case:
 
 Layout on disk (COCO's): ``<out>/panoptic_<split>.json``, ``<out>/panoptic_<split>/*.png``
 (segment id = R + 256 G + 256^2 B) and ``<out>/images/<split>/*.png`` (RGB, lossless), for
-``split`` in ``train`` and ``val``. Every listed segment is visible with at least
+``split`` in ``train``, ``val`` and ``test`` (held out: settings are chosen on val). Every listed segment is visible with at least
 :func:`min_segment_area` pixels, fully occluded instances are not listed, and every image has at
 least one stuff and one thing segment.
 
@@ -22,7 +22,7 @@ same bytes.
 
 Command line::
 
-    python -m p2m_core.data.synthetic --out data/synthetic --num-train 48 --num-val 16 \\
+    python -m p2m_core.data.synthetic --out data/synthetic --num-train 48 --num-val 16 --num-test 0 \\
         --size 128 --seed 0
 """
 
@@ -337,8 +337,9 @@ def _distinct_ids(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- dataset
-def _check_args(num_train: Any, num_val: Any, size: Any, seed: Any) -> None:
-    checks = (("num_train", num_train, 0), ("num_val", num_val, 0), ("size", size, MIN_SIZE), ("seed", seed, 0))
+def _check_args(num_train: Any, num_val: Any, size: Any, seed: Any, num_test: Any = 0) -> None:
+    checks = (("num_train", num_train, 0), ("num_val", num_val, 0), ("num_test", num_test, 0), ("size", size, MIN_SIZE),
+              ("seed", seed, 0))  # fmt: skip
     for name, value, low in checks:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise P2MInputError(f"synthetic dataset: '{name}' must be an integer, got {value!r}")
@@ -347,28 +348,35 @@ def _check_args(num_train: Any, num_val: Any, size: Any, seed: Any) -> None:
 
 
 def generate_synthetic(
-    out_dir: PathLike, num_train: int, num_val: int, size: int, seed: int, progress: bool = True
+    out_dir: PathLike, num_train: int, num_val: int, size: int, seed: int, progress: bool = True, num_test: int = 0
 ) -> dict[str, Path]:
-    """Write the synthetic train and val splits under ``out_dir`` in the COCO panoptic layout.
+    """Write the synthetic train, val and test splits under ``out_dir`` in the COCO panoptic layout.
 
     Parameters
     ----------
     out_dir : root folder (created). Files of an earlier run with the same names are replaced;
         extra files of a larger earlier run are left alone (the JSON lists what belongs).
-    num_train, num_val : number of images per split (>= 0).
+    num_train, num_val, num_test : number of images per split (>= 0). The test split is held out:
+        settings are chosen on val and reported on test; each split draws its images from its
+        own generators, so no image is in two splits.
     size : side of the square images in pixels (>= 32).
     seed : non-negative integer; image ``i`` of a split depends only on (seed, split, i, size).
     progress : print progress to stderr.
 
     Returns
     -------
-    ``{"<split>_json", "<split>_panoptic", "<split>_images"}`` for both splits, plus ``"root"``.
+    ``{"<split>_json", "<split>_panoptic", "<split>_images"}`` for every split written (train and
+    val always, test when ``num_test > 0``), plus ``"root"``.
     Each split's JSON is written last, so a JSON on disk implies its PNGs are there.
     """
-    _check_args(num_train, num_val, size, seed)
+    _check_args(num_train, num_val, size, seed, num_test)
     root = Path(out_dir)
     paths: dict[str, Path] = {"root": root}
-    for split, count in zip(SPLITS, (int(num_train), int(num_val))):
+    counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+    for split in SPLITS:
+        count = counts[split]
+        if split == "test" and count == 0:  # no held-out split asked for: none written
+            continue
         layout = coco_layout(split)
         json_path, png_dir, image_dir = root / layout.json, root / layout.panoptic, root / layout.images
         png_dir.mkdir(parents=True, exist_ok=True)
@@ -413,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="take the sizes from this experiment's data.synthetic (the options below override them)")  # fmt: skip
     parser.add_argument("--num-train", type=int, default=None, help="train images (default: data.synthetic.num_train)")
     parser.add_argument("--num-val", type=int, default=None, help="val images (default: data.synthetic.num_val)")
+    parser.add_argument("--num-test", type=int, default=None, help="held-out test images (default: data.synthetic.num_test)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: data.synthetic.size)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: data.synthetic.seed)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -425,12 +434,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sizes = SyntheticConfig()
         chosen = {name: getattr(sizes, name) if getattr(args, name) is None else getattr(args, name)
-                  for name in ("num_train", "num_val", "size", "seed")}  # fmt: skip
+                  for name in ("num_train", "num_val", "num_test", "size", "seed")}  # fmt: skip
         paths = generate_synthetic(args.out, progress=not args.quiet, **chosen)
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {chosen['num_train']} train + {chosen['num_val']} val images under {paths['root']}", file=sys.stderr)
+    print(f"wrote {chosen['num_train']} train + {chosen['num_val']} val + {chosen['num_test']} test images under "
+          f"{paths['root']}", file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -109,8 +109,10 @@ def snap_points_to_segments(
 class ResizeShortestEdge:
     """Resize so that the shorter side is a random length in ``[min_size, max_size]``.
 
-    The short side ``s`` is drawn uniformly from the integers ``min_size..max_size`` with
-    ``rng.integers``; the scale is ``s / min(H, W)``, reduced if needed so that the longer side
+    The short side ``s`` is drawn uniformly from ``min_size, min_size + step, ..., <= max_size``
+    (``min_size + step * rng.integers(0, count)``: with ``step = 1`` the same draw as
+    ``rng.integers(min_size, max_size + 1)``; the release's COCO scales are 480..800 in steps of
+    32); the scale is ``s / min(H, W)``, reduced if needed so that the longer side
     does not exceed ``max_long_side``. The new size is ``round(H * scale), round(W * scale)``.
 
     - image: bilinear (``cv2.INTER_LINEAR``, pixel-centre aligned);
@@ -127,13 +129,17 @@ class ResizeShortestEdge:
     min_size, max_size : range of the shorter side, inclusive.
     max_long_side : cap of the longer side; ``None`` uses detectron2's COCO ratio,
         ``ceil(max_size * 1333 / 800)``, so that the cap scales with the chosen sizes.
+    step : spacing of the short sides drawn.
     """
 
-    def __init__(self, min_size: int, max_size: int, max_long_side: int | None = None) -> None:
+    def __init__(self, min_size: int, max_size: int, max_long_side: int | None = None, step: int = 1) -> None:
         if min_size < 1 or max_size < min_size:
             raise ValueError(f"need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
+        if step < 1:
+            raise ValueError(f"step must be >= 1, got {step}")
         self.min_size = int(min_size)
         self.max_size = int(max_size)
+        self.step = int(step)
         self.max_long_side = (
             int(max_long_side) if max_long_side is not None else math.ceil(max_size * 1333 / 800)
         )
@@ -148,7 +154,7 @@ class ResizeShortestEdge:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         image = sample["image"]
         height, width = image.shape[:2]
-        short = int(rng.integers(self.min_size, self.max_size + 1))
+        short = self.min_size + self.step * int(rng.integers(0, (self.max_size - self.min_size) // self.step + 1))
         new_h, new_w = self.output_size(height, width, short)
         out = dict(sample)
         if (new_h, new_w) == (height, width):
@@ -173,7 +179,7 @@ class ResizeShortestEdge:
     def __repr__(self) -> str:
         return (
             f"ResizeShortestEdge(min_size={self.min_size}, max_size={self.max_size}, "
-            f"max_long_side={self.max_long_side})"
+            f"max_long_side={self.max_long_side}, step={self.step})"
         )
 
 

@@ -11,6 +11,12 @@ Streaming, in detectron2's evaluator style (:meth:`NetworkEvaluator.process` per
   network's own maps give with the batch's points, upsampled to the image, against the same
   ground truth: how good the training targets are.
 
+Everything is scored at each image's original size, as the COCO panoptic API scores a
+submission: the network sees the image at the test scale (``data.test_short_side``), and its
+panoptic output, its semantic map and the pseudo masks are mapped back by pixel-centre nearest
+neighbour (:func:`~p2m_core.data.transforms.resize_nearest`, the rule that maps ground truth
+into a resized image). Where the test scale is the image's own size nothing is resized.
+
 Metrics are in percent, like the pseudo-label stage's.
 """
 
@@ -23,6 +29,7 @@ import torch
 
 from p2m_core.config import Config
 from p2m_core.data.panoptic_format import CocoPanoptic
+from p2m_core.data.transforms import resize_nearest
 from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels, upsample_nearest
 from p2m_core.model.point2mask import Point2Mask
 from p2m_core.model.task_maps import batch_pseudo_labels
@@ -41,8 +48,8 @@ class NetworkEvaluator:
 
     @torch.no_grad()
     def process(self, model: Point2Mask, batch: dict[str, Any]) -> None:
-        """Score one batch (it must carry ``segment_ids`` and ``segments``)."""
-        if "segment_ids" not in batch:
+        """Score one batch (it must carry ground truth: ``orig_segment_ids``, ``orig_segments``)."""
+        if "orig_segment_ids" not in batch:
             raise ValueError("NetworkEvaluator: the batch has no ground truth (build the dataset with with_gt=True)")
         model.eval()
         out = model(batch["images"], batch["padding_mask"])
@@ -50,14 +57,16 @@ class NetworkEvaluator:
         pseudo = batch_pseudo_labels(out, batch, self.cfg.pseudo)[1].panoptic
         stride = self.cfg.pseudo.mask_stride
         for b, (result, (h, w)) in enumerate(zip(results, batch["image_sizes"])):
-            gt_ids = batch["segment_ids"][b, :h, :w].cpu().numpy()
-            gt_segments = [{k: s[k] for k in ("id", "category_id", "iscrowd")} for s in batch["segments"][b]]
+            gt_ids = batch["orig_segment_ids"][b].cpu().numpy()
+            gt_segments = [{k: s[k] for k in ("id", "category_id", "iscrowd")} for s in batch["orig_segments"][b]]
+            height, width = gt_ids.shape
             image_id = batch["image_ids"][b]
             pred_segments = [{"id": s["id"], "category_id": self.category_of[s["label"]]} for s in result["segments"]]
-            self.pq.process(gt_ids, gt_segments, result["panoptic"].cpu().numpy(), pred_segments, image_id=image_id)
+            panoptic = resize_nearest(result["panoptic"].cpu().numpy(), height, width)
+            self.pq.process(gt_ids, gt_segments, panoptic, pred_segments, image_id=image_id)
             gt_sem = panoptic_to_semantic(gt_ids, gt_segments, self.contiguous, ignore_index=-1)
-            self.miou.process(gt_sem, result["semantic"].cpu().numpy())
-            owner = upsample_nearest(pseudo[b].cpu().numpy(), stride, h, w)
+            self.miou.process(gt_sem, resize_nearest(result["semantic"].cpu().numpy(), height, width))
+            owner = resize_nearest(upsample_nearest(pseudo[b].cpu().numpy(), stride, h, w), height, width)
             categories = [self.category_of[int(c)] for c in batch["point_labels"][b].tolist()]
             pseudo_ids, pseudo_segments = segments_from_labels(owner, categories, void_label=-1)
             self.pseudo_pq.process(gt_ids, gt_segments, pseudo_ids, pseudo_segments, image_id=image_id)

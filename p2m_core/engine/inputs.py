@@ -4,8 +4,9 @@ A distributed run that fails on a missing file only after its workers have start
 cluster's start-up time and buries the reason in a worker's log. :func:`check_training_data`
 opens both splits' annotation files in the launching process and refuses, with the config key
 and the path or value: a missing split, a split without images, a class count that disagrees
-with ``data.num_classes``, and train and val splits with different categories (the network's
-class axis comes from the train split; evaluation would then score the wrong classes).
+with ``data.num_classes``, and a scored split (val, ``train.test_split``) whose categories differ
+from the train split's (the network's class axis comes from the train split; evaluation would
+then score the wrong classes).
 """
 
 from __future__ import annotations
@@ -39,28 +40,31 @@ def _category_summary(dataset: CocoPanoptic) -> list[tuple[Any, bool]]:
 
 
 def check_training_data(cfg: Config) -> TrainingData:
-    """Open the train and val splits of ``cfg.data`` and check them (module docstring)."""
-    train, val = _open_split(cfg, "train"), _open_split(cfg, "val")
-    for split, dataset in (("train", train), ("val", val)):
+    """Open the train split and every split the run scores (val, and ``train.test_split`` when
+    set) and check them (module docstring)."""
+    splits = {name: _open_split(cfg, name) for name in dict.fromkeys(("train", "val", cfg.train.test_split)) if name}
+    for split, dataset in splits.items():
         if len(dataset) == 0:
             raise P2MInputError(f"data.{split}.json -> {dataset.json_path}: the split has no images; a training run needs at least one")
     expected = cfg.data.num_classes
-    for split, dataset in (("train", train), ("val", val)):
+    for split, dataset in splits.items():
         if expected and len(dataset.categories) != expected:
             raise P2MInputError(
                 f"data.num_classes is {expected} but data.{split}.json -> {dataset.json_path} has "
                 f"{len(dataset.categories)} categories; fix data.num_classes or point the split at the right annotations"
             )
-    if _category_summary(train) != _category_summary(val):
-        raise P2MInputError(
-            f"data.train.json -> {train.json_path} and data.val.json -> {val.json_path} list different categories "
-            f"({len(train.categories)} vs {len(val.categories)}, or other ids / thing flags): the network is built "
-            "from the train split's classes and evaluated on the val split's"
-        )
-    if len(train) < cfg.train.batch_size * cfg.train.workers:
+    train = splits["train"]
+    for split, dataset in splits.items():
+        if _category_summary(train) != _category_summary(dataset):
+            raise P2MInputError(
+                f"data.train.json -> {train.json_path} and data.{split}.json -> {dataset.json_path} list different "
+                f"categories ({len(train.categories)} vs {len(dataset.categories)}, or other ids / thing flags): the "
+                f"network is built from the train split's classes and scored on the {split} split's"
+            )
+    if len(train) < cfg.train.batch_size:
         raise P2MInputError(
             f"data.train.json -> {train.json_path}: {len(train)} images give no batch of train.batch_size="
-            f"{cfg.train.batch_size} on each of train.workers={cfg.train.workers} workers"
+            f"{cfg.train.batch_size} (the global batch, over train.workers={cfg.train.workers} workers)"
         )
     things = sum(1 for cat in train.categories.values() if cat.isthing)
-    return TrainingData(len(train), len(val), len(train.categories), things)
+    return TrainingData(len(train), len(splits["val"]), len(train.categories), things)

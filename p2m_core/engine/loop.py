@@ -42,7 +42,8 @@ class Trainer:
     Parameters
     ----------
     cfg : Config
-        ``train`` (batch size per worker, lr, schedule, seed), ``pseudo``, ``loss``.
+        ``seed`` (initial weights, data order), ``train`` (global batch size, lr, schedule),
+        ``pseudo``, ``loss``.
     model : Point2Mask
         On ``device`` (the bare network: the trainer wraps it).
     dataset : PointPanopticDataset
@@ -60,14 +61,15 @@ class Trainer:
         self.dataset = dataset
         self.device = torch.device(device)
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                          seed=cfg.train.seed, drop_last=True)  # fmt: skip
-        self.loader = DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=self.sampler, drop_last=True,
-                                 collate_fn=partial(collate_points, size_divisor=32))  # fmt: skip
+                                          seed=cfg.seed, drop_last=True)  # fmt: skip
+        self.batch_size = worker_batch_size(cfg, world_size)
+        self.loader = DataLoader(dataset, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
+                                 collate_fn=partial(collate_points, size_divisor=cfg.data.size_divisor))  # fmt: skip
         self.iters_per_epoch = len(self.loader)
         if self.iters_per_epoch == 0:
             raise ValueError(
                 f"train: {len(dataset)} images give no batch of train.batch_size={cfg.train.batch_size} "
-                f"on each of {world_size} workers"
+                f"({self.batch_size} on each of {world_size} workers)"
             )
         self.module: torch.nn.Module = TrainingModule(model, cfg)
         if world_size > 1:
@@ -80,7 +82,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=0.1)
         self.iteration = 0
         self.last_image_ids: list[Any] = []  # of the latest step's batch: which shard this worker trains on
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.seed)
 
     @property
     def epoch(self) -> int:
@@ -159,6 +161,18 @@ class Trainer:
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def worker_batch_size(cfg: Config, world_size: int) -> int:
+    """Images per worker and step: ``train.batch_size`` is the global batch (the paper's 8 on VOC,
+    16 on COCO, for which its learning rate is set), split evenly over the ``world_size``
+    data-parallel workers, so adding workers never changes the optimisation."""
+    if world_size < 1 or cfg.train.batch_size % world_size:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch and must split evenly over "
+            f"{world_size} workers; choose a multiple of {world_size}"
+        )
+    return cfg.train.batch_size // world_size
 
 
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

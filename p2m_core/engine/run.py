@@ -2,12 +2,13 @@
 worker executes, and what a single process can execute without Ray.
 
 :class:`TrainingRun` builds the train split (sharded by rank), the network (the same initial
-weights on every worker: seeded by ``train.seed`` before it is built), the
+weights on every worker: seeded by the config's ``seed`` before it is built), the
 :class:`~p2m_core.engine.loop.Trainer`, and on rank 0 the val split. It answers the schedule
 (:meth:`TrainingRun.due`: evaluate every ``train.eval_every`` iterations and at the end,
 checkpoint at each evaluation or every ``train.checkpoint_every``), evaluates
 (:meth:`TrainingRun.evaluate`: PQ/SQ/RQ of the panoptic output for all, things and stuff, mIoU of
-``P^s``, and the pseudo masks' PQ, on the first ``train.eval_images`` val images), draws
+``P^s``, and the pseudo masks' PQ, on the first ``train.eval_images`` val images, or on the whole
+held-out ``train.test_split`` once at the end), draws
 pseudo-mask overlays, and writes the final model file and its predictions on the val images.
 
 Resume state lives in two files per checkpoint folder: :data:`STATE_FILE` (weights, optimiser,
@@ -65,10 +66,11 @@ class TrainingRun:
         self.device = torch.device(device if device is not None else resolve_device(cfg.train.device, "train.device"))
         self.train_set = PointPanopticDataset.from_config(cfg, "train")
         self.classes = ClassInfo.from_dataset(self.train_set.panoptic)
-        torch.manual_seed(cfg.train.seed)
+        torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, self.classes).to(self.device)
         self.trainer = Trainer(cfg, self.model, self.train_set, rank, world_size, self.device)
         self.val_set = PointPanopticDataset.from_config(cfg, "val", with_gt=True) if rank == 0 else None
+        self._scored: dict[str, PointPanopticDataset] = {"val": self.val_set} if self.val_set is not None else {}
         self._seen: list[tuple[int, list[Any]]] = []
 
     def record_step(self, iteration: int) -> None:
@@ -93,19 +95,29 @@ class TrainingRun:
         return Due(evaluate, checkpoint)
 
     # ------------------------------------------------------------------ evaluation (rank 0)
-    def _val_batches(self, limit: int = 0) -> Any:
-        assert self.val_set is not None, "evaluation runs on rank 0"
-        count = len(self.val_set) if limit <= 0 else min(limit, len(self.val_set))
-        loader = DataLoader(Subset(self.val_set, range(count)), batch_size=self.cfg.train.batch_size,
+    def scored_set(self, split: str) -> PointPanopticDataset:
+        """The dataset of a scored split (val, ``train.test_split``), with ground truth; built on
+        first use, on rank 0 only."""
+        assert self.rank == 0, "evaluation runs on rank 0"
+        if split not in self._scored:
+            self._scored[split] = PointPanopticDataset.from_config(self.cfg, split, with_gt=True)
+        return self._scored[split]
+
+    def _batches(self, split: str = "val", limit: int = 0) -> Any:
+        dataset = self.scored_set(split)
+        count = len(dataset) if limit <= 0 else min(limit, len(dataset))
+        loader = DataLoader(Subset(dataset, range(count)), batch_size=self.trainer.batch_size,
                             collate_fn=partial(collate_points, size_divisor=self.cfg.data.size_divisor))  # fmt: skip
         for batch in loader:
             yield batch_to_device(batch, self.device)
 
-    def evaluate(self) -> dict[str, float]:
-        """Validation metrics in percent (:meth:`NetworkEvaluator.metrics`) on the first
-        ``train.eval_images`` val images (all when 0)."""
-        evaluator = NetworkEvaluator(self.val_set.panoptic, self.cfg)
-        for batch in self._val_batches(self.cfg.train.eval_images):
+    def evaluate(self, split: str = "val") -> dict[str, float]:
+        """Metrics in percent (:meth:`NetworkEvaluator.metrics`) on ``split``: the first
+        ``train.eval_images`` images of val (all when 0), every image of any other split (the
+        held-out split is scored once, whole)."""
+        dataset = self.scored_set(split)
+        evaluator = NetworkEvaluator(dataset.panoptic, self.cfg)
+        for batch in self._batches(split, self.cfg.train.eval_images if split == "val" else 0):
             evaluator.process(self.model, batch)
         self.model.train()
         return evaluator.metrics()
@@ -122,7 +134,7 @@ class TrainingRun:
             return panels
         stride = self.cfg.pseudo.mask_stride
         self.model.eval()
-        for batch in self._val_batches(count):
+        for batch in self._batches("val", count):
             out = self.model(batch["images"], batch["padding_mask"])
             pseudo = batch_pseudo_labels(out, batch, self.cfg.pseudo)[1].panoptic
             for b, (h, w) in enumerate(batch["image_sizes"]):
@@ -154,7 +166,7 @@ class TrainingRun:
         """Resume from a checkpoint folder written by :meth:`save_state` (of the same run).
 
         A worker whose rank has no RNG file (the run had fewer workers) reseeds from
-        ``train.seed`` and its rank: the weights and the data order still resume exactly."""
+        ``seed`` and its rank: the weights and the data order still resume exactly."""
         folder = Path(folder)
         state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
         self.trainer.load_state_dict(state)
@@ -163,7 +175,7 @@ class TrainingRun:
             self.trainer.set_rng_state(torch.load(rng_path, weights_only=True))
         else:
             log.warning("checkpoint %s has no random state for rank %d; reseeding", folder, self.rank)
-            torch.manual_seed(self.cfg.train.seed + 1000 * (self.rank + 1) + self.iteration)
+            torch.manual_seed(self.cfg.seed + 1000 * (self.rank + 1) + self.iteration)
 
     # ------------------------------------------------------------------ final outputs (rank 0)
     def save_model(self, path: str | Path) -> Path:
@@ -181,7 +193,7 @@ class TrainingRun:
         paths = [record.image_path for record in self.val_set.panoptic.records]
         limit = self.cfg.train.eval_images
         paths = paths[:limit] if limit > 0 else paths
-        return predict_images(model_file, paths, out, device=str(self.device), batch_size=self.cfg.train.batch_size,
+        return predict_images(model_file, paths, out, device=str(self.device), batch_size=self.trainer.batch_size,
                               progress=False)  # fmt: skip
 
 

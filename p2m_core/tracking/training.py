@@ -146,6 +146,19 @@ class TrainingLog:
         self.evals_done = iteration
         return True
 
+    def held_out_done(self, split: str, iteration: int) -> bool:
+        """Whether the run already has the held-out split's metrics of ``iteration`` (the
+        launcher was run again after the end): then they are neither computed nor logged again."""
+        return last_logged_step(self.uri, self.run_id, f"{split}/{EVAL_KEY}") >= iteration
+
+    def held_out(self, iteration: int, split: str, metrics: Mapping[str, float]) -> None:
+        """Log the held-out split's metrics as ``<split>/<metric>`` at step ``iteration``
+        (``<split>/PQ`` last, in the same batch: it marks them done)."""
+        keys = {f"{split}/{key}": value for key, value in metrics.items() if key != EVAL_KEY}
+        keys[f"{split}/{EVAL_KEY}"] = metrics[EVAL_KEY]
+        self._queue(iteration, keys)
+        self.flush()
+
     def _queue(self, iteration: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
