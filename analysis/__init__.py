@@ -5,7 +5,9 @@ Modules:
 - ``paper``: the paper's numbers (``paper_tables.yaml``) and which paper row a setting matches;
 - ``runs``: MLflow -> pandas: the latest sweep of a spec, its ``trials.json``, its trials
   joined with their FINISHED runs by config hash (missing trials kept and marked);
-- ``tables``: one table per sweep, mean ± std over seeds, paired differences to the baseline;
+- ``stats``: mean ± std over seeds, and the t interval of paired differences (one confidence level);
+- ``tables``: one table per sweep, mean ± std over seeds, paired differences to the baseline with
+  their 95 % interval, marked where it excludes 0;
 - ``trained``: what a training sweep's table adds (the network's columns, its own pseudo-mask PQ,
   and the pseudo-stage sweep's PQ of the same settings);
 - ``plots``: PNG figures of the sweeps that exist (learning curves of the training sweeps too),

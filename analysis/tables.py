@@ -6,6 +6,9 @@ and prints one row per setting in grid order. Each measured metric is the mean �
 it where the paper has that row. Differences are each row minus the first (baseline) row, taken
 **per seed** and then averaged: seeds share data, points and corruption, so pairing removes their
 common effect, and a seed missing from either side is left out rather than biasing one mean.
+Each difference is printed with its t interval over the paired seeds (95 %,
+:data:`analysis.stats.CONFIDENCE`) and marked ``*`` when that interval excludes 0
+(:func:`analysis.stats.paired_interval`); a difference over one paired seed has no interval.
 
 What we measure (pseudo masks of the label stage, on our data) is not what the paper reports
 (a trained network on VOC); the header of every output says both, so the columns are not read as
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis import paper, runs, trained
+from analysis import paper, runs, stats, trained
 from p2m_core.errors import P2MInputError
 from p2m_core.io import atomic_write_text
 from p2m_core.tracking import tags as T
@@ -57,6 +60,9 @@ ERROR_METRICS = frozenset({"row_error", "col_error", "max_col_error", "rel_error
 SPEC_PERCENT_DECIMALS = {"table6": 2}
 PAPER_SETTING = "paper: trained Point2Mask network, ResNet-50, Pascal VOC 2012 val"
 FORMATS = ("md", "latex", "csv")
+# A Δ cell's mark (its interval excludes 0) and what a Δ over one paired seed says instead of one.
+MARK = "*"
+NO_INTERVAL = "no interval"
 
 
 def decimals(spec: str, metric: str) -> int:
@@ -88,15 +94,6 @@ def _canonical(setting: Mapping[str, Any]) -> str:
     return json.dumps(setting, sort_keys=True)
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample std (ddof=1; NaN for one value) and count of the finite values."""
-    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    n = int(arr.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    return float(arr.mean()), float(arr.std(ddof=1)) if n > 1 else math.nan, n
-
-
 def _per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
     """Metric value of each seed of one setting (finished trials only; duplicates averaged)."""
     if metric not in rows.columns:
@@ -105,13 +102,28 @@ def _per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
     return {seed: float(v) for seed, v in done.groupby("seed", sort=False, dropna=False)[metric].mean().items()}
 
 
+def _delta_columns(metric: str, differences: Sequence[float], paper_delta: float) -> dict[str, Any]:
+    """The ``delta_<m>_*`` columns of one row from its per-seed differences to the baseline.
+
+    ``_ci_low``/``_ci_high`` bound the t interval at :data:`analysis.stats.CONFIDENCE` (NaN for
+    fewer than two pairs) and ``_significant`` says whether it excludes 0 (False without one).
+    """
+    mean, std, n = stats.mean_std_n(differences)
+    interval = stats.paired_interval(differences)
+    p = f"delta_{metric}_"
+    return {f"{p}mean": mean, f"{p}std": std, f"{p}n": n, f"{p}ci_low": interval.low, f"{p}ci_high": interval.high,
+            f"{p}significant": interval.significant, f"{p}paper": paper_delta}
+
+
 def build_table(client: MlflowClient, table: str, experiment: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The numbers of one ablation table (one row per setting) and what they describe.
 
     Columns: ``setting`` (label), the grid keys, ``baseline``, ``trials``, ``missing``, ``n``,
     then per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``, ``<m>_paper`` and the paired
-    differences to the baseline ``delta_<m>_mean``, ``delta_<m>_std``, ``delta_<m>_n``,
-    ``delta_<m>_paper``. ``meta`` holds the sweep's tags, the headers and the missing trials.
+    differences to the baseline ``delta_<m>_mean``, ``delta_<m>_std``, ``delta_<m>_n``, the
+    bounds of their t interval ``delta_<m>_ci_low``, ``delta_<m>_ci_high`` (NaN for n < 2),
+    ``delta_<m>_significant`` (the interval excludes 0) and ``delta_<m>_paper``. ``meta`` holds
+    the sweep's tags, the headers and the missing trials.
 
     A training sweep (tag ``p2m.stage`` = ``train``) adds ``pseudo_stage_<m>_mean/_std/_n``
     when the store has a pseudo-stage sweep of the same paper table, and ``meta`` says which
@@ -175,18 +187,17 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
         record["missing"] = int(rows["missing"].sum())
         record["n"] = int(rows.loc[~rows["missing"], "seed"].nunique())
         for m in metrics:
-            mean, std, n = _stats(list(_per_seed(rows, m).values()))
+            mean, std, n = stats.mean_std_n(_per_seed(rows, m).values())
             record.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": n})
             record[f"{m}_paper"] = row_paper.get(m, math.nan) if row_paper else math.nan
         for m in metrics:
             if key == baseline_key:
-                d_mean, d_std, d_n, d_paper = math.nan, math.nan, 0, math.nan
+                record.update(_delta_columns(m, [], math.nan))
             else:
                 mine, base = _per_seed(rows, m), _per_seed(baseline_rows, m)
-                d_mean, d_std, d_n = _stats([mine[s] - base[s] for s in mine if s in base])
                 has_paper = row_paper and baseline_paper and m in row_paper and m in baseline_paper
                 d_paper = round(row_paper[m] - baseline_paper[m], 6) if has_paper else math.nan
-            record.update({f"delta_{m}_mean": d_mean, f"delta_{m}_std": d_std, f"delta_{m}_n": d_n, f"delta_{m}_paper": d_paper})
+                record.update(_delta_columns(m, [mine[s] - base[s] for s in mine if s in base], d_paper))
         records.append(record)
     df = pd.DataFrame.from_records(records)
 
@@ -240,16 +251,37 @@ def _cell(mean: float, std: float, n: int, places: int, row_n: int, pm: str) -> 
     return text if n == row_n else f"{text} (n={n})"
 
 
+def _signed(value: float, places: int) -> str:
+    """A difference with its sign always written (``+2.1``, ``-0.4``)."""
+    text = _num(value, places)
+    return text if text == "-" or text.startswith("-") else f"+{text}"
+
+
+def _delta_cell(row: pd.Series, metric: str, places: int) -> str:
+    """``+2.1 [+0.3, +3.9] (n=3) *``: the paired mean, its interval, the pairs, the mark.
+
+    One pair: ``+2.1 (n=1, no interval)``; none: ``-``.
+    """
+    p = f"delta_{metric}_"
+    n = int(row[f"{p}n"])
+    if n == 0:
+        return "-"
+    mean = _signed(row[f"{p}mean"], places)
+    if n < 2:
+        return f"{mean} (n={n}, {NO_INTERVAL})"
+    bounds = f"[{_signed(row[f'{p}ci_low'], places)}, {_signed(row[f'{p}ci_high'], places)}]"
+    return f"{mean} {bounds} (n={n})" + (f" {MARK}" if row[f"{p}significant"] else "")
+
+
 def _display(df: pd.DataFrame, meta: Mapping[str, Any], pm: str, delta: str) -> tuple[list[str], list[list[str]]]:
     """Header and text cells shared by the Markdown and LaTeX outputs."""
     with_paper, places = set(meta["paper_columns"]), meta["decimals"]
     # What md/latex show (a training table shows fewer columns than it computes) and how it names them.
-    shown, deltas = meta.get("columns", meta["metrics"]), meta.get("delta_metrics", meta["metrics"])
+    shown, deltas = _shown(meta), _deltas(meta)
     name = {m: meta.get("labels", {}).get(m, m) for m in [*shown, *deltas]}
     header = ["setting", "n"]
     for m in shown:
         header += [name[m]] + ([f"{name[m]} paper"] if m in with_paper else [])
-    header.append("pairs")
     for m in deltas:
         header += [f"{delta}{name[m]}"] + ([f"{delta}{name[m]} paper"] if m in with_paper else [])
     body = []
@@ -259,25 +291,45 @@ def _display(df: pd.DataFrame, meta: Mapping[str, Any], pm: str, delta: str) -> 
             cells.append(_cell(r[f"{m}_mean"], r[f"{m}_std"], int(r[f"{m}_n"]), places[m], int(r["n"]), pm))
             if m in with_paper:
                 cells.append(_num(r[f"{m}_paper"], places[m]))
-        pairs = int(r[f"delta_{deltas[0]}_n"]) if deltas else 0
-        cells.append("-" if r["baseline"] else str(pairs))
         for m in deltas:
-            if r["baseline"]:
-                cells.append("(baseline)")
-            else:
-                cells.append(_cell(r[f"delta_{m}_mean"], r[f"delta_{m}_std"], int(r[f"delta_{m}_n"]), places[m], pairs, pm))
+            cells.append("(baseline)" if r["baseline"] else _delta_cell(r, m, places[m]))
             if m in with_paper:
-                cells.append("-" if r["baseline"] else _num(r[f"delta_{m}_paper"], places[m]))
+                cells.append("-" if r["baseline"] else _signed(r[f"delta_{m}_paper"], places[m]))
         body.append(cells)
     return header, body
 
 
-def _notes(meta: Mapping[str, Any]) -> list[str]:
+def _shown(meta: Mapping[str, Any]) -> list[str]:
+    """Metrics md/latex show as mean ± std (a training table shows fewer than it computes)."""
+    return list(meta.get("columns", meta["metrics"]))
+
+
+def _deltas(meta: Mapping[str, Any]) -> list[str]:
+    """Metrics md/latex show a Δ column of (the pseudo-stage columns are no differences)."""
+    return list(meta.get("delta_metrics", meta["metrics"]))
+
+
+def _interval_notes(df: pd.DataFrame, meta: Mapping[str, Any]) -> list[str]:
+    """What a Δ cell holds, what the mark means, and (when a cell has one pair) why it has no interval."""
+    level, quantile = f"{stats.CONFIDENCE * 100:g} %", f"{(1 + stats.CONFIDENCE) / 2:g}"
+    lines = [
+        f"Δ: each row minus the baseline ({meta['baseline']}), paired by seed: mean [low, high] (n=pairs), "
+        f"the {level} t interval of the mean over the n paired seeds (mean ± t({quantile}, n-1) s/sqrt(n))",
+        f"a trailing {MARK} marks a Δ whose {level} interval excludes 0",
+    ]
+    deltas = [f"delta_{m}_n" for m in _deltas(meta) if f"delta_{m}_n" in df.columns]
+    if deltas and (df.loc[~df["baseline"].astype(bool), deltas] == 1).any().any():
+        lines.append(f"n=1, {NO_INTERVAL}: a Δ over one paired seed has no spread to estimate, so no interval is given")
+    return lines
+
+
+def _notes(df: pd.DataFrame, meta: Mapping[str, Any]) -> list[str]:
     lines = [
         meta["header_measured"],
         meta["header_paper"],
         f"sweep run {meta['run_name'] or meta['sweep_run_id']} (id {meta['sweep_run_id']}, experiment {meta['experiment']}); "
-        f"values: mean ± sample std over seeds; Δ: each row minus the baseline ({meta['baseline']}), paired by seed",
+        "values: mean ± sample std over seeds",
+        *_interval_notes(df, meta),
     ]
     if meta["trials_missing"]:
         shown = ", ".join(f"{label} seed {seed}" for label, seed in meta["missing"][:8])
@@ -289,7 +341,7 @@ def _notes(meta: Mapping[str, Any]) -> list[str]:
 def render_markdown(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
     """A paragraph saying what was measured, then a pipe table."""
     header, body = _display(df, meta, " ± ", "Δ")
-    notes = _notes(meta)
+    notes = _notes(df, meta)
     lines = ["  \n".join(f"**{n.split(':', 1)[0]}:**{n.split(':', 1)[1]}" if n.startswith(("measured:", "paper:", "columns:")) else n for n in notes), ""]
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines.append("| " + " | ".join(map(esc, header)) + " |")
@@ -311,7 +363,7 @@ def latex_escape(text: str) -> str:
 def render_latex(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
     """A ``tabular`` (no packages needed), preceded by the headers as LaTeX comments."""
     header, body = _display(df, meta, " ± ", "Δ")
-    lines = [f"% {note.replace('±', '+/-').replace('Δ', 'Delta')}" for note in _notes(meta)]
+    lines = [f"% {note.replace('±', '+/-').replace('Δ', 'Delta')}" for note in _notes(df, meta)]
     lines.append(r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}")
     lines.append(r"\hline")
     lines.append(" & ".join(latex_escape(h) for h in header) + r" \\")

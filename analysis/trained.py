@@ -104,6 +104,7 @@ def add_pseudo_stage(df: pd.DataFrame, meta: dict[str, Any], stage_df: pd.DataFr
                      stage_meta: Mapping[str, Any] | None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The training table with the pseudo-stage sweep's ``<m>_mean/_std/_n`` of the same setting
     as ``pseudo_stage_<m>_mean/_std/_n`` (NaN and n=0 where that sweep has no such setting).
+    They are that sweep's values, not differences to a baseline: they get no interval.
 
     ``stage_df`` ``None`` (no pseudo sweep of this paper table) leaves the table as it is but
     for a note saying so.

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from analysis import plots, runs, tables, trained
 
@@ -218,13 +219,19 @@ def test_pseudo_stage_columns_hold_the_same_settings_values(store):
     header, body = cells(tables.render(df, meta, "md"))
     assert header[:9] == ["setting", "n", "net PQ", "net PQ paper", "net PQ_th", "net PQ_th paper", "net PQ_st",
                           "net PQ_st paper", "pseudo PQ (trained net)"]
-    assert header[9] == "pseudo PQ (pseudo stage)" and header[10] == "pairs" and "Δnet PQ" in header
+    assert header[9] == "pseudo PQ (pseudo stage)" and header[10:12] == ["Δnet PQ", "Δnet PQ paper"]
+    assert not [h for h in header if h.startswith("Δpseudo")]  # pseudo-stage columns are no differences: no interval
     ot = body[1]
     assert ot[header.index("net PQ")] == f"{np.mean([26.0, 30.0]):.1f} ± {np.std([26.0, 30.0], ddof=1):.1f}"
     assert ot[header.index("net PQ paper")] == "54.2"
     assert ot[header.index("pseudo PQ (trained net)")] == f"{np.mean([47.0, 48.0]):.1f} ± {np.std([47.0, 48.0], ddof=1):.1f}"
     assert ot[header.index("pseudo PQ (pseudo stage)")] == "61.0 ± 1.0 (n=3)"
     assert body[0][header.index("pseudo PQ (pseudo stage)")] == "51.0 ± 1.0 (n=3)"
+    # ot - mc per seed: 6 and 7, t(0.975, 1) = 12.706: [+0.1, +12.9] excludes 0, marked
+    low, high = scipy_stats.t.interval(0.95, 1, loc=6.5, scale=scipy_stats.sem([6.0, 7.0]))
+    assert ot[header.index("Δnet PQ")] == f"+6.5 [{low:+.1f}, {high:+.1f}] (n=2) *" == "+6.5 [+0.1, +12.9] (n=2) *"
+    assert ot[header.index("Δnet PQ paper")] == "+2.3" and body[0][header.index("Δnet PQ")] == "(baseline)"
+    assert "a trailing * marks a Δ whose 95 % interval excludes 0" in tables.render(df, meta, "md")
     text = tables.render(df, meta, "md")
     assert f"sweep table7 (run {store.ids['table7']}), maps oracle_corrupt on {PSEUDO_DATASET} val, 3 seeds" in text
 
@@ -241,6 +248,9 @@ def test_table4_without_a_pseudo_sweep_leaves_those_columns_out(store):
     header, body = cells(text)
     assert header[2:4] == ["net mIoU", "net mIoU paper"] and not [h for h in header if "pseudo stage" in h]
     assert body[3][2] == "53.0 ± -" and body[2][2] == "-"
+    # one seed: a Δ is one pair, so it has no interval; the failed trial's row has no pair at all
+    assert body[1][header.index("Δnet mIoU")] == "+1.0 (n=1, no interval)" and body[2][header.index("Δnet mIoU")] == "-"
+    assert "n=1, no interval: a Δ over one paired seed has no spread to estimate" in text
     assert "no pseudo-stage sweep of paper table table4_semantic_losses" in text
 
 
@@ -265,6 +275,8 @@ def test_latex_and_csv(store):
     assert list(frame["PQ_mean"]) == pytest.approx([21.5, 28.0]) and list(frame["pseudo_PQ_mean"]) == pytest.approx([40.5, 47.5])
     assert list(frame["pseudo_stage_PQ_th_mean"]) == pytest.approx([50.0, 60.0])
     assert set(frame["pseudo_stage_sweep_run_id"]) == {store.ids["table7"]} and set(frame["stage"]) == {"train"}
+    assert list(frame["delta_PQ_significant"]) == [False, True] and frame.loc[1, "delta_PQ_ci_low"] == pytest.approx(0.1469, abs=1e-3)
+    assert "+6.5 [+0.1, +12.9] (n=2) *" in latex
 
 
 def test_cli_renders_every_format(store, capsys):
