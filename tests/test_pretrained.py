@@ -233,3 +233,31 @@ def test_random_init_warns_about_frozen_statistics(caplog):
                     load_weights=False)  # fmt: skip
     assert not caplog.records
 
+
+# --------------------------------------------------------------------------- launchers
+def test_training_sweeps_keep_names_and_check_every_trial(tmp_path):
+    import yaml
+
+    from p2m_core.data.synthetic import generate_synthetic
+    from ray_jobs.spec import expand_trials, load_spec
+
+    root = tmp_path / "data"
+    generate_synthetic(root, num_train=4, num_val=2, size=48, seed=1, progress=False)
+    (tmp_path / "imagenet.pth").write_bytes(b"x")
+
+    def spec(grid, fixed):
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "train_tiny.yaml"), "stage": "train",
+                                        "split": "val", "grid": grid, "set": fixed, "seeds": [0],
+                                        "mlflow_experiment": "test"}))  # fmt: skip
+        return load_spec(path)
+
+    backbones = {"model.backbone": ["resnet18", "resnet50"]}
+    trials = expand_trials(spec(backbones, {"model.width": 64, "model.pretrained": "torchvision"}),
+                           [f"data.root={root}"], launch_dir=tmp_path)  # fmt: skip
+    assert [t.config.model.pretrained for t in trials] == ["torchvision", "torchvision"]  # a name, not a path
+    trials = expand_trials(spec(backbones, {"model.pretrained": "imagenet.pth"}), [f"data.root={root}"], launch_dir=tmp_path)
+    assert trials[0].config.model.pretrained == str(tmp_path / "imagenet.pth")  # a file: made absolute
+    with pytest.raises(P2MInputError, match=r"sweep spec .*\(backbone=resnet50\): model.pretrained='torchvision:resnet18' holds resnet18"):
+        expand_trials(spec(backbones, {"model.width": 64, "model.pretrained": "torchvision:resnet18"}),
+                      [f"data.root={root}"], launch_dir=tmp_path)  # fmt: skip

@@ -1,11 +1,14 @@
-"""The data of a training run, checked before any worker starts.
+"""The data (and the starting weights) of a training run, checked before any worker starts.
 
 A distributed run that fails on a missing file only after its workers have started costs a
 cluster's start-up time and buries the reason in a worker's log. :func:`check_training_data`
 opens both splits' annotation files in the launching process and refuses, with the config key
 and the path or value: a missing split, a split without images, a class count that disagrees
 with ``data.num_classes``, and train and val splits with different categories (the network's
-class axis comes from the train split; evaluation would then score the wrong classes).
+class axis comes from the train split; evaluation would then score the wrong classes). It also
+refuses a ``model.pretrained`` that cannot work (an unknown weights name, one for another
+backbone or width, a missing file: :func:`~p2m_core.model.pretrained.check_pretrained`), without
+downloading anything: the workers fetch named weights into their own cache.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ def _category_summary(dataset: CocoPanoptic) -> list[tuple[Any, bool]]:
 
 
 def check_training_data(cfg: Config) -> TrainingData:
-    """Open the train and val splits of ``cfg.data`` and check them (module docstring)."""
+    """Open the train and val splits of ``cfg.data`` and check them, and ``model.pretrained`` (module docstring)."""
+    from p2m_core.model.pretrained import check_pretrained
+
+    check_pretrained(cfg.model.pretrained, cfg.model.backbone, cfg.model.width)
     train, val = _open_split(cfg, "train"), _open_split(cfg, "val")
     for split, dataset in (("train", train), ("val", val)):
         if len(dataset) == 0:
