@@ -296,7 +296,9 @@ class ModelConfig:
 
     backbone: Literal["resnet18", "resnet50", "resnet101"] = "resnet50"
     width: int = 64  # channels of the backbone's first stage (64 = torchvision; 8 for a tiny CPU model)
-    pretrained: str = ""  # local torchvision-format state dict; empty: random init
+    # the backbone's start (p2m_core/model/pretrained.py): "torchvision" = torchvision's ImageNet weights for
+    # `backbone`, "torchvision:<arch>[.<version>]", a local torchvision-format state dict, or "" = random init
+    pretrained: str = "torchvision"
     frozen_stages: int = 1  # release: stem and stage 1 frozen (BN frozen everywhere)
     hidden_dim: int = 256
     num_heads: int = 8

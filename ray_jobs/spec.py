@@ -61,7 +61,8 @@ DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("seed", "data.point_seed"),
 }
 #: Config keys holding paths, made absolute against the launch directory (Ray workers run in
-#: their own working directories).
+#: their own working directories); a weights name in ``model.pretrained`` (``torchvision...``) is
+#: not a path and is kept.
 PATH_KEYS = ("data.root", "data.edge_model", "ablation.checkpoint", "model.pretrained")
 SPEC_FIELDS = (
     "name", "description", "paper_table", "base", "stage", "split", "set", "grid", "seeds", "seed_keys",
@@ -253,13 +254,17 @@ def setting_label(setting: dict[str, Any], short: dict[str, str]) -> str:
 
 
 def absolute_paths(cfg: Config, launch_dir: Path) -> Config:
-    """``cfg`` with :data:`PATH_KEYS` made absolute against ``launch_dir`` (empty stays empty)."""
+    """``cfg`` with :data:`PATH_KEYS` made absolute against ``launch_dir`` (empty stays empty, and so
+    does a weights name in ``model.pretrained``)."""
+    from p2m_core.model.pretrained import is_weights_name
+
     def absolute(value: str) -> str:
         return value if not value or Path(value).is_absolute() else str((launch_dir / value).resolve())
 
     data = replace(cfg.data, root=absolute(cfg.data.root), edge_model=absolute(cfg.data.edge_model))
     ablation = replace(cfg.ablation, checkpoint=absolute(cfg.ablation.checkpoint))
-    model = replace(cfg.model, pretrained=absolute(cfg.model.pretrained))
+    pretrained = cfg.model.pretrained
+    model = replace(cfg.model, pretrained=pretrained if is_weights_name(pretrained) else absolute(pretrained))
     return replace(cfg, data=data, ablation=ablation, model=model)
 
 
@@ -279,6 +284,7 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
     """
     from p2m_core.ablation import check_pseudo_config
     from p2m_core.data.splits import require_split
+    from p2m_core.model.pretrained import check_pretrained
 
     launch = Path(launch_dir if launch_dir is not None else os.getcwd()).resolve()
     where = f"sweep spec {spec.path}"
@@ -314,6 +320,11 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
             cfg = absolute_paths(cfg, launch)
             if spec.stage == "pseudo":
                 check_pseudo_config(cfg, f"{where} ({label})")
+            elif spec.stage == "train":  # each trial's starting weights (check_training_data opens the data once)
+                try:
+                    check_pretrained(cfg.model.pretrained, cfg.model.backbone, cfg.model.width)
+                except P2MInputError as exc:
+                    raise P2MInputError(f"{where} ({label}): {exc}") from None
             config_hash = stage_hash(cfg, spec.stage)
             if config_hash in seen:
                 raise P2MInputError(

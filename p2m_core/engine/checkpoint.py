@@ -174,7 +174,8 @@ def load_checkpoint(
     if categories is None or not isinstance(raw["is_thing"], list):
         raise P2MInputError(f"checkpoint {path}: fields 'categories' and 'is_thing' must be lists")
     _check_classes(raw["is_thing"], categories, f"checkpoint {path}")
-    model = build_model(cfg.model, ClassInfo(tuple(bool(t) for t in raw["is_thing"])))
+    # the trained weights replace the starting ones: neither read model.pretrained nor warn
+    model = build_model(cfg.model, ClassInfo(tuple(bool(t) for t in raw["is_thing"])), load_weights=False)
     problem = _weights_mismatch(model, raw["model"])
     if problem:
         raise P2MInputError(f"checkpoint {path}: field 'model': the weights do not fit the network its config builds ({problem})")

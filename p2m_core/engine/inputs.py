@@ -1,4 +1,4 @@
-"""The data of a training run, checked before any worker starts.
+"""The data (and the starting weights) of a training run, checked before any worker starts.
 
 A distributed run that fails on a missing file only after its workers have started costs a
 cluster's start-up time and buries the reason in a worker's log. :func:`check_training_data`
@@ -6,7 +6,9 @@ opens both splits' annotation files in the launching process and refuses, with t
 and the path or value: a missing split, a split without images, a class count that disagrees
 with ``data.num_classes``, and a scored split (val, ``train.test_split``) whose categories differ
 from the train split's (the network's class axis comes from the train split; evaluation would
-then score the wrong classes).
+then score the wrong classes). It also refuses a ``model.pretrained`` that cannot work (an unknown weights name, one for another
+backbone or width, a missing file: :func:`~p2m_core.model.pretrained.check_pretrained`), without
+downloading anything: the workers fetch named weights into their own cache.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from p2m_core.config import Config
 from p2m_core.data.panoptic_format import CocoPanoptic
 from p2m_core.data.splits import require_split
 from p2m_core.errors import P2MInputError
+from p2m_core.model.pretrained import check_pretrained
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ def _category_summary(dataset: CocoPanoptic) -> list[tuple[Any, bool]]:
 
 def check_training_data(cfg: Config) -> TrainingData:
     """Open the train split and every split the run scores (val, and ``train.test_split`` when
-    set) and check them (module docstring)."""
+    set) and check them, and ``model.pretrained`` (module docstring)."""
+    check_pretrained(cfg.model.pretrained, cfg.model.backbone, cfg.model.width)
     splits = {name: _open_split(cfg, name) for name in dict.fromkeys(("train", "val", cfg.train.test_split)) if name}
     for split, dataset in splits.items():
         if len(dataset) == 0:

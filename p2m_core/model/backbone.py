@@ -17,7 +17,9 @@ As in the release, batch norm is frozen (fixed ImageNet statistics and affine, n
 updated: :class:`FrozenBatchNorm2d`) and the stem plus ``layer1`` are not trained
 (``frozen_stages=1``). Parameter and buffer names are torchvision's, so an ImageNet state dict
 in torchvision's format loads with :func:`load_pretrained` (from a local file; nothing is
-downloaded). ``width`` scales every channel count, which gives tiny models for CPU tests.
+downloaded here: :mod:`~p2m_core.model.pretrained` turns ``model.pretrained``, e.g.
+``torchvision:resnet50``, into a checked local file). ``width`` scales every channel count, which
+gives tiny models for CPU tests.
 """
 
 from __future__ import annotations

@@ -29,12 +29,13 @@ from torch import Tensor, nn
 from p2m_core.config import ModelConfig
 from p2m_core.data.panoptic_format import CocoPanoptic
 from p2m_core.errors import P2MInputError
-from p2m_core.model.backbone import ResNet, load_pretrained
+from p2m_core.model.backbone import ResNet
 from p2m_core.model.boundary_head import boundary_head, projector_head
 from p2m_core.model.inference import candidates, paint
 from p2m_core.model.location_decoder import LocationOutput
 from p2m_core.model.neck import EncoderNeck, NeckOutput
 from p2m_core.model.panoptic_head import PanopticHead, StuffOutput
+from p2m_core.model.pretrained import init_backbone
 from p2m_core.model.semantic_head import SemanticHead, SemanticOutput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,9 +87,14 @@ class NetworkOutput:
 
 
 class Point2Mask(nn.Module):
-    """The network (module docstring), built from ``model`` settings and the dataset's classes."""
+    """The network (module docstring), built from ``model`` settings and the dataset's classes.
 
-    def __init__(self, cfg: ModelConfig, classes: ClassInfo) -> None:
+    The backbone starts from ``model.pretrained`` (:mod:`~p2m_core.model.pretrained`: ImageNet
+    weights by name or from a file, or random with a WARNING); ``load_weights=False`` skips it
+    (neither reads nor warns), for a caller that loads a trained state dict next.
+    """
+
+    def __init__(self, cfg: ModelConfig, classes: ClassInfo, load_weights: bool = True) -> None:
         super().__init__()
         if not classes.thing_classes:
             raise P2MInputError("Point2Mask: the dataset has no thing class (the panoptic head needs one)")
@@ -96,8 +102,8 @@ class Point2Mask(nn.Module):
         self.classes = classes
         depth = int(cfg.backbone.removeprefix("resnet"))
         self.backbone = ResNet(depth, width=cfg.width, frozen_stages=cfg.frozen_stages)
-        if cfg.pretrained:
-            load_pretrained(self.backbone, cfg.pretrained)
+        if load_weights:
+            init_backbone(self.backbone, cfg.pretrained, cfg.backbone)
         d = cfg.hidden_dim
         self.neck = EncoderNeck(
             self.backbone.out_channels, d_model=d, n_heads=cfg.num_heads, n_points=cfg.num_points,
@@ -173,6 +179,7 @@ class Point2Mask(nn.Module):
         return results
 
 
-def build_model(cfg: ModelConfig, classes: ClassInfo) -> Point2Mask:
-    """The network for ``model`` settings and a dataset's classes (``model.pretrained`` loaded)."""
-    return Point2Mask(cfg, classes)
+def build_model(cfg: ModelConfig, classes: ClassInfo, load_weights: bool = True) -> Point2Mask:
+    """The network for ``model`` settings and a dataset's classes (``model.pretrained`` loaded
+    unless ``load_weights`` is False: :class:`Point2Mask`)."""
+    return Point2Mask(cfg, classes, load_weights)
