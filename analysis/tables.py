@@ -155,6 +155,8 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
     metrics = tuple(metrics)
     info = runs.sweep_info(sweep)
     frame = runs.trial_frame(client, sweep)
+    if info["stage"] == trained.STAGE:
+        frame = trained.held_out_view(frame, info["split"])
     trials_doc = frame.attrs["trials"]
     paper_key = info["paper_table"]
     paper_columns: list[str] = []

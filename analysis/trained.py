@@ -6,8 +6,9 @@ per setting, mean ± std over seeds, the paper beside it, paired differences. On
 of the columns differs, and one group of columns comes from another sweep:
 
 - ``net <m>``: the trained network's panoptic prediction (``mIoU``: its semantic map P^s) on
-  the val split, i.e. the latest value of the trial run's metric ``<m>`` (its final
-  evaluation). This is what the paper's ablations report, so the paper stands beside it.
+  the sweep's split: for ``split: val`` the latest value of the trial run's metric ``<m>`` (its
+  final evaluation), for a held-out split (``split: test``) the metric ``test/<m>`` it was
+  scored on once at the end (:func:`held_out_view`). This is what the paper's ablations report, so the paper stands beside it.
 - ``pseudo PQ (trained net)``: the trial run's ``pseudo_PQ``: PQ of the pseudo masks made from
   the trained network's own maps.
 - ``pseudo PQ (pseudo stage)``: PQ of the pseudo masks of the pseudo-label stage for the same
@@ -60,6 +61,19 @@ def label(metric: str) -> str:
     if metric.startswith("pseudo_"):
         return f"pseudo {metric[len('pseudo_'):]} (trained net)"
     return f"net {metric}"
+
+
+def held_out_view(frame: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The trial frame with the network's metrics taken from the held-out split it was scored on
+    at the end (``<split>/PQ`` ... as ``PQ`` ...) when the sweep reports a split other than val:
+    the val evaluations chose the settings, the table reports the split nothing was tuned on."""
+    prefix = f"{split}/"
+    held_out = [name for name in frame.attrs.get("metrics", []) if name.startswith(prefix)]
+    if split == "val" or not held_out:
+        return frame
+    out = frame.assign(**{name[len(prefix):]: frame[name] for name in held_out})
+    out.attrs = dict(frame.attrs)
+    return out
 
 
 def setting_key(setting: Mapping[str, Any]) -> tuple:

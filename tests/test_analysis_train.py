@@ -60,9 +60,9 @@ class Store:
         self.pseudo_exp = self.client.create_experiment("p2m-pseudo", artifact_location=(root / "art-pseudo").as_uri())
 
     def sweep(self, experiment: str, spec: str, paper_table: str, stage: str, trials: list[dict], start: int,
-              dataset: str) -> str:
+              dataset: str, split: str = "val") -> str:
         tags = {"p2m.kind": "sweep", "p2m.spec": spec, "p2m.paper_table": paper_table, "p2m.stage": stage,
-                "p2m.sweep_hash": chash(spec, start), "p2m.dataset": dataset, "p2m.split": "val",
+                "p2m.sweep_hash": chash(spec, start), "p2m.dataset": dataset, "p2m.split": split,
                 "p2m.source": "oracle_corrupt", "p2m.grid_keys": json.dumps(list(trials[0]["setting"])),
                 "p2m.seed_keys": json.dumps(["seed", "data.point_seed"]), "p2m.git_commit": "unknown",
                 "mlflow.runName": f"sweep-{spec}"}
@@ -203,6 +203,29 @@ def test_network_columns_are_the_final_evaluation(store):
     assert ot["delta_PQ_paper"] == pytest.approx(54.2 - 51.9)
     assert meta["stage"] == "train" and meta["sweep_run_id"] == store.ids["table7_train"]
     assert meta["header_measured"].startswith(f"measured: the network each trial trained (p2m train stage after {ITERS} iterations)")
+
+
+def test_a_held_out_split_is_what_the_table_reports(tmp_path):
+    """A sweep with ``split: test``: its trials evaluated on val as they trained (what settings
+    were chosen on) and on test once at the end; the table reports test, and says so."""
+    from mlflow.entities import Metric
+
+    s = Store(tmp_path)
+    t7 = trials_of("held-out", ASSIGN, ["mc", "ot"], [0, 1, 2])
+    sweep = s.sweep(s.train_exp, "table7_train", "table7_assignment", "train", t7, T0, TRAIN_DATASET, split="test")
+    expected = {}
+    for i, t in enumerate(t7):
+        run_id = s.train_trial(sweep, "table7_train", "table7_assignment", t, final_metrics(90.0, 80.0, 70.0), T0 + 1000 * i)
+        test_pq = 40.0 + 2 * t["seed"] + (3.0 if t["setting"][ASSIGN] == "ot" else 0.0)
+        expected.setdefault(t["setting"][ASSIGN], []).append(test_pq)
+        held_out = {f"test/{k}": v for k, v in final_metrics(test_pq, 30.0, 50.0).items()}
+        s.client.log_batch(run_id, metrics=[Metric(k, v, T0 + 1000 * i + 999, ITERS) for k, v in held_out.items()])
+    df, meta = tables.build_table(s.client, "table7_train")
+    row = df.set_index("setting")
+    for setting, values in expected.items():
+        assert row.loc[f"assignment={setting}", "PQ_mean"] == pytest.approx(sum(values) / 3)  # not val's 90
+    assert row.loc["assignment=ot", "delta_PQ_mean"] == pytest.approx(3.0)
+    assert "evaluated on its test split" in tables.render(df, meta, "md")
 
 
 def test_pseudo_stage_columns_hold_the_same_settings_values(store):
