@@ -35,6 +35,17 @@ from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep, s
 TRAIN_TRIAL_CPU = 0.01
 
 
+def training_worker_resources(per_worker: dict[str, float], workers: int) -> dict[str, float]:
+    """Each training worker's Ray resources: the spec's per-worker share less the worker's part
+    of the trial's own :data:`TRAIN_TRIAL_CPU`, so that a trial holds exactly what the spec
+    says (``resources.cpu`` x workers) and ``N`` such trials fit on ``N`` x that many CPUs: with
+    ``cpu: 1`` two single-worker trials train side by side on 2 cores (at 1 + 0.01 each, one did)."""
+    cpu = per_worker.get("CPU", 1.0)
+    if cpu <= TRAIN_TRIAL_CPU:
+        raise P2MInputError(f"resources.cpu {cpu} leaves nothing for a training worker; give each worker more than {TRAIN_TRIAL_CPU}")
+    return {**per_worker, "CPU": cpu - TRAIN_TRIAL_CPU / workers}
+
+
 def say(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
@@ -64,12 +75,12 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
     training = plan.spec.stage == "train"
     resources = plan.spec.resources.as_ray()
     workers = max(t.config.train.workers for t in todo) if training else 1
-    need = {k: v * workers + (TRAIN_TRIAL_CPU if training and k == "CPU" else 0.0) for k, v in resources.items()}
+    need = {k: v * workers for k, v in resources.items()}
     check_fits(need, attached, f"sweep spec {plan.spec.path}")
     context = SweepContext(
         plan.tracking_uri, plan.experiment_id, plan.parent_run_id,
         {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash}, tuple(plan.trials),
-        launch_dir=os.getcwd(), worker_resources=resources if training else None,
+        launch_dir=os.getcwd(), worker_resources=training_worker_resources(resources, workers) if training else None,
     )
     progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
     if training:

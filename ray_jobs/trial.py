@@ -98,13 +98,25 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 
 
 def limit_threads() -> None:
-    """Torch intra-op threads = the CPUs Ray gave the trial (OMP_NUM_THREADS), so concurrent
-    trials do not oversubscribe the cores."""
+    """Torch intra-op threads = the CPUs Ray assigned this worker, rounded (at least 1): a worker
+    holding 0.99 of a CPU runs one thread, one holding 2 runs two. Concurrent trials then never
+    oversubscribe the cores (OpenMP threads waiting on each other made a step 50x slower), and a
+    lone trial given the machine uses all of it."""
     import torch
 
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
+    cpus = 0.0
+    try:
+        import ray
+
+        if ray.is_initialized():
+            cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    except Exception:  # outside a Ray worker: keep OMP_NUM_THREADS's rule
+        cpus = 0.0
+    if cpus <= 0:
+        threads = os.environ.get("OMP_NUM_THREADS")
+        cpus = float(threads) if threads and threads.isdigit() else 0.0
+    if cpus > 0:
+        torch.set_num_threads(max(1, round(cpus)))
 
 
 def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
