@@ -6,7 +6,9 @@ layer is supervised:
 - ``presence``, ``partial_ce``, ``lab_affinity``, ``tree_energy``: the semantic map ``P^s`` on
   the stride-8 grid, every semantic layer (``loss.semantic_terms`` selects the last three, paper
   Table 4): points dilated to ``pseudo.point_dilation`` input pixels, the LAB colour affinity of
-  3x3 and 5x5 dilated neighbourhoods, the tree energy over the image's minimum spanning tree;
+  3x3 and 5x5 dilated neighbourhoods (on RGB in [0, 1]), the tree energy over the minimum
+  spanning tree of the image as the network sees it (ImageNet mean/std-normalised, padding 0:
+  :func:`network_image`);
 - ``boundary``: ``P^b_high`` against the pseudo segments at the input resolution (Eq. 6-7);
 - ``projector``: the manifold projector's contrastive loss against pseudo-mask prototypes;
 - ``cls``, ``l1``, ``giou``: the location decoder's queries matched (Hungarian, per layer) to the
@@ -67,7 +69,7 @@ def point2mask_losses(
     (from 0) drives the release's ramp when ``loss.release_weighting`` is on."""
     images, padding = batch["images"], batch["padding_mask"]
     terms: dict[str, Tensor] = {}
-    terms.update(_semantic_terms(out, batch, model.classes.num_classes, cfg))
+    terms.update(_semantic_terms(out, batch, model.classes.num_classes, cfg, model.pixel_mean, model.pixel_std))
     _, labels, is_thing, point_mask = pad_points(points, images.device)
     segments, segment_is_thing = merge_stuff_segments(pseudo.panoptic, labels, is_thing & point_mask, point_mask)
     stride = cfg.pseudo.mask_stride
@@ -111,7 +113,18 @@ def release_weighting(
     return out
 
 
-def _semantic_terms(out: NetworkOutput, batch: dict[str, Any], num_classes: int, cfg: Config) -> dict[str, Tensor]:
+def network_image(images: Tensor, padding: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """The image as the network sees it, ``(rgb - mean) / std`` per channel, 0 on padding: the
+    release's input batch (normalised, then zero-padded), which its tree energy loss reads and
+    its LAB term un-normalises. ``images [B, 3, H, W]`` RGB in [0, 1], ``padding [B, H, W]`` bool
+    (True on padding), ``mean``, ``std`` broadcastable to ``images`` (``Point2Mask.pixel_mean``,
+    ``pixel_std``: ImageNet's)."""
+    return ((images - mean) / std).masked_fill(padding[:, None], 0.0)
+
+
+def _semantic_terms(
+    out: NetworkOutput, batch: dict[str, Any], num_classes: int, cfg: Config, mean: Tensor, std: Tensor
+) -> dict[str, Tensor]:
     images, padding = batch["images"], batch["padding_mask"]
     h8, w8 = out.size8
     valid = ~F.interpolate(padding[:, None].float(), size=(h8, w8), mode="nearest")[:, 0].bool()
@@ -119,7 +132,8 @@ def _semantic_terms(out: NetworkOutput, batch: dict[str, Any], num_classes: int,
                               size=cfg.pseudo.point_dilation)  # fmt: skip
     labels = labels.to(images.device).masked_fill(~valid, IGNORE_INDEX)
     present = presence_targets(list(batch["point_labels"]), num_classes, images.device)
-    unlabelled = (labels == IGNORE_INDEX) & valid
+    unlabelled = labels == IGNORE_INDEX  # release: padding counts as unlabelled (sum and count over the canvas)
+    seen = network_image(images, padding, mean.to(images.dtype), std.to(images.dtype))
     wanted = set(cfg.loss.semantic_terms)
     terms: dict[str, Tensor] = {}
 
@@ -135,7 +149,7 @@ def _semantic_terms(out: NetworkOutput, batch: dict[str, Any], num_classes: int,
             add("lab_affinity", cfg.loss.alpha1 * lab_affinity_loss(probs, images, valid=valid,
                                                                     threshold=cfg.loss.lab_threshold))  # fmt: skip
         if "rgb_tree" in wanted:
-            add("tree_energy", cfg.loss.alpha2 * tree_energy_loss(probs, images, unlabelled, sigma=cfg.loss.tree_sigma))
+            add("tree_energy", cfg.loss.alpha2 * tree_energy_loss(probs, seen, unlabelled, sigma=cfg.loss.tree_sigma))
     return terms
 
 
