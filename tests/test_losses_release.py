@@ -22,6 +22,7 @@ from p2m_core.data.synthetic import generate_synthetic
 from p2m_core.engine.step import training_outputs
 from p2m_core.losses import tree_energy as tree_module
 from p2m_core.losses.partial_ce import IGNORE_INDEX, rasterise_points
+from p2m_core.losses.presence import sigmoid_focal_loss
 from p2m_core.model.point2mask import ClassInfo, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,3 +128,22 @@ def test_tree_edge_strength_across_a_colour_step_follows_the_release(setup, monk
     assert expected > 40
     within = ((guide[:, :, 1:x] - guide[:, :, : x - 1]) ** 2).sum(0)
     assert float(within.abs().max()) < 1e-10  # flat halves: strength 1 along the tree inside each
+
+
+# ---------------------------------------------------------------- presence
+
+
+def test_presence_divides_by_the_present_classes(setup, outputs):
+    """Release: ``loss_cls(sem_cls, target, avg_factor=target_mask_weight.sum())``, weight 2,
+    every semantic layer: the focal sum over all (image, class) slots over the present ones."""
+    cfg, model, _, batch = setup
+    C = model.classes.num_classes
+    target = torch.zeros(len(batch["point_labels"]), C)
+    for b, labels in enumerate(batch["point_labels"]):
+        target[b, labels] = 1.0
+    expected = sum(
+        cfg.loss.presence_weight * float(sigmoid_focal_loss(s.detach(), target, reduction="sum")) / float(target.sum())
+        for s in outputs.network.semantic.presence
+    )
+    assert 0 < target.sum() < target.numel()
+    assert outputs.losses["presence"].item() == pytest.approx(expected, rel=1e-5)

@@ -132,6 +132,7 @@ def _semantic_terms(
                               size=cfg.pseudo.point_dilation)  # fmt: skip
     labels = labels.to(images.device).masked_fill(~valid, IGNORE_INDEX)
     present = presence_targets(list(batch["point_labels"]), num_classes, images.device)
+    present_count = batch_count(present.sum(), images.device)  # release: avg_factor = present classes
     unlabelled = labels == IGNORE_INDEX  # release: padding counts as unlabelled (sum and count over the canvas)
     seen = network_image(images, padding, mean.to(images.dtype), std.to(images.dtype))
     wanted = set(cfg.loss.semantic_terms)
@@ -141,7 +142,7 @@ def _semantic_terms(
         terms[name] = terms[name] + value if name in terms else value
 
     for logits, presence in zip(out.semantic.logits, out.semantic.presence):
-        add("presence", presence_loss(presence, present, weight=cfg.loss.presence_weight))
+        add("presence", presence_loss(presence, present, weight=cfg.loss.presence_weight, num=present_count))
         probs = logits.softmax(1)
         if "partial" in wanted:
             add("partial_ce", partial_cross_entropy(logits, labels))
