@@ -43,6 +43,15 @@ def crop(item: dict, h: int, w: int) -> dict:
     return out
 
 
+def drop_points(item: dict, keep_thing: bool) -> dict:
+    """The item with only its thing (``keep_thing``) or only its stuff points."""
+    out = dict(item)
+    keep = item["point_is_thing"] == keep_thing
+    for key in POINT_KEYS:
+        out[key] = item[key][keep]
+    return out
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
@@ -147,3 +156,37 @@ def test_presence_divides_by_the_present_classes(setup, outputs):
     )
     assert 0 < target.sum() < target.numel()
     assert outputs.losses["presence"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def stuff_presence_targets(model, batch: dict) -> torch.Tensor:
+    stuff = model.classes.stuff_classes
+    target = torch.zeros(len(batch["point_labels"]), len(stuff))
+    for b, (labels, thing) in enumerate(zip(batch["point_labels"], batch["point_is_thing"])):
+        for s, c in enumerate(stuff):
+            target[b, s] = float(bool(((labels == c) & ~thing).any()))
+    return target
+
+
+def test_stuff_presence_divides_by_the_present_stuff_classes(setup, outputs):
+    """Release: ``loss_cls(st_cls, target, avg_factor=num_total_pos_stuff) * 2`` per stuff layer
+    with ``loss_cls``' weight 2: ``loss.stuff_presence_weight = 4`` over the present pairs."""
+    cfg, model, _, batch = setup
+    assert cfg.loss.stuff_presence_weight == 2 * cfg.loss.focal_weight == 4
+    target = stuff_presence_targets(model, batch)
+    assert 0 < target.sum() < target.numel()
+    expected = sum(
+        cfg.loss.stuff_presence_weight * float(sigmoid_focal_loss(s.detach(), target, reduction="sum")) / float(target.sum())
+        for s in outputs.network.stuff.presence
+    )
+    assert outputs.losses["stuff_presence"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_stuff_terms_vanish_without_stuff_points(setup):
+    """Release: with ``num_total_pos_stuff == 0`` both stuff terms are 0 (no push-down of the
+    absent classes' presence)."""
+    cfg, model, items, _ = setup
+    batch = collate_points([drop_points(item, keep_thing=True) for item in items])
+    with torch.no_grad():
+        losses = training_outputs(model, batch, cfg, 0).losses
+    assert float(losses["stuff_presence"]) == 0.0 and float(losses["stuff_dice"]) == 0.0
+    assert float(losses["presence"]) > 0

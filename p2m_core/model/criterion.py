@@ -46,7 +46,7 @@ from p2m_core.losses import (
     sigmoid_focal_loss,
     tree_energy_loss,
 )
-from p2m_core.losses.normalise import batch_count
+from p2m_core.losses.normalise import batch_count, worker_mean
 from p2m_core.losses.segments import stuff_representatives
 from p2m_core.model.point2mask import NetworkOutput, Point2Mask
 from p2m_core.pseudo.labels import PseudoLabels
@@ -259,10 +259,14 @@ def _stuff_terms(
         present[:, s] = has.float()
         masks[:, s] = ((segments == first[:, None, None]) & has[:, None, None]).float()
     coarse = F.interpolate(masks, size=(h8, w8), mode="area")
-    num = batch_count(present.sum())
+    # The release divides both stuff terms by the present (image, stuff class) pairs of the batch,
+    # and gives both 0 when there is none.
+    count = worker_mean(present.sum(), present.device)
+    num = count.clamp(min=1.0)
+    any_stuff = (count > 0).to(out.boundary.dtype)
     dice, focal = zero, zero
     for layer_masks, presence in zip(out.stuff.masks, out.stuff.presence):
-        focal = focal + cfg.loss.stuff_presence_weight * sigmoid_focal_loss(presence, present, reduction="sum") / max(B, 1)
+        focal = focal + cfg.loss.stuff_presence_weight * any_stuff * sigmoid_focal_loss(presence, present, reduction="sum") / num
         on = present.bool()
         if bool(on.any()):
             dice = dice + cfg.loss.stuff_dice_weight * dice_loss(layer_masks[on], coarse[on], num)
