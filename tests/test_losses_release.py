@@ -10,6 +10,7 @@ loss function against a transcription of the release's code on small hand-made i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from p2m_core.config import load_config
 from p2m_core.data.dataset import IMAGENET_MEAN, IMAGENET_STD, PointPanopticDataset, collate_points
 from p2m_core.data.synthetic import generate_synthetic
 from p2m_core.engine.step import training_outputs
+from p2m_core.losses import lab_affinity as lab_module
 from p2m_core.losses import tree_energy as tree_module
 from p2m_core.losses.partial_ce import IGNORE_INDEX, rasterise_points
 from p2m_core.losses.presence import sigmoid_focal_loss
@@ -190,3 +192,98 @@ def test_stuff_terms_vanish_without_stuff_points(setup):
         losses = training_outputs(model, batch, cfg, 0).losses
     assert float(losses["stuff_presence"]) == 0.0 and float(losses["stuff_dice"]) == 0.0
     assert float(losses["presence"]) > 0
+
+
+# ---------------------------------------------------------------- LAB affinity
+
+
+def release_lab(normalised: torch.Tensor) -> torch.Tensor:
+    """The release's Lab of a normalised image: un-normalise, clip, sRGB -> XYZ -> Lab (its
+    white point and constants)."""
+    rgb = (normalised * STD.double() + MEAN.double()).clip(0, 1)
+    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    m = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+                     dtype=torch.float64)  # fmt: skip
+    xyz = torch.einsum("mc,bchw->bmhw", m, lin) / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def release_color_prior(logits: torch.Tensor, normalised: torch.Tensor, pooled: bool = False) -> float:
+    """The release's LAB term, written out: zero-padded dilated unfolds (centre left out), pairs
+    with colour similarity >= 0.3, ``-logsumexp_c(log P_p + log P_q)`` averaged per image, then
+    over images; kernels 3 and 5, dilation 2, weights 0.35 and 0.65. ``pooled``: one mean over
+    the pairs of the whole batch instead (what this platform used to compute)."""
+    log_prob = logits.log_softmax(1)
+    lab = release_lab(normalised)
+    B, C, H, W = logits.shape
+    total = torch.zeros(B, dtype=torch.float64)
+    for k, weight in ((3, 0.35), (5, 0.65)):
+        pad = (k + (k - 1)) // 2
+
+        def unfold(x: torch.Tensor) -> torch.Tensor:
+            u = F.unfold(x, kernel_size=k, dilation=2, padding=pad).view(B, x.shape[1], k * k, H, W)
+            return torch.cat([u[:, :, : k * k // 2], u[:, :, k * k // 2 + 1 :]], 2)
+
+        same = torch.logsumexp(log_prob[:, :, None] + unfold(log_prob), dim=1)
+        sim = torch.exp(-0.5 * torch.linalg.vector_norm(lab[:, :, None] - unfold(lab), dim=1))
+        counted = (sim >= 0.3).double()
+        if pooled:
+            total += weight * -(same * counted).sum() / counted.sum().clip(min=1) / B  # mean() below undoes / B
+        else:
+            total += weight * -(same * counted).sum((1, 2, 3)) / counted.sum((1, 2, 3)).clip(min=1)
+    return float(total.sum() if pooled else total.mean())
+
+
+def test_lab_affinity_is_a_mean_per_image_then_over_images():
+    """Two images with very different numbers of counted pairs (one flat, one of random
+    colours): the release's per-image mean, not the batch's pair mean. Colours stay away from
+    black so that the release's zero padding counts no pair with the outside."""
+    torch.manual_seed(3)
+    rgb = torch.rand(2, 3, 9, 11, dtype=torch.float64) * 0.7 + 0.3
+    rgb[0] = torch.tensor([0.5, 0.6, 0.4], dtype=torch.float64).view(3, 1, 1)
+    blocks = torch.rand(1, 3, 3, 4, dtype=torch.float64) * 0.7 + 0.3
+    rgb[1] = F.interpolate(blocks, size=(9, 11), mode="nearest")[0]
+    logits = torch.randn(2, 4, 9, 11, dtype=torch.float64) * 3
+    expected = release_color_prior(logits, (rgb - MEAN.double()) / STD.double())
+    from_probs = lab_module.lab_affinity_loss(logits.softmax(1), rgb)  # no pair below the clamp here
+    from_logs = lab_module.lab_affinity_loss(logits.softmax(1), rgb, log_probs=logits.log_softmax(1))
+    assert from_probs.item() == pytest.approx(expected, rel=1e-6)
+    assert from_logs.item() == pytest.approx(expected, rel=1e-6)
+    # the pair mean over the whole batch weighs the flat image by its many pairs: far off
+    assert release_color_prior(logits, (rgb - MEAN.double()) / STD.double(), pooled=True) != pytest.approx(expected, rel=1e-2)
+
+
+def test_lab_affinity_log_form_keeps_a_gradient_for_confidently_wrong_pairs():
+    """``-log sum_c P_p P_q`` from log-probabilities, as the release: no clamp at 1e-6."""
+    logits = torch.zeros(1, 2, 1, 3, dtype=torch.float64)
+    logits[0, 0, 0, 0], logits[0, 1, 0, 2] = 20.0, 20.0  # pixels 0 and 2 sure of different classes
+    logits.requires_grad_(True)
+    image = torch.full((1, 3, 1, 3), 0.5, dtype=torch.float64)
+    loss = lab_module.lab_affinity_loss(logits.softmax(1), image, kernels=((3, 2, 1.0),), log_probs=logits.log_softmax(1))
+    # log a = logsumexp(log P_0 + log P_2) = -20 + log 2 (up to e^-20): beyond the old clamp's 13.8
+    assert loss.item() == pytest.approx(20 - math.log(2), abs=1e-6)
+    loss.backward()
+    assert float(logits.grad.abs().sum()) > 0.5
+
+
+def test_criterion_lab_term_reads_the_release_colours_on_padding(setup, monkeypatch):
+    """The release un-normalises its zero-padded input: the LAB term's image is the RGB image
+    inside and ImageNet's mean colour on the padding (it used to be black there)."""
+    cfg, model, _, batch = setup
+    seen = []
+    real = lab_module.lab_affinity_loss
+
+    def spy(probs, image, *args, **kwargs):
+        seen.append(image.detach().clone())
+        return real(probs, image, *args, **kwargs)
+
+    import p2m_core.model.criterion as criterion
+
+    monkeypatch.setattr(criterion, "lab_affinity_loss", spy)
+    with torch.no_grad():
+        training_outputs(model, batch, cfg, 0)
+    assert seen
+    padding = batch["padding_mask"][:, None].expand_as(batch["images"])
+    torch.testing.assert_close(seen[0][~padding], batch["images"][~padding])
+    torch.testing.assert_close(seen[0], torch.where(padding, MEAN.expand_as(seen[0]), batch["images"]))

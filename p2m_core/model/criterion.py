@@ -135,6 +135,8 @@ def _semantic_terms(
     present_count = batch_count(present.sum(), images.device)  # release: avg_factor = present classes
     unlabelled = labels == IGNORE_INDEX  # release: padding counts as unlabelled (sum and count over the canvas)
     seen = network_image(images, padding, mean.to(images.dtype), std.to(images.dtype))
+    # The release's LAB term un-normalises its input: RGB in [0, 1] inside, the mean colour on padding.
+    lab_rgb = seen * std + mean
     wanted = set(cfg.loss.semantic_terms)
     terms: dict[str, Tensor] = {}
 
@@ -147,8 +149,8 @@ def _semantic_terms(
         if "partial" in wanted:
             add("partial_ce", partial_cross_entropy(logits, labels))
         if "lab" in wanted:
-            add("lab_affinity", cfg.loss.alpha1 * lab_affinity_loss(probs, images, valid=valid,
-                                                                    threshold=cfg.loss.lab_threshold))  # fmt: skip
+            add("lab_affinity", cfg.loss.alpha1 * lab_affinity_loss(probs, lab_rgb, valid=valid, threshold=cfg.loss.lab_threshold,
+                                                                    log_probs=logits.log_softmax(1)))  # fmt: skip
         if "rgb_tree" in wanted:
             add("tree_energy", cfg.loss.alpha2 * tree_energy_loss(probs, seen, unlabelled, sigma=cfg.loss.tree_sigma))
     return terms
