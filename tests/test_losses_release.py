@@ -25,6 +25,7 @@ from p2m_core.losses import lab_affinity as lab_module
 from p2m_core.losses import tree_energy as tree_module
 from p2m_core.losses.partial_ce import IGNORE_INDEX, rasterise_points
 from p2m_core.losses.presence import sigmoid_focal_loss
+from p2m_core.losses.segments import merge_stuff_segments
 from p2m_core.model.point2mask import ClassInfo, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,3 +288,59 @@ def test_criterion_lab_term_reads_the_release_colours_on_padding(setup, monkeypa
     padding = batch["padding_mask"][:, None].expand_as(batch["images"])
     torch.testing.assert_close(seen[0][~padding], batch["images"][~padding])
     torch.testing.assert_close(seen[0], torch.where(padding, MEAN.expand_as(seen[0]), batch["images"]))
+
+
+# ---------------------------------------------------------------- projector
+
+
+def release_projector(embedding: torch.Tensor, segments8: torch.Tensor, batch: dict, num_stuff: int,
+                      stuff_classes: list[int], temperature: float) -> float:  # fmt: skip
+    """The release's ``loss_metric`` written out: references are the plain masked means over every
+    thing point's mask and every stuff class's mask (zero when empty), each point classified
+    among its image's references, per-image mean over points, then mean over images."""
+    unit = F.normalize(embedding.double(), dim=1)
+    h8, w8 = unit.shape[-2:]
+    losses = []
+    for b in range(unit.shape[0]):
+        labels, thing, yx = batch["point_labels"][b], batch["point_is_thing"][b], batch["points_yx"][b]
+        masks = [segments8[b] == i for i in range(len(labels)) if thing[i]]
+        owner_ref = {}
+        for i in range(len(labels)):
+            if thing[i]:
+                owner_ref[i] = sum(bool(thing[j]) for j in range(i))
+        for s, c in enumerate(stuff_classes):
+            members = [i for i in range(len(labels)) if not thing[i] and labels[i] == c]
+            masks.append(torch.zeros(h8, w8, dtype=torch.bool) if not members else (segments8[b][..., None] == torch.tensor(members)).any(-1))
+            for i in members:
+                owner_ref[i] = len(masks) - 1
+        assert len(masks) == int(thing.sum()) + num_stuff
+        m = torch.stack(masks).double()
+        refs = torch.einsum("dhw,nhw->nd", unit[b], m) / m.sum((1, 2)).clip(min=1)[:, None]
+        terms = []
+        for i in range(len(labels)):
+            q = unit[b][:, min(int(yx[i, 0]) // 8, h8 - 1), min(int(yx[i, 1]) // 8, w8 - 1)]
+            dot = refs @ q / temperature
+            if len(refs) > 1:
+                terms.append(float(torch.logsumexp(dot, 0) - dot[owner_ref[i]]))
+        losses.append(sum(terms) / max(len(terms), 1))
+    return sum(losses) / len(losses)
+
+
+def test_projector_follows_the_release(setup, outputs):
+    cfg, model, _, batch = setup
+    net = outputs.network
+    M = max(len(labels) for labels in batch["point_labels"])
+    labels = torch.zeros(2, M, dtype=torch.long)
+    is_thing = torch.zeros(2, M, dtype=torch.bool)
+    mask = torch.zeros(2, M, dtype=torch.bool)
+    for b, (lab, thing) in enumerate(zip(batch["point_labels"], batch["point_is_thing"])):
+        labels[b, : len(lab)], is_thing[b, : len(lab)], mask[b, : len(lab)] = lab, thing, True
+    segments, _ = merge_stuff_segments(outputs.pseudo.panoptic, labels, is_thing & mask, mask)
+    stride = cfg.pseudo.mask_stride
+    h8, w8 = net.size8
+    ys = ((torch.arange(h8) * 8 + 4) // stride).clamp(max=segments.shape[1] - 1)  # stride-8 cell centres
+    xs = ((torch.arange(w8) * 8 + 4) // stride).clamp(max=segments.shape[2] - 1)
+    seg8 = segments[:, ys][:, :, xs]
+    expected = release_projector(net.embedding.detach(), seg8, batch, len(model.classes.stuff_classes),
+                                 list(model.classes.stuff_classes), cfg.loss.projector_temperature)  # fmt: skip
+    assert outputs.losses["projector"].item() == pytest.approx(cfg.loss.projector_weight * expected, rel=1e-4)

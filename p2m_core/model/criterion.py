@@ -79,7 +79,8 @@ def point2mask_losses(
     terms["boundary"] = cfg.loss.boundary_weight * boundary_loss(boundary, full, segment_is_thing, valid=~padding)
     if out.embedding is not None:
         terms["projector"] = cfg.loss.projector_weight * _projector_term(out, batch, segments, labels, is_thing,
-                                                                         point_mask, stride, cfg)  # fmt: skip
+                                                                         point_mask, stride, cfg,
+                                                                         len(model.classes.stuff_classes))  # fmt: skip
     terms.update(_panoptic_terms(model, out, segments, labels, is_thing, point_mask, batch, stride, cfg))
     if cfg.loss.release_weighting:
         terms = release_weighting(terms, segments, labels, is_thing, point_mask, iteration, cfg.loss.ramp_iters)
@@ -168,7 +169,7 @@ def _grid_sample_ids(segments: Tensor, stride: int, size: tuple[int, int], coars
 
 def _projector_term(
     out: NetworkOutput, batch: dict[str, Any], segments: Tensor, labels: Tensor, is_thing: Tensor,
-    point_mask: Tensor, stride: int, cfg: Config,
+    point_mask: Tensor, stride: int, cfg: Config, num_stuff_classes: int,
 ) -> Tensor:
     h8, w8 = out.size8
     seg8 = _grid_sample_ids(segments, stride, (h8, w8))
@@ -178,7 +179,10 @@ def _projector_term(
         yx = yx.to(seg8.device).long() // 8
         points8.append(torch.stack([yx[:, 0].clamp(0, h8 - 1), yx[:, 1].clamp(0, w8 - 1)], 1) if len(yx) else yx.reshape(0, 2))
         point_segments.append(own[b, : len(yx)])
-    return projector_contrastive_loss(out.embedding, seg8, points8, point_segments, temperature=cfg.loss.projector_temperature)
+    # the release's prototypes: one per thing point and one per stuff class of the dataset
+    num_prototypes = [int((is_thing[b] & point_mask[b]).sum()) + num_stuff_classes for b in range(len(points8))]
+    return projector_contrastive_loss(out.embedding, seg8, points8, point_segments,
+                                      temperature=cfg.loss.projector_temperature, num_prototypes=num_prototypes)  # fmt: skip
 
 
 def _panoptic_terms(
