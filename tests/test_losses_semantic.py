@@ -245,3 +245,17 @@ def test_affinity_padding_and_empty_give_zero_and_a_gradient_path():
     torch.testing.assert_close(lab_affinity_loss(probs, image, valid=valid), cropped)
     # a single-pixel map has no pair
     assert lab_affinity_loss(probs[..., :1, :1], image[..., :1, :1]).item() == 0.0
+
+
+def test_rasterise_lowest_class_wins_with_class_order():
+    """The release's rule for overlapping squares: an argmax over per-class masks, so the lowest
+    class index wins whatever the points' order."""
+    points = [torch.tensor([[5, 5], [9, 9]])]
+    labels = [torch.tensor([7, 2])]
+    first = rasterise_points(points, labels, (16, 16), (4, 4), size=9)
+    lowest = rasterise_points(points, labels, (16, 16), (4, 4), size=9, order="class")
+    assert first[0, 2, 2] == 7 and lowest[0, 2, 2] == 2  # input pixel (8, 8) lies in both squares
+    assert torch.equal(first != IGNORE_INDEX, lowest != IGNORE_INDEX)
+    assert lowest[0, 1, 1] == 7 and lowest[0, 3, 3] == 2
+    with pytest.raises(P2MInputError):
+        rasterise_points(points, labels, (16, 16), (4, 4), order="label")  # type: ignore[arg-type]

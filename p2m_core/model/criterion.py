@@ -130,7 +130,7 @@ def _semantic_terms(
     h8, w8 = out.size8
     valid = ~F.interpolate(padding[:, None].float(), size=(h8, w8), mode="nearest")[:, 0].bool()
     labels = rasterise_points(batch["points_yx"], batch["point_labels"], tuple(images.shape[-2:]), (h8, w8),
-                              size=cfg.pseudo.point_dilation)  # fmt: skip
+                              size=cfg.pseudo.point_dilation, order="class")  # fmt: skip
     labels = labels.to(images.device).masked_fill(~valid, IGNORE_INDEX)
     present = presence_targets(list(batch["point_labels"]), num_classes, images.device)
     present_count = batch_count(present.sum(), images.device)  # release: avg_factor = present classes
