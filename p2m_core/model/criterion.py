@@ -18,6 +18,13 @@ layer is supervised:
 
 The pseudo labels come from :func:`~p2m_core.pseudo.labels.generate_pseudo_labels` on the mask
 grid (``pseudo.mask_stride``); they are targets, without gradient.
+
+The divisors are the release's (docs/METHOD.md, "Losses", has the table): presence focal over
+the present (image, class) pairs, stuff presence and stuff dice over the present (image, stuff
+class) pairs, partial cross-entropy over the labelled cells, tree energy over the unlabelled
+cells, the location and thing-mask terms over the matched boxes, all of the batch; LAB affinity,
+boundary and projector are per-image means averaged over the images. Batch counts are shared by
+the data-parallel workers (:mod:`p2m_core.losses.normalise`).
 """
 
 from __future__ import annotations
