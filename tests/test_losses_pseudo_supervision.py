@@ -152,3 +152,43 @@ def test_projector_skips_points_without_a_segment_and_empty_is_zero():
     empty = projector_contrastive_loss(emb, torch.full((2, 5, 5), -1), points, [torch.tensor([0, 1]), torch.tensor([0])])
     empty.backward()
     assert empty.item() == 0.0 and torch.isfinite(emb.grad).all()
+
+
+def test_prototypes_can_be_plain_means():
+    emb = torch.zeros(2, 1, 3)
+    emb[0, 0] = torch.tensor([1.0, 1.0, 0.0])
+    emb[1, 0] = torch.tensor([0.0, 1.0, 1.0])
+    ids, protos = segment_prototypes(emb, torch.tensor([[4, 4, -1]]), normalise=False)
+    assert ids.tolist() == [4]
+    torch.testing.assert_close(protos, torch.tensor([[1.0, 0.5]]))
+
+
+def test_projector_zero_prototypes_plain_means_and_per_image_mean():
+    """Release (``loss_metric``): prototypes are plain masked means (not re-normalised), every
+    thing point and stuff class has one (the zero vector when its mask is empty, logit 0), and the
+    loss is the mean over each image's points, then over the images."""
+    tau = 0.07
+    emb = torch.zeros(2, 2, 1, 4, dtype=torch.float64)
+    emb[:, 0, 0, :2] = 1.0  # pixels 0, 1: e = (1, 0); pixels 2, 3: e = (0, 1)
+    emb[:, 1, 0, 2:] = 1.0
+    segments = torch.tensor([[[0, 0, 1, 1]], [[0, 1, 1, 1]]])
+    points = [torch.tensor([[0, 0]]), torch.tensor([[0, 0], [0, 3], [0, 2]])]
+    own = [torch.tensor([0]), torch.tensor([0, 1, 5])]  # segment 5 owns no pixel
+    loss = projector_contrastive_loss(emb, segments, points, own, num_prototypes=[4, 3])
+    # image 0: prototypes (1, 0), (0, 1) and two zeros; its point sits on (1, 0)
+    image0 = math.log(math.exp(1 / tau) + 1 + 2) - 1 / tau
+    # image 1: segment 1 is the mean of (1, 0), (0, 1), (0, 1) = (1/3, 2/3), not unit; one zero
+    mu1 = (1 / 3, 2 / 3)
+    denominator = [math.exp(1 / tau) + math.exp(mu1[0] / tau) + 1,  # point on (1, 0)
+                   math.exp(0) + math.exp(mu1[1] / tau) + 1,  # point on (0, 1), twice
+                   ]  # fmt: skip
+    image1 = ((math.log(denominator[0]) - 1 / tau) + (math.log(denominator[1]) - mu1[1] / tau)
+              + math.log(denominator[1]))  # fmt: skip
+    assert loss.item() == pytest.approx((image0 + image1 / 3) / 2, rel=1e-9)
+    # a single prototype in an image: nothing to contrast, the image contributes 0 (and counts)
+    flat = torch.zeros(1, 4, dtype=torch.long)[None]
+    assert projector_contrastive_loss(emb[:1], flat, points[:1], own[:1], num_prototypes=[1]).item() == 0.0
+    halved = projector_contrastive_loss(emb, torch.cat([flat, segments[1:]]), points, own, num_prototypes=[1, 3])
+    assert halved.item() == pytest.approx(image1 / 3 / 2, rel=1e-9)
+    with pytest.raises(P2MInputError):  # fewer prototypes than segments present
+        projector_contrastive_loss(emb[:1], segments[:1], points[:1], own[:1], num_prototypes=[1])

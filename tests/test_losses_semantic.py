@@ -48,6 +48,48 @@ def test_presence_loss_prefers_the_right_classes():
         presence_targets([torch.tensor([3])], 3)
 
 
+def test_presence_loss_divides_the_focal_sum_by_the_present_pairs():
+    """Release: ``avg_factor`` = the number of present (image, class) pairs, not ``B x C``."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5)
+    targets = presence_targets([torch.tensor([0, 2]), torch.tensor([4]), torch.tensor([], dtype=torch.long)], 5)
+    elementwise = sigmoid_focal_loss(logits, targets, reduction="none")
+    torch.testing.assert_close(presence_loss(logits, targets), 2.0 * elementwise.sum() / 3)
+    torch.testing.assert_close(presence_loss(logits, targets, weight=1.0, num=6.0), elementwise.sum() / 6)
+    # no point at all: the sum itself (the divisor is at least 1)
+    torch.testing.assert_close(presence_loss(logits, torch.zeros(3, 5)), 2.0 * sigmoid_focal_loss(logits, torch.zeros(3, 5), reduction="sum"))
+
+
+class FakeGroup:
+    """``torch.distributed`` as one of two workers whose partner holds ``other`` of a count."""
+
+    def __init__(self, other: float) -> None:
+        self.other = other
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def all_reduce(self, value: torch.Tensor) -> None:
+        value += self.other
+
+
+def test_presence_count_is_shared_by_the_workers(monkeypatch):
+    """Each worker divides by the workers' mean count (``p2m_core.losses.normalise``), so the
+    averaged gradient is the whole batch's: here 2 present pairs locally, 6 on the partner."""
+    from p2m_core.losses import normalise
+
+    logits = torch.randn(2, 4)
+    targets = presence_targets([torch.tensor([1]), torch.tensor([3])], 4)
+    monkeypatch.setattr(normalise, "dist", FakeGroup(other=6.0))
+    torch.testing.assert_close(presence_loss(logits, targets), 2.0 * sigmoid_focal_loss(logits, targets, reduction="sum") / 4)
+
+
 # ---------------------------------------------------------------- partial CE
 
 
@@ -203,3 +245,17 @@ def test_affinity_padding_and_empty_give_zero_and_a_gradient_path():
     torch.testing.assert_close(lab_affinity_loss(probs, image, valid=valid), cropped)
     # a single-pixel map has no pair
     assert lab_affinity_loss(probs[..., :1, :1], image[..., :1, :1]).item() == 0.0
+
+
+def test_rasterise_lowest_class_wins_with_class_order():
+    """The release's rule for overlapping squares: an argmax over per-class masks, so the lowest
+    class index wins whatever the points' order."""
+    points = [torch.tensor([[5, 5], [9, 9]])]
+    labels = [torch.tensor([7, 2])]
+    first = rasterise_points(points, labels, (16, 16), (4, 4), size=9)
+    lowest = rasterise_points(points, labels, (16, 16), (4, 4), size=9, order="class")
+    assert first[0, 2, 2] == 7 and lowest[0, 2, 2] == 2  # input pixel (8, 8) lies in both squares
+    assert torch.equal(first != IGNORE_INDEX, lowest != IGNORE_INDEX)
+    assert lowest[0, 1, 1] == 7 and lowest[0, 3, 3] == 2
+    with pytest.raises(P2MInputError):
+        rasterise_points(points, labels, (16, 16), (4, 4), order="label")  # type: ignore[arg-type]

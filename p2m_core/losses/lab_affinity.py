@@ -11,16 +11,29 @@ With colour similarity and class agreement
     \mathrm{sim}(p, q) = \exp\big(-\tfrac12 \lVert Lab(p) - Lab(q) \rVert_2\big), \qquad
     a(p, q) = \sum_c P_p(c) P_q(c),
 
-the loss of a kernel is the mean of ``-log max(a(p, q), eps)`` over the pairs with
-``sim >= 0.3`` (both ends inside the valid region), and
+the loss of a kernel in image ``b`` is the mean of ``-log a(p, q)`` over its counted pairs
+``K_b`` (``sim >= 0.3``, both ends inside the map and the valid region), and the batch loss the
+mean over the ``B`` images:
 
 .. math::
 
-    L_{LAB} = 0.35\, L_{3 \times 3, d=2} + 0.65\, L_{5 \times 5, d=2} .
+    L^{k}_b = \frac{1}{\max(1, |K_b|)} \sum_{(p, q) \in K_b} -\log a(p, q), \qquad
+    L_{LAB} = \frac{1}{B} \sum_b \big(0.35\, L^{3 \times 3, d=2}_b + 0.65\, L^{5 \times 5, d=2}_b\big) .
+
+This is the release's normalisation (per image, then over images): an image with few counted
+pairs (a small or busy one) weighs as much as one with many. ``B`` is the batch's image count,
+shared by the data-parallel workers (:func:`p2m_core.losses.normalise.batch_count`), so a split
+batch gives the whole batch's gradient.
+
+Given the log-probabilities, ``log a(p, q) = logsumexp_c(log P_p(c) + log P_q(c))`` (the
+release's form: exact, with a gradient however small ``a`` gets); given only probabilities,
+``a`` is clamped at ``eps`` inside the log.
 
 Each unordered pair is counted once (the term is symmetric, so the mean equals that over both
-orders). A kernel with no counted pair contributes 0. The mean runs over the pairs of the whole
-batch.
+orders). Differences from the release, deliberately: pairs reaching outside the map are not
+counted (the release's zero-padded unfold counts a near-black pixel's pairs with the outside,
+at loss 0, in the denominator), and pairs touching padding are dropped (the release has no
+padding mask; its count grows with the batch's padding).
 """
 
 from __future__ import annotations
@@ -95,13 +108,14 @@ def lab_affinity_loss(
     kernels: Sequence[tuple[int, int, float]] = KERNELS,
     threshold: float = 0.3,
     eps: float = 1e-6,
+    log_probs: Tensor | None = None,
 ) -> Tensor:
     """``L_LAB`` (module doc).
 
     Parameters
     ----------
     probs : Tensor [B, C, h, w]
-        Class probabilities (softmax of the semantic logits).
+        Class probabilities (softmax of the semantic logits); unused when ``log_probs`` is given.
     image : Tensor [B, 3, H, W]
         sRGB image in ``[0, max_value]`` (not mean/std normalised); resized bilinearly
         (``align_corners=False``) to ``h x w`` when ``(H, W) != (h, w)``, then converted to Lab.
@@ -111,27 +125,33 @@ def lab_affinity_loss(
     threshold : float
         Minimum colour similarity of a counted pair.
     eps : float
-        Clamp of ``a(p, q)`` inside the log.
+        Clamp of ``a(p, q)`` inside the log when only ``probs`` is given.
+    log_probs : Tensor [B, C, h, w], optional
+        ``log_softmax`` of the semantic logits: ``log a`` by a log-sum-exp (module doc).
 
     Returns
     -------
     Scalar tensor (0 when nothing is counted, never NaN).
     """
+    if log_probs is not None:
+        if log_probs.shape != probs.shape:
+            raise P2MInputError(f"lab_affinity_loss: log_probs {list(log_probs.shape)} and probs {list(probs.shape)} differ")
+        probs = log_probs
     if probs.dim() != 4 or image.dim() != 4 or image.shape[0] != probs.shape[0] or image.shape[1] != 3:
         raise P2MInputError(
             f"lab_affinity_loss: probs must be [B, C, h, w] and image [B, 3, H, W], got {list(probs.shape)} and {list(image.shape)}"
         )
-    h, w = probs.shape[-2:]
-    if valid is not None and valid.shape != (probs.shape[0], h, w):
-        raise P2MInputError(f"lab_affinity_loss: valid must be [B, h, w] = {[probs.shape[0], h, w]}, got {list(valid.shape)}")
+    B, _, h, w = probs.shape
+    if valid is not None and valid.shape != (B, h, w):
+        raise P2MInputError(f"lab_affinity_loss: valid must be [B, h, w] = {[B, h, w]}, got {list(valid.shape)}")
     with torch.no_grad():
         small = image.to(probs.dtype)
         if small.shape[-2:] != (h, w):
             small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
         lab = rgb_to_lab(small, max_value)
-    total = probs.sum() * 0.0
+    per_image = probs.new_zeros(B) + probs.sum() * 0.0  # keeps the graph when nothing counts
     for taps, dilation, weight in kernels:
-        loss_sum, count = total * 0.0, 0
+        loss_sum, count = per_image * 0.0, torch.zeros(B, device=probs.device)
         for dy, dx in kernel_offsets(taps, dilation):
             p_sl, q_sl = pair_slices(dy, dx, h, w)
             with torch.no_grad():
@@ -139,8 +159,12 @@ def lab_affinity_loss(
                 counted = sim >= threshold
                 if valid is not None:
                     counted &= valid[:, p_sl[0], p_sl[1]] & valid[:, q_sl[0], q_sl[1]]
-            agree = (probs[..., p_sl[0], p_sl[1]] * probs[..., q_sl[0], q_sl[1]]).sum(dim=1)
-            loss_sum = loss_sum + (-torch.log(agree.clamp(min=eps)) * counted).sum()
-            count = count + counted.sum()
-        total = total + weight * loss_sum / batch_count(count, probs.device).to(probs.dtype)
-    return total
+            p_end, q_end = probs[..., p_sl[0], p_sl[1]], probs[..., q_sl[0], q_sl[1]]
+            if log_probs is not None:
+                neg_log_agree = -torch.logsumexp(p_end + q_end, dim=1)
+            else:
+                neg_log_agree = -torch.log((p_end * q_end).sum(dim=1).clamp(min=eps))
+            loss_sum = loss_sum + (neg_log_agree * counted).sum(dim=(1, 2))
+            count = count + counted.sum(dim=(1, 2))
+        per_image = per_image + weight * loss_sum / count.clamp(min=1).to(probs.dtype)
+    return per_image.sum() / batch_count(B, probs.device).to(probs.dtype)

@@ -8,8 +8,13 @@ loss is the cross-entropy averaged over the labelled pixels ``\Omega`` of the wh
 
     L_{partial} = \frac{1}{|\Omega|} \sum_{(b, i) \in \Omega} -\log \mathrm{softmax}(z_{b,i})_{y_{b,i}} .
 
+``|Omega|`` is the batch's count, shared by the data-parallel workers
+(:func:`p2m_core.losses.normalise.batch_count`); the release divides by the same count.
+
 Label map conventions (:func:`rasterise_points`): unlabelled pixels hold ``ignore_index`` (-1);
-where squares overlap, the point listed first (lowest index) wins. Nearest downsampling picks, for
+where squares of different classes overlap, the lowest class index wins with ``order="class"``
+(the release: its per-class masks go through an argmax over classes, which returns the first
+maximum) and the point listed first with ``order="point"``. Nearest downsampling picks, for
 map cell ``(i, j)`` of an ``h x w`` map over an ``H x W`` canvas, the input pixel
 ``(floor(i H / h), floor(j W / w))`` (PyTorch's ``nearest``; the top-left pixel of the cell when
 the stride divides the canvas).
@@ -18,6 +23,7 @@ the stride divides the canvas).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +43,7 @@ def rasterise_points(
     map_size: tuple[int, int],
     size: int = 17,
     ignore_index: int = IGNORE_INDEX,
+    order: Literal["point", "class"] = "point",
 ) -> Tensor:
     """Label maps [B, h, w] long of points dilated to squares (module doc).
 
@@ -54,12 +61,17 @@ def rasterise_points(
         Side of the square in input pixels; it covers ``y - size // 2 .. y - size // 2 + size - 1``.
     ignore_index : int
         Value of unlabelled pixels.
+    order : "point" | "class"
+        Which covering square labels a cell: the lowest point index, or the lowest class (the
+        release's rule; the criterion's).
 
     Returns
     -------
-    Tensor [B, h, w] long on the points' device; cell ``(i, j)`` holds the class of the lowest-index
-    point whose square covers the cell's sampled input pixel, else ``ignore_index``.
+    Tensor [B, h, w] long on the points' device; cell ``(i, j)`` holds the class of the first
+    (``order``) point whose square covers the cell's sampled input pixel, else ``ignore_index``.
     """
+    if order not in ("point", "class"):
+        raise P2MInputError(f"rasterise_points: order must be point or class, got {order!r}")
     if len(points_yx) != len(point_labels):
         raise P2MInputError(f"rasterise_points: {len(points_yx)} point sets but {len(point_labels)} label sets")
     if size < 1:
@@ -76,6 +88,9 @@ def rasterise_points(
             )
         if yx.shape[0] == 0:
             continue
+        if order == "class":
+            rank = labels.to(device).long().argsort(stable=True)
+            yx, labels = yx.to(device)[rank], labels.to(device)[rank]
         top_left = yx.to(device).long() - size // 2
         rows = (ys[None, :] >= top_left[:, :1]) & (ys[None, :] < top_left[:, :1] + size)  # [m, h]
         cols = (xs[None, :] >= top_left[:, 1:]) & (xs[None, :] < top_left[:, 1:] + size)  # [m, w]

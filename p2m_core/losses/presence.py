@@ -13,9 +13,19 @@ with ``alpha = 0.25`` and ``gamma = 2``. ``-log p_t`` is the binary cross-entrop
 computed stably. The same function serves the panoptic branch's classification loss
 (:mod:`p2m_core.losses.panoptic`), where the sum is divided by the number of boxes.
 
-The presence loss applies it to the semantic decoder's per-class presence logits ``s_c``: the
-target of class ``c`` in an image is 1 iff the image has a point of class ``c`` (release weight 2,
-on every semantic layer).
+The presence loss applies it to the semantic decoder's per-class presence logits ``s_{b,c}``: the
+target ``t_{b,c}`` is 1 iff image ``b`` has a point of class ``c``. As in the release (an mmdet
+focal loss with ``avg_factor`` the number of present classes, weight 2, every semantic layer), the
+sum over all ``B x C`` slots is divided by the number of present (image, class) pairs, not by
+``B x C``:
+
+.. math::
+
+    L_{pres} = w \, \frac{\sum_{b,c} \mathrm{FL}(s_{b,c}, t_{b,c})}{\max(1, \sum_{b,c} t_{b,c})} .
+
+A mean over all slots would shrink the term as the dataset's class count grows (COCO's 133 classes
+against VOC's 21) while the number of classes in an image stays small. The count is the batch's,
+shared by the data-parallel workers (:func:`p2m_core.losses.normalise.batch_count`).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from p2m_core.errors import P2MInputError
+from p2m_core.losses.normalise import batch_count
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -81,9 +92,34 @@ def presence_targets(point_labels: list[Tensor], num_classes: int, device: torch
     return out
 
 
-def presence_loss(logits: Tensor, targets: Tensor, weight: float = 2.0, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """``weight * mean_{b,c} FL(s_{b,c}, t_{b,c})``: the presence logits [B, C] against the
-    0/1 targets [B, C] (:func:`presence_targets`). Release weight 2."""
+def presence_loss(
+    logits: Tensor,
+    targets: Tensor,
+    weight: float = 2.0,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    num: float | Tensor | None = None,
+) -> Tensor:
+    """``L_pres`` (module doc): ``weight * sum_{b,c} FL(s_{b,c}, t_{b,c}) / num``.
+
+    Parameters
+    ----------
+    logits : Tensor [B, C]
+        Presence logits of one semantic layer.
+    targets : Tensor [B, C]
+        0/1 targets (:func:`presence_targets`).
+    weight : float
+        Release: 2.
+    num : float or Tensor, optional
+        The divisor; by default the number of present pairs ``sum t`` of the batch, shared by the
+        data-parallel workers and at least 1 (a collective call: a caller that sums several
+        layers may compute it once with :func:`~p2m_core.losses.normalise.batch_count` and pass
+        it, so that every worker makes the same calls).
+    """
     if logits.dim() != 2:
         raise P2MInputError(f"presence_loss: logits must be [B, C], got {list(logits.shape)}")
-    return weight * sigmoid_focal_loss(logits, targets, alpha, gamma, "mean")
+    if num is None:
+        num = batch_count(targets.detach().sum(), logits.device)
+    if isinstance(num, Tensor):
+        num = num.to(logits.dtype)
+    return weight * sigmoid_focal_loss(logits, targets, alpha, gamma, "sum") / num

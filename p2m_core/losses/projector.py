@@ -1,22 +1,36 @@
 r"""Contrastive loss of the manifold projector (the pairwise embedding term of the edge lengths).
 
-The projector maps each pixel to an embedding ``e`` [D], L2-normalised. Prototypes are masked
-means of the embeddings over the pseudo masks of the image (things: one per optimal-transport
-mask; stuff: one per class, :func:`p2m_core.losses.segments.merge_stuff_segments`), L2-normalised
-again. Each point's embedding is classified among all prototypes of its image:
+The projector maps each pixel to an embedding ``e`` [D], L2-normalised. The prototypes of an image
+are, as in the release, one per thing point (its optimal-transport mask) and one per stuff class
+of the dataset (:func:`p2m_core.losses.segments.merge_stuff_segments`): the masked mean of the
+embeddings over the pseudo mask, *not* re-normalised (a mask whose embeddings disagree gives a
+shorter prototype, hence a softer logit), and the zero vector when the mask is empty (an absent
+stuff class, a point whose mask owns no pixel of the grid). Each point's embedding is classified
+among all prototypes ``mu_1 .. mu_{n_b}`` of its image:
 
 .. math::
 
-    L_{proj} = \frac{1}{|P|} \sum_{p \in P}
-        -\log \frac{\exp(\langle e_p, \mu_{s(p)} \rangle / \tau)}{\sum_k \exp(\langle e_p, \mu_k \rangle / \tau)} ,
+    \ell_p = -\log \frac{\exp(\langle e_p, \mu_{s(p)} \rangle / \tau)}{\sum_{k=1}^{n_b} \exp(\langle e_p, \mu_k \rangle / \tau)} ,
     \qquad \tau = 0.07 ,
 
-``s(p)`` the segment of point ``p``; the mean runs over the points of the batch whose segment has
-pixels. Gradients reach both the point embeddings and the prototypes (nothing is detached).
+``s(p)`` the segment of point ``p`` (every zero prototype adds ``exp(0) = 1`` to the denominator).
+A point counts when its image has more than one prototype; the loss is the mean over the counted
+points of each image, then the mean over the ``B`` images of the batch (release), an image
+without counted points contributing 0:
+
+.. math::
+
+    L_{proj} = \frac{1}{B} \sum_b \frac{1}{\max(1, |P_b|)} \sum_{p \in P_b} \ell_p .
+
+``B`` is shared by the data-parallel workers (:func:`p2m_core.losses.normalise.batch_count`).
+Gradients reach both the point embeddings and the prototypes (nothing is detached). Deliberate
+difference: the masks are the pseudo segments sampled at the embedding grid's cell centres (hard),
+where the release resizes its input-resolution masks bilinearly (soft weights along mask edges).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,29 +43,33 @@ from p2m_core.losses.normalise import batch_count
 TEMPERATURE = 0.07
 
 
-def segment_prototypes(embeddings: Tensor, segments: Tensor) -> tuple[Tensor, Tensor]:
-    """Normalised masked means of one image's embeddings per segment.
+def segment_prototypes(embeddings: Tensor, segments: Tensor, normalise: bool = True) -> tuple[Tensor, Tensor]:
+    """Masked means of one image's embeddings per segment.
 
     Parameters
     ----------
     embeddings : Tensor [D, H, W]
     segments : Tensor [H, W] long
         Segment id per pixel, -1 void (ignored).
+    normalise : bool
+        Scale each mean to unit length (the loss itself uses the plain means, as the release).
 
     Returns
     -------
     ids : Tensor [S] long
         The segment ids present, ascending.
     prototypes : Tensor [S, D]
-        Unit-norm mean embedding of each.
+        Mean embedding of each (unit norm with ``normalise``).
     """
     D = embeddings.shape[0]
     flat = embeddings.reshape(D, -1).T
     seg = segments.reshape(-1)
     keep = seg >= 0
-    ids, slot = torch.unique(seg[keep], return_inverse=True)
+    ids, slot, counts = torch.unique(seg[keep], return_inverse=True, return_counts=True)
     sums = flat.new_zeros(ids.numel(), D).index_add_(0, slot, flat[keep])
-    return ids, F.normalize(sums, dim=1)
+    if normalise:
+        return ids, F.normalize(sums, dim=1)
+    return ids, sums / counts[:, None].to(sums.dtype)
 
 
 def projector_contrastive_loss(
@@ -60,6 +78,7 @@ def projector_contrastive_loss(
     points_yx: Sequence[Tensor],
     point_segments: Sequence[Tensor],
     temperature: float = TEMPERATURE,
+    num_prototypes: Sequence[int] | None = None,
 ) -> Tensor:
     """``L_proj`` (module doc).
 
@@ -72,7 +91,12 @@ def projector_contrastive_loss(
     points_yx : sequence of B Tensors [m_b, 2] long
         Point positions ``(y, x)`` at the embeddings' resolution.
     point_segments : sequence of B Tensors [m_b] long
-        The segment id of each point (its own mask; -1 or an absent id: the point is skipped).
+        The segment id of each point (its own mask; -1: the point is skipped).
+    num_prototypes : sequence of B int, optional
+        ``n_b``, the prototypes of each image (release: its thing points plus the dataset's stuff
+        classes); those beyond the segments present in ``segments[b]`` are zero vectors, and a
+        point whose segment is absent has a zero prototype. Without it, ``n_b`` is the number of
+        segments present and points whose segment is absent are skipped.
 
     Returns
     -------
@@ -83,21 +107,32 @@ def projector_contrastive_loss(
             f"projector_contrastive_loss: embeddings [B, D, H, W] and segments [B, H, W] expected, got "
             f"{list(embeddings.shape)} and {list(segments.shape)}"
         )
-    if not len(points_yx) == len(point_segments) == embeddings.shape[0]:
-        raise P2MInputError("projector_contrastive_loss: one point set and one segment set per image expected")
+    B = embeddings.shape[0]
+    if not len(points_yx) == len(point_segments) == B or (num_prototypes is not None and len(num_prototypes) != B):
+        raise P2MInputError("projector_contrastive_loss: one point set, segment set (and prototype count) per image expected")
     unit = F.normalize(embeddings, dim=1)
-    total, count = unit.sum() * 0.0, 0
+    total = unit.sum() * 0.0
     for b, (yx, own) in enumerate(zip(points_yx, point_segments, strict=True)):
-        ids, prototypes = segment_prototypes(unit[b], segments[b])
-        if ids.numel() == 0 or own.numel() == 0:
+        ids, prototypes = segment_prototypes(unit[b], segments[b], normalise=False)
+        own = own.to(ids.device).long()
+        match = own[:, None] == ids[None, :]  # [m, S]
+        if num_prototypes is None:
+            n, counted = ids.numel(), match.any(dim=1)
+        else:
+            n, counted = int(num_prototypes[b]), own >= 0
+        zeros = n - ids.numel()
+        if zeros < 0:
+            raise P2MInputError(f"projector_contrastive_loss: image {b} has {ids.numel()} segments but {n} prototypes")
+        if n <= 1 or not bool(counted.any()):
             continue
-        match = own.to(ids.device)[:, None] == ids[None, :]  # [m, S]
-        counted = match.any(dim=1)
-        if not bool(counted.any()):
-            continue
+        match = match[counted]
+        if zeros == 0 and not bool(match.any(dim=1).all()):
+            raise P2MInputError(f"projector_contrastive_loss: image {b}: a point's segment is absent and no prototype is zero")
         yx = yx.to(ids.device).long()[counted]
         queries = unit[b][:, yx[:, 0], yx[:, 1]].T  # [m', D]
-        logits = queries @ prototypes.T / temperature
-        total = total + F.cross_entropy(logits, match[counted].to(torch.uint8).argmax(dim=1), reduction="sum")
-        count += int(counted.sum())
-    return total / batch_count(count, unit.device).to(total.dtype)
+        logits = queries @ prototypes.T / temperature  # [m', S]
+        positive = (logits * match).sum(dim=1)  # 0 where the point's prototype is a zero vector
+        if zeros:
+            logits = torch.cat([logits, logits.new_full((logits.shape[0], 1), math.log(zeros))], dim=1)
+        total = total + (torch.logsumexp(logits, dim=1) - positive).mean()
+    return total / batch_count(B, unit.device).to(total.dtype)

@@ -53,9 +53,17 @@ an image that requires grad gets its gradient too; the tree itself is a discrete
     L_{RGB} = \frac{1}{N_u} \sum_{b, i, c} \lvert p_{b,c,i} - AS_{b,c,i} \rvert ,
 
 summed over all pixels and classes; ``N_u`` is the number of unlabelled pixels of the batch, the
-pixels outside the partial cross-entropy's labels (label ``ignore_index``; the caller may also
-exclude padding). Gradients flow into both ``p`` and ``AS`` (nothing is detached). ``N_u = 0``
-leaves the sum undivided.
+pixels outside the partial cross-entropy's labels, shared by the data-parallel workers
+(:func:`p2m_core.losses.normalise.batch_count`). As in the release, the sum and the count run over
+the whole padded canvas: the criterion counts padding pixels as unlabelled. Gradients flow into
+both ``p`` and ``AS`` (nothing is detached). ``N_u = 0`` leaves the sum undivided.
+
+**Which image.** The edge weights are squared differences of the image *as the network sees it*,
+``(rgb - mean) / std`` with ImageNet's statistics and padding 0 (the release's input), not of
+RGB in [0, 1]: sigma = 0.02 is calibrated to that scale. A colour step of ``d`` in every channel
+of [0, 1] RGB gives ``s = exp(-sum_k (d / std_k)^2 / sigma)``, about ``exp(-20 * 3 d^2 / sigma)``;
+on [0, 1] RGB the same step would be ~20 times weaker, and the filter would smooth across
+edges the release cuts.
 """
 
 from __future__ import annotations
@@ -291,9 +299,11 @@ def tree_energy_loss(probs: Tensor, image: Tensor, unlabelled: Tensor, sigma: fl
     probs : Tensor [B, C, h, w]
         Class probabilities (softmax of the semantic logits).
     image : Tensor [B, K, H, W]
-        The normalised image; resized bilinearly (``align_corners=False``) to ``h x w``.
+        The mean/std-normalised image, padding 0 (module doc, "Which image"); resized bilinearly
+        (``align_corners=False``) to ``h x w``.
     unlabelled : Tensor [B, h, w] bool
-        Pixels outside the partial cross-entropy's labels; their count divides the sum.
+        Pixels outside the partial cross-entropy's labels (padding included, as the release);
+        their count over the batch divides the sum.
 
     Returns
     -------

@@ -6,7 +6,9 @@ layer is supervised:
 - ``presence``, ``partial_ce``, ``lab_affinity``, ``tree_energy``: the semantic map ``P^s`` on
   the stride-8 grid, every semantic layer (``loss.semantic_terms`` selects the last three, paper
   Table 4): points dilated to ``pseudo.point_dilation`` input pixels, the LAB colour affinity of
-  3x3 and 5x5 dilated neighbourhoods, the tree energy over the image's minimum spanning tree;
+  3x3 and 5x5 dilated neighbourhoods (on RGB in [0, 1]), the tree energy over the minimum
+  spanning tree of the image as the network sees it (ImageNet mean/std-normalised, padding 0:
+  :func:`network_image`);
 - ``boundary``: ``P^b_high`` against the pseudo segments at the input resolution (Eq. 6-7);
 - ``projector``: the manifold projector's contrastive loss against pseudo-mask prototypes;
 - ``cls``, ``l1``, ``giou``: the location decoder's queries matched (Hungarian, per layer) to the
@@ -16,6 +18,13 @@ layer is supervised:
 
 The pseudo labels come from :func:`~p2m_core.pseudo.labels.generate_pseudo_labels` on the mask
 grid (``pseudo.mask_stride``); they are targets, without gradient.
+
+The divisors are the release's (docs/METHOD.md, "Losses", has the table): presence focal over
+the present (image, class) pairs, stuff presence and stuff dice over the present (image, stuff
+class) pairs, partial cross-entropy over the labelled cells, tree energy over the unlabelled
+cells, the location and thing-mask terms over the matched boxes, all of the batch; LAB affinity,
+boundary and projector are per-image means averaged over the images. Batch counts are shared by
+the data-parallel workers (:mod:`p2m_core.losses.normalise`).
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from p2m_core.losses import (
     sigmoid_focal_loss,
     tree_energy_loss,
 )
-from p2m_core.losses.normalise import batch_count
+from p2m_core.losses.normalise import batch_count, worker_mean
 from p2m_core.losses.segments import stuff_representatives
 from p2m_core.model.point2mask import NetworkOutput, Point2Mask
 from p2m_core.pseudo.labels import PseudoLabels
@@ -67,7 +76,7 @@ def point2mask_losses(
     (from 0) drives the release's ramp when ``loss.release_weighting`` is on."""
     images, padding = batch["images"], batch["padding_mask"]
     terms: dict[str, Tensor] = {}
-    terms.update(_semantic_terms(out, batch, model.classes.num_classes, cfg))
+    terms.update(_semantic_terms(out, batch, model.classes.num_classes, cfg, model.pixel_mean, model.pixel_std))
     _, labels, is_thing, point_mask = pad_points(points, images.device)
     segments, segment_is_thing = merge_stuff_segments(pseudo.panoptic, labels, is_thing & point_mask, point_mask)
     stride = cfg.pseudo.mask_stride
@@ -77,7 +86,8 @@ def point2mask_losses(
     terms["boundary"] = cfg.loss.boundary_weight * boundary_loss(boundary, full, segment_is_thing, valid=~padding)
     if out.embedding is not None:
         terms["projector"] = cfg.loss.projector_weight * _projector_term(out, batch, segments, labels, is_thing,
-                                                                         point_mask, stride, cfg)  # fmt: skip
+                                                                         point_mask, stride, cfg,
+                                                                         len(model.classes.stuff_classes))  # fmt: skip
     terms.update(_panoptic_terms(model, out, segments, labels, is_thing, point_mask, batch, stride, cfg))
     if cfg.loss.release_weighting:
         terms = release_weighting(terms, segments, labels, is_thing, point_mask, iteration, cfg.loss.ramp_iters)
@@ -111,15 +121,30 @@ def release_weighting(
     return out
 
 
-def _semantic_terms(out: NetworkOutput, batch: dict[str, Any], num_classes: int, cfg: Config) -> dict[str, Tensor]:
+def network_image(images: Tensor, padding: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """The image as the network sees it, ``(rgb - mean) / std`` per channel, 0 on padding: the
+    release's input batch (normalised, then zero-padded), which its tree energy loss reads and
+    its LAB term un-normalises. ``images [B, 3, H, W]`` RGB in [0, 1], ``padding [B, H, W]`` bool
+    (True on padding), ``mean``, ``std`` broadcastable to ``images`` (``Point2Mask.pixel_mean``,
+    ``pixel_std``: ImageNet's)."""
+    return ((images - mean) / std).masked_fill(padding[:, None], 0.0)
+
+
+def _semantic_terms(
+    out: NetworkOutput, batch: dict[str, Any], num_classes: int, cfg: Config, mean: Tensor, std: Tensor
+) -> dict[str, Tensor]:
     images, padding = batch["images"], batch["padding_mask"]
     h8, w8 = out.size8
     valid = ~F.interpolate(padding[:, None].float(), size=(h8, w8), mode="nearest")[:, 0].bool()
     labels = rasterise_points(batch["points_yx"], batch["point_labels"], tuple(images.shape[-2:]), (h8, w8),
-                              size=cfg.pseudo.point_dilation)  # fmt: skip
+                              size=cfg.pseudo.point_dilation, order="class")  # fmt: skip
     labels = labels.to(images.device).masked_fill(~valid, IGNORE_INDEX)
     present = presence_targets(list(batch["point_labels"]), num_classes, images.device)
-    unlabelled = (labels == IGNORE_INDEX) & valid
+    present_count = batch_count(present.sum(), images.device)  # release: avg_factor = present classes
+    unlabelled = labels == IGNORE_INDEX  # release: padding counts as unlabelled (sum and count over the canvas)
+    seen = network_image(images, padding, mean.to(images.dtype), std.to(images.dtype))
+    # The release's LAB term un-normalises its input: RGB in [0, 1] inside, the mean colour on padding.
+    lab_rgb = seen * std + mean
     wanted = set(cfg.loss.semantic_terms)
     terms: dict[str, Tensor] = {}
 
@@ -127,15 +152,15 @@ def _semantic_terms(out: NetworkOutput, batch: dict[str, Any], num_classes: int,
         terms[name] = terms[name] + value if name in terms else value
 
     for logits, presence in zip(out.semantic.logits, out.semantic.presence):
-        add("presence", presence_loss(presence, present, weight=cfg.loss.presence_weight))
+        add("presence", presence_loss(presence, present, weight=cfg.loss.presence_weight, num=present_count))
         probs = logits.softmax(1)
         if "partial" in wanted:
             add("partial_ce", partial_cross_entropy(logits, labels))
         if "lab" in wanted:
-            add("lab_affinity", cfg.loss.alpha1 * lab_affinity_loss(probs, images, valid=valid,
-                                                                    threshold=cfg.loss.lab_threshold))  # fmt: skip
+            add("lab_affinity", cfg.loss.alpha1 * lab_affinity_loss(probs, lab_rgb, valid=valid, threshold=cfg.loss.lab_threshold,
+                                                                    log_probs=logits.log_softmax(1)))  # fmt: skip
         if "rgb_tree" in wanted:
-            add("tree_energy", cfg.loss.alpha2 * tree_energy_loss(probs, images, unlabelled, sigma=cfg.loss.tree_sigma))
+            add("tree_energy", cfg.loss.alpha2 * tree_energy_loss(probs, seen, unlabelled, sigma=cfg.loss.tree_sigma))
     return terms
 
 
@@ -151,7 +176,7 @@ def _grid_sample_ids(segments: Tensor, stride: int, size: tuple[int, int], coars
 
 def _projector_term(
     out: NetworkOutput, batch: dict[str, Any], segments: Tensor, labels: Tensor, is_thing: Tensor,
-    point_mask: Tensor, stride: int, cfg: Config,
+    point_mask: Tensor, stride: int, cfg: Config, num_stuff_classes: int,
 ) -> Tensor:
     h8, w8 = out.size8
     seg8 = _grid_sample_ids(segments, stride, (h8, w8))
@@ -161,7 +186,10 @@ def _projector_term(
         yx = yx.to(seg8.device).long() // 8
         points8.append(torch.stack([yx[:, 0].clamp(0, h8 - 1), yx[:, 1].clamp(0, w8 - 1)], 1) if len(yx) else yx.reshape(0, 2))
         point_segments.append(own[b, : len(yx)])
-    return projector_contrastive_loss(out.embedding, seg8, points8, point_segments, temperature=cfg.loss.projector_temperature)
+    # the release's prototypes: one per thing point and one per stuff class of the dataset
+    num_prototypes = [int((is_thing[b] & point_mask[b]).sum()) + num_stuff_classes for b in range(len(points8))]
+    return projector_contrastive_loss(out.embedding, seg8, points8, point_segments,
+                                      temperature=cfg.loss.projector_temperature, num_prototypes=num_prototypes)  # fmt: skip
 
 
 def _panoptic_terms(
@@ -244,10 +272,14 @@ def _stuff_terms(
         present[:, s] = has.float()
         masks[:, s] = ((segments == first[:, None, None]) & has[:, None, None]).float()
     coarse = F.interpolate(masks, size=(h8, w8), mode="area")
-    num = batch_count(present.sum())
+    # The release divides both stuff terms by the present (image, stuff class) pairs of the batch,
+    # and gives both 0 when there is none.
+    count = worker_mean(present.sum(), present.device)
+    num = count.clamp(min=1.0)
+    any_stuff = (count > 0).to(out.boundary.dtype)
     dice, focal = zero, zero
     for layer_masks, presence in zip(out.stuff.masks, out.stuff.presence):
-        focal = focal + cfg.loss.stuff_presence_weight * sigmoid_focal_loss(presence, present, reduction="sum") / max(B, 1)
+        focal = focal + cfg.loss.stuff_presence_weight * any_stuff * sigmoid_focal_loss(presence, present, reduction="sum") / num
         on = present.bool()
         if bool(on.any()):
             dice = dice + cfg.loss.stuff_dice_weight * dice_loss(layer_masks[on], coarse[on], num)
