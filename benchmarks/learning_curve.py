@@ -46,7 +46,7 @@ from p2m_core.data.panoptic_format import CocoPanoptic  # noqa: E402
 from p2m_core.data.points import sample_points, write_points  # noqa: E402
 from p2m_core.data.splits import split_paths  # noqa: E402
 from p2m_core.data.synthetic import generate_synthetic  # noqa: E402
-from p2m_core.engine.run import TrainingRun  # noqa: E402
+from p2m_core.engine.run import RunHooks, TrainingRun  # noqa: E402
 from p2m_core.engine.step import StepResult  # noqa: E402
 
 COLUMNS = ("iter", "train s", "wall s", "loss", "PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo %", "s/iter")
@@ -96,71 +96,80 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class CurveHooks(RunHooks):
+    """The benchmark's side of :meth:`TrainingRun.train`: times the steps (evaluations apart),
+    adds a row per evaluation, skips an intermediate evaluation when the final one would no
+    longer fit in the time budget, and stops the run (:class:`_OutOfTime`) when the next step
+    and the final evaluation would not."""
+
+    def __init__(self, run: TrainingRun, minutes: float, verbose: bool) -> None:
+        self.run, self.verbose = run, verbose
+        self.budget = 60.0 * minutes
+        self.start = self.last_step_end = time.perf_counter()
+        self.train_seconds = 0.0
+        self.eval_seconds: list[float] = []
+        self.eval_started = 0.0
+        self.window: dict[str, list[float]] = {"loss": [], "step": [], "pseudo": []}
+        self.rows: list[dict[str, Any]] = []
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.start)
+
+    def step(self, iteration: int, result: StepResult) -> None:
+        now = time.perf_counter()
+        self.train_seconds += now - self.last_step_end  # data loading included
+        self.last_step_end = now
+        for key, value in (("loss", result.total), ("step", result.step_seconds), ("pseudo", result.pseudo_seconds)):
+            self.window[key].append(value)
+        if self.verbose and iteration % max(self.run.cfg.train.log_every, 1) == 0:
+            log(f"iter {iteration}: loss {result.total:.3f}, step {result.step_seconds:.3f} s, "
+                f"pseudo {100 * result.pseudo_share:.0f} %, lr {result.lr:.2g}, {now - self.start:.0f} s")  # fmt: skip
+        if iteration < self.run.max_iters and self.left() < self.train_seconds / iteration + max(self.eval_seconds, default=0.0):
+            raise _OutOfTime
+
+    def wants_evaluation(self, iteration: int) -> bool:
+        cost = max(self.eval_seconds, default=0.0)
+        # an intermediate evaluation only when the final one still fits after it
+        wanted = iteration >= self.run.max_iters or self.left() - cost >= cost + self.train_seconds / iteration
+        self.eval_started = time.perf_counter()
+        return wanted
+
+    def evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        self.eval_seconds.append(time.perf_counter() - self.eval_started)
+        steps = sum(self.window["step"])
+        row = {
+            "iter": iteration, "train s": self.train_seconds, "wall s": time.perf_counter() - self.start,
+            "loss": statistics.fmean(self.window["loss"]) if self.window["loss"] else float("nan"),
+            **{k: metrics[k] for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ")},
+            "pseudo %": 100.0 * sum(self.window["pseudo"]) / steps if steps else 0.0,
+            "s/iter": steps / len(self.window["step"]) if self.window["step"] else 0.0,
+        }
+        self.rows.append(row)
+        for values in self.window.values():
+            values.clear()
+        if self.verbose:
+            log("  ".join(f"{k} {v}" for k, v in zip(COLUMNS, format_row(row))) + f"  (eval {self.eval_seconds[-1]:.1f} s)")
+        self.last_step_end = time.perf_counter()
+
+
 def learning_curve(
     cfg: Config, minutes: float, eval_every: int, iters: int, split: str = "val", verbose: bool = True
 ) -> tuple[list[dict[str, Any]], TrainingRun]:
     """Train ``cfg`` for ``iters`` iterations or ``minutes`` and evaluate on ``split`` along the
-    way (module docstring); the rows of the table and the run (its network trained)."""
+    way (module docstring): :meth:`TrainingRun.train`, the loop a Ray Train worker runs, with
+    :class:`CurveHooks`. Returns the rows of the table and the run (its network trained)."""
+    cfg.train.iters, cfg.train.eval_every = iters, eval_every
     run = TrainingRun(cfg, device="cpu")
-    trainer = run.trainer
-    rows: list[dict[str, Any]] = []
-    budget = 60.0 * minutes
-    start = time.perf_counter()
-    train_seconds = 0.0
-    eval_seconds: list[float] = []
-    window: dict[str, list[float]] = {"loss": [], "step": [], "pseudo": []}
-    last_step_end = start
-
-    def add_row(iteration: int) -> None:
-        nonlocal last_step_end
-        t0 = time.perf_counter()
-        metrics = run.evaluate(split)
-        eval_seconds.append(time.perf_counter() - t0)
-        steps = sum(window["step"])
-        row = {
-            "iter": iteration, "train s": train_seconds, "wall s": time.perf_counter() - start,
-            "loss": statistics.fmean(window["loss"]) if window["loss"] else float("nan"),
-            **{k: metrics[k] for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ")},
-            "pseudo %": 100.0 * sum(window["pseudo"]) / steps if steps else 0.0,
-            "s/iter": steps / len(window["step"]) if window["step"] else 0.0,
-        }
-        rows.append(row)
-        for values in window.values():
-            values.clear()
-        if verbose:
-            log("  ".join(f"{k} {v}" for k, v in zip(COLUMNS, format_row(row))) + f"  (eval {eval_seconds[-1]:.1f} s)")
-        last_step_end = time.perf_counter()
-
-    def on_step(iteration: int, result: StepResult) -> None:
-        nonlocal train_seconds, last_step_end
-        now = time.perf_counter()
-        train_seconds += now - last_step_end  # data loading included
-        last_step_end = now
-        window["loss"].append(result.total)
-        window["step"].append(result.step_seconds)
-        window["pseudo"].append(result.pseudo_seconds)
-        if verbose and iteration % max(cfg.train.log_every, 1) == 0:
-            log(f"iter {iteration}: loss {result.total:.3f}, step {result.step_seconds:.3f} s, "
-                f"pseudo {100 * result.pseudo_share:.0f} %, lr {result.lr:.2g}, {now - start:.0f} s")  # fmt: skip
-        per_iter = train_seconds / iteration
-        eval_cost = max(eval_seconds, default=0.0)
-        left = budget - (time.perf_counter() - start)
-        if eval_every and iteration % eval_every == 0 and iteration < iters:
-            # an intermediate evaluation only when the final one still fits after it
-            if left - eval_cost >= eval_cost + per_iter:
-                add_row(iteration)
-                left = budget - (time.perf_counter() - start)
-        if left < per_iter + eval_cost:
-            raise _OutOfTime
-
+    hooks = CurveHooks(run, minutes, verbose)
     try:
-        trainer.run(iters, on_step)
+        run.train(hooks, eval_split=split)
     except _OutOfTime:
         if verbose:
-            log(f"time limit: stopping at iteration {trainer.iteration}")
-    if not rows or rows[-1]["iter"] != trainer.iteration:
-        add_row(trainer.iteration)
-    return rows, run
+            log(f"time limit: stopping at iteration {run.iteration}")
+    if not hooks.rows or hooks.rows[-1]["iter"] != run.iteration:
+        hooks.wants_evaluation(run.iteration)
+        hooks.evaluation(run.iteration, run.evaluate(split))
+    return hooks.rows, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,9 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_images is not None:
         cfg.train.eval_images = args.eval_images
     split = args.split or cfg.train.test_split or "val"
-    if iters <= 0:
-        per_epoch = cfg.data.synthetic.num_train // cfg.train.batch_size if cfg.data.dataset == "synthetic" else 0
-        iters = cfg.train.epochs * per_epoch if per_epoch else 10**9
     log(f"{args.config} {' '.join(args.overrides)}: up to {iters} iterations or {args.minutes:g} min, "
         f"evaluation on {split} every {eval_every or 'end'}, {args.threads} torch threads")  # fmt: skip
     rows, run = learning_curve(cfg, args.minutes, eval_every, iters, split)

@@ -56,6 +56,7 @@ MapSourceKind = Literal["oracle", "oracle_corrupt", "image", "checkpoint"]
 PointsFrom = Literal["sample", "file"]
 SplitName = Literal["train", "val", "test"]
 Device = Literal["auto", "cpu", "cuda"]
+BackboneNorm = Literal["frozen_bn", "group_norm"]
 
 MAP_NAMES: tuple[str, ...] = typing.get_args(MapName)
 K_SCHEMES: tuple[str, ...] = typing.get_args(KScheme)
@@ -300,6 +301,10 @@ class ModelConfig:
     # `backbone`, "torchvision:<arch>[.<version>]", a local torchvision-format state dict, or "" = random init
     pretrained: str = "torchvision"
     frozen_stages: int = 1  # release: stem and stage 1 frozen (BN frozen everywhere)
+    # The trunk's normalisation: frozen_bn (the release: ImageNet statistics, never updated) or
+    # group_norm (trainable, for a backbone trained from scratch: a frozen norm with random
+    # statistics is the identity, and an unnormalised ResNet trains slowly).
+    backbone_norm: BackboneNorm = "frozen_bn"
     hidden_dim: int = 256
     num_heads: int = 8
     num_points: int = 4  # deformable sampling points per head and level
@@ -325,6 +330,8 @@ class ModelConfig:
             bad.append(("hidden_dim", f"a multiple of model.num_heads ({self.num_heads})"))
         if not 0 <= self.frozen_stages <= 4:
             bad.append(("frozen_stages", "an integer in [0, 4]"))
+        if self.backbone_norm != "frozen_bn" and self.pretrained:
+            bad.append(("pretrained", "'' with model.backbone_norm group_norm (ImageNet weights carry frozen batch-norm statistics)"))
         if not 0.0 <= self.dropout < 1.0:
             bad.append(("dropout", "a number in [0, 1)"))
         return bad

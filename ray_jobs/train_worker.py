@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from p2m_core.config import Config, from_dict, to_dict
+from p2m_core.engine.run import RunHooks
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,48 @@ def step_metrics(result: Any) -> dict[str, float]:
     if result.pseudo is not None:
         metrics.update(solver_metrics(result.pseudo))
     return metrics
+
+
+class WorkerHooks(RunHooks):
+    """A Ray Train worker's side of the schedule: rank 0 logs every step and each evaluation to
+    MLflow (exactly once, :class:`~p2m_core.tracking.training.TrainingLog`) with a progress line
+    every ``train.log_every`` steps; every worker writes its part of each checkpoint and reports it
+    to Ray (a barrier: all workers call it equally often)."""
+
+    def __init__(self, run: Any, tracking: Any, cfg: Config) -> None:
+        self.run, self.tracking, self.cfg = run, tracking, cfg
+        self.started = time.perf_counter()
+        self.window: list[Any] = []
+
+    def step(self, iteration: int, result: Any) -> None:
+        if self.tracking is None:
+            return
+        self.tracking.step(iteration, step_metrics(result))
+        self.window.append(result)
+        if iteration % self.cfg.train.log_every == 0 or iteration == self.run.max_iters:
+            window, seconds = self.window, sum(r.step_seconds for r in self.window)
+            log.info("iteration %d/%d: loss %.3f, %.2f s/step, pseudo labels %.0f%% of it", iteration, self.run.max_iters,
+                     sum(r.total for r in window) / len(window), seconds / len(window),
+                     100 * sum(r.pseudo_seconds for r in window) / max(seconds, 1e-9))  # fmt: skip
+            self.window = []
+
+    def wants_evaluation(self, iteration: int) -> bool:
+        return self.tracking is not None and iteration > self.tracking.evals_done
+
+    def evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        extra = {"iteration": iteration, "train_seconds": time.perf_counter() - self.started}
+        self.tracking.evaluation(iteration, {**metrics, **extra}, self.run.overlays(self.cfg.train.overlays))
+        log.info("iteration %d: PQ %.1f (things %.1f, stuff %.1f), mIoU %.1f, pseudo PQ %.1f", iteration,
+                 metrics["PQ"], metrics["PQ_th"], metrics["PQ_st"], metrics["mIoU"], metrics["pseudo_PQ"])  # fmt: skip
+
+    def checkpoint(self, iteration: int, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        if self.tracking is not None:
+            self.tracking.flush()
+        with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
+            self.run.save_state(folder)
+            ray.train.report({"iteration": iteration, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _device() -> Any:
@@ -80,39 +123,7 @@ def train_loop(config: dict[str, Any]) -> None:
     tracking = TrainingLog(config["tracking_uri"], config["run_id"], cfg.train.log_every) if rank == 0 else None
     if tracking is not None and checkpoint is not None:
         tracking.resumed_at(run.iteration)
-    started = time.perf_counter()
-
-    window: list[Any] = []
-
-    def on_step(iteration: int, result: Any) -> None:
-        run.record_step(iteration)
-        if tracking is not None:
-            tracking.step(iteration, step_metrics(result))
-            window.append(result)
-            if iteration % cfg.train.log_every == 0 or iteration == run.max_iters:
-                seconds = sum(r.step_seconds for r in window)
-                log.info("iteration %d/%d: loss %.3f, %.2f s/step, pseudo labels %.0f%% of it", iteration, run.max_iters,
-                         sum(r.total for r in window) / len(window), seconds / len(window),
-                         100 * sum(r.pseudo_seconds for r in window) / max(seconds, 1e-9))  # fmt: skip
-                window.clear()
-        due = run.due(iteration)
-        if not due.checkpoint:
-            return
-        report: dict[str, Any] = {"iteration": iteration}
-        if tracking is not None and due.evaluate and iteration > tracking.evals_done:
-            evaluation = run.evaluate()
-            extra = {"iteration": iteration, "train_seconds": time.perf_counter() - started}
-            tracking.evaluation(iteration, {**evaluation, **extra}, run.overlays(cfg.train.overlays))
-            report.update(evaluation)
-            log.info("iteration %d: PQ %.1f (things %.1f, stuff %.1f), mIoU %.1f, pseudo PQ %.1f", iteration,
-                     evaluation["PQ"], evaluation["PQ_th"], evaluation["PQ_st"], evaluation["mIoU"], evaluation["pseudo_PQ"])  # fmt: skip
-        if tracking is not None:
-            tracking.flush()
-        with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
-            run.save_state(folder)
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
-
-    run.trainer.run(on_step=on_step)
+    run.train(WorkerHooks(run, tracking, cfg))
     if tracking is None:
         return
     tracking.flush()

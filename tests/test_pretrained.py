@@ -242,7 +242,7 @@ def test_training_sweeps_keep_names_and_check_every_trial(tmp_path):
     from ray_jobs.spec import expand_trials, load_spec
 
     root = tmp_path / "data"
-    generate_synthetic(root, num_train=4, num_val=2, size=48, seed=1, progress=False)
+    generate_synthetic(root, num_train=4, num_val=2, size=48, seed=1, progress=False, num_test=2)
     (tmp_path / "imagenet.pth").write_bytes(b"x")
 
     def spec(grid, fixed):

@@ -88,7 +88,7 @@ def test_job_submission_trains_on_the_head(tmp_path, ray_head_url, mlflow_server
     """``ray_jobs.train`` as a Ray job: attaches to the head, logs to the server, writes its
     model where the submitter said (an absolute path outside the job's temporary copy)."""
     data = tmp_path / "data"
-    generate_synthetic(data, num_train=4, num_val=1, size=64, seed=6, progress=False)
+    generate_synthetic(data, num_train=4, num_val=1, size=64, seed=6, progress=False, num_test=1)
     cmd = [
         str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head_url, "--working-dir", str(REPO),
         "--runtime-env", str(REPO / "ray_jobs" / "runtime_env.yaml"), "--",

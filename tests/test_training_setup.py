@@ -149,7 +149,7 @@ def test_predictions_are_scored_at_each_images_original_size(root):
     batch = batch_to_device(collate_points([dataset[i] for i in range(len(dataset))]), torch.device("cpu"))
     evaluator.process(model, batch)
     # every pixel of the original images went into mIoU (64 x 64 each), none of the resized ones
-    assert int(evaluator.miou.confusion.sum()) == len(dataset) * 64 * 64
+    assert int(evaluator.network.semantic.confusion.sum()) == len(dataset) * 64 * 64
     same = tiny(root, "data.test_short_side=64")  # the test scale is the image's own size: nothing is resized
     assert PointPanopticDataset.from_config(same, "val")[0]["image"].shape[-2:] == (64, 64)
 
@@ -166,3 +166,35 @@ def test_trainer_loader_takes_the_workers_share(root):
     model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic))
     trainer = Trainer(cfg, model, dataset)
     assert trainer.batch_size == 4 and len(next(trainer.batches())["image_ids"]) == 4
+
+
+# --------------------------------------------------------------------------- one loop
+def test_the_run_calls_its_hooks_on_the_schedule(root):
+    """The loop the Ray worker and the learning-curve benchmark share: a step hook every iteration,
+    evaluations every train.eval_every and at the end (unless the caller has them), checkpoints
+    at each evaluation and every train.checkpoint_every."""
+    from p2m_core.engine.run import RunHooks
+
+    calls: list[tuple] = []
+
+    class Recorder(RunHooks):
+        def step(self, iteration, result):
+            calls.append(("step", iteration))
+
+        def wants_evaluation(self, iteration):
+            return iteration != 2  # say the store already has iteration 2's
+
+        def evaluation(self, iteration, metrics):
+            calls.append(("eval", iteration, round(metrics["PQ"], 6) >= 0))
+
+        def checkpoint(self, iteration, metrics):
+            calls.append(("ckpt", iteration, bool(metrics)))
+
+    run = TrainingRun(tiny(root, "train.iters=5", "train.eval_every=2", "train.checkpoint_every=3", "train.eval_images=1"),
+                      device="cpu")  # fmt: skip
+    run.train(Recorder())
+    assert calls == [
+        ("step", 1), ("step", 2), ("ckpt", 2, False), ("step", 3), ("ckpt", 3, False), ("step", 4), ("eval", 4, True),
+        ("ckpt", 4, True), ("step", 5), ("eval", 5, True), ("ckpt", 5, True),
+    ]
+    assert run.iteration == 5

@@ -3,9 +3,10 @@
 A pseudo panoptic map (point index per mask pixel, -1 none) becomes segments (point i's pixels
 -> one segment with the point's category; a stuff point owns its class's stuff segment), is
 upsampled to the GT resolution by nearest neighbour (pixel (y, x) <- mask pixel (y // s, x // s))
-and scored with :class:`~p2m_core.evaluation.PQAccumulator` (PQ, SQ, RQ for all, things, stuff,
-equal to panopticapi) and :class:`~p2m_core.evaluation.SemanticIoU` (mIoU over classes, void
-ignored). :class:`StageScorer` also keeps the solver diagnostics of every image.
+and scored with :class:`~p2m_core.evaluation.panoptic_scores.PanopticScores` (PQ, SQ, RQ for all,
+things, stuff, equal to panopticapi; mIoU over classes, void ignored), the evaluator the network
+evaluator uses for its pseudo masks too. :class:`StageScorer` also keeps the solver diagnostics
+of every image.
 
 Metric units (docs/TRACKING.md): PQ/SQ/RQ, mIoU and pixel accuracy in percent, as the paper
 reports them; ``disagreement_pct`` and ``k_violation_pct`` in percent of transported pixels;
@@ -21,12 +22,8 @@ from typing import Any
 import numpy as np
 
 from p2m_core.ablation.prepare import PreparedImage
-from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels, upsample_nearest
+from p2m_core.evaluation import PanopticScores, owner_prediction
 from p2m_core.evaluation.overlay import point_owner_map
-
-#: The metrics of a stage result, in the order tables show them.
-QUALITY_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "pixel_acc")
-
 
 def _nanmean(values: Iterable[float]) -> float | None:
     arr = np.array(list(values), dtype=np.float64)
@@ -35,16 +32,14 @@ def _nanmean(values: Iterable[float]) -> float | None:
 
 
 class StageScorer:
-    """Accumulates PQ, mIoU and per-image diagnostics over the images of one run.
-
-    detectron2's evaluator protocol: :meth:`process` per batch, :meth:`summary` at the end.
-    """
+    """Accumulates PQ, mIoU and per-image diagnostics over the images of one run: a
+    :class:`~p2m_core.evaluation.PanopticScores` (the evaluator protocol the network evaluator
+    shares) for the pseudo masks, plus the solver diagnostics of every image."""
 
     def __init__(self, dataset: Any, mask_stride: int) -> None:
         self.contiguous = dataset.contiguous_ids()
         self.mask_stride = int(mask_stride)
-        self.pq = PQAccumulator(dataset.categories)
-        self.miou = SemanticIoU(len(self.contiguous), ignore_index=-1)
+        self.scores = PanopticScores(dataset.categories, self.contiguous)
         self.per_image: list[dict] = []
 
     def process(self, labels: Any, batch: list[PreparedImage]) -> list[np.ndarray]:
@@ -53,27 +48,16 @@ class StageScorer:
         panoptic = labels.panoptic.cpu().numpy()
         full_labels = []
         for b, item in enumerate(batch):
-            full = upsample_nearest(panoptic[b], self.mask_stride, *item.gt_ids.shape)
-            pred_ids, pred_segments = segments_from_labels(full, item.category_ids.tolist(), void_label=-1)
-            self.pq.process(item.gt_ids, item.gt_segments, pred_ids, pred_segments, image_id=item.record.image_id)
-            gt_sem = panoptic_to_semantic(item.gt_ids, item.gt_segments, self.contiguous, ignore_index=-1)
-            pred_sem = np.where(full >= 0, item.labels[np.maximum(full, 0)] if len(item.labels) else -1, -1)
-            self.miou.process(gt_sem, pred_sem)
+            pred_ids, pred_segments, pred_semantic, full = owner_prediction(
+                panoptic[b], self.mask_stride, item.gt_ids.shape, item.category_ids.tolist(), item.labels)
+            self.scores.process(item.record.image_id, item.gt_ids, item.gt_segments, pred_ids, pred_segments, pred_semantic)
             self.per_image.append(image_diagnostics(labels, b, item))
             full_labels.append(full)
         return full_labels
 
     def metrics(self) -> dict[str, float]:
         """PQ/SQ/RQ (all, things, stuff), mIoU and pixel accuracy, in percent."""
-        pq = self.pq.evaluate()
-        sem = self.miou.evaluate()
-        out = {}
-        for suffix, group in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
-            for key in ("pq", "sq", "rq"):
-                out[f"{key.upper()}{suffix}"] = 100.0 * pq[group][key]
-        out["mIoU"] = 100.0 * sem["mIoU"]
-        out["pixel_acc"] = 100.0 * sem["pixel_acc"]
-        return out
+        return self.scores.evaluate()
 
     def diagnostics(self) -> dict[str, Any]:
         """Solver diagnostics over the images of OT runs (``None`` where they do not apply)."""
@@ -99,11 +83,11 @@ class StageScorer:
         }
 
     def pq_details(self) -> dict[str, Any]:
-        pq = self.pq.evaluate()
+        pq = self.scores.pq.evaluate()
         return {"All": pq["All"], "Things": pq["Things"], "Stuff": pq["Stuff"], "per_class": pq["per_class"]}
 
     def per_class_iou(self) -> dict[int, float]:
-        iou = self.miou.evaluate()["per_class_iou"]
+        iou = self.scores.semantic.evaluate()["per_class_iou"]
         return {cid: iou[i] for cid, i in self.contiguous.items()}
 
 

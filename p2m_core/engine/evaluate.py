@@ -24,27 +24,37 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from p2m_core.config import Config
 from p2m_core.data.panoptic_format import CocoPanoptic
 from p2m_core.data.transforms import resize_nearest
-from p2m_core.evaluation import PQAccumulator, SemanticIoU, panoptic_to_semantic, segments_from_labels, upsample_nearest
+from p2m_core.evaluation import PanopticScores, owner_prediction
 from p2m_core.model.point2mask import Point2Mask
 from p2m_core.model.task_maps import batch_pseudo_labels
 
 
 class NetworkEvaluator:
-    """PQ of predictions and of pseudo masks, and mIoU, over a dataset's batches (module doc)."""
+    """PQ of predictions and of pseudo masks, and mIoU, over a dataset's batches (module doc):
+    two :class:`~p2m_core.evaluation.PanopticScores`, with their protocol (``reset``,
+    ``process``, ``evaluate``/``metrics``, ``merge``)."""
 
     def __init__(self, dataset: CocoPanoptic, cfg: Config) -> None:
         self.cfg = cfg
         self.contiguous = dataset.contiguous_ids()
         self.category_of = {index: cid for cid, index in self.contiguous.items()}
-        self.pq = PQAccumulator(dataset.categories)
-        self.pseudo_pq = PQAccumulator(dataset.categories)
-        self.miou = SemanticIoU(len(self.contiguous), ignore_index=-1)
+        self.network = PanopticScores(dataset.categories, self.contiguous)
+        self.pseudo = PanopticScores(dataset.categories, self.contiguous)
+
+    def reset(self) -> None:
+        self.network.reset()
+        self.pseudo.reset()
+
+    def merge(self, other: NetworkEvaluator) -> NetworkEvaluator:
+        """Add another evaluator's images (another worker's shard); returns self."""
+        self.network.merge(other.network)
+        self.pseudo.merge(other.pseudo)
+        return self
 
     @torch.no_grad()
     def process(self, model: Point2Mask, batch: dict[str, Any]) -> None:
@@ -54,30 +64,25 @@ class NetworkEvaluator:
         model.eval()
         out = model(batch["images"], batch["padding_mask"])
         results = model.paint_predictions(out, tuple(batch["images"].shape[-2:]), batch["image_sizes"])
-        pseudo = batch_pseudo_labels(out, batch, self.cfg.pseudo)[1].panoptic
-        stride = self.cfg.pseudo.mask_stride
-        for b, (result, (h, w)) in enumerate(zip(results, batch["image_sizes"])):
+        pseudo = batch_pseudo_labels(out, batch, self.cfg.pseudo)[1].panoptic.cpu().numpy()
+        for b, (result, size) in enumerate(zip(results, batch["image_sizes"])):
             gt_ids = batch["orig_segment_ids"][b].cpu().numpy()
-            gt_segments = [{k: s[k] for k in ("id", "category_id", "iscrowd")} for s in batch["orig_segments"][b]]
-            height, width = gt_ids.shape
-            image_id = batch["image_ids"][b]
+            gt_segments, image_id = batch["orig_segments"][b], batch["image_ids"][b]
+            scored = gt_ids.shape
             pred_segments = [{"id": s["id"], "category_id": self.category_of[s["label"]]} for s in result["segments"]]
-            panoptic = resize_nearest(result["panoptic"].cpu().numpy(), height, width)
-            self.pq.process(gt_ids, gt_segments, panoptic, pred_segments, image_id=image_id)
-            gt_sem = panoptic_to_semantic(gt_ids, gt_segments, self.contiguous, ignore_index=-1)
-            self.miou.process(gt_sem, resize_nearest(result["semantic"].cpu().numpy(), height, width))
-            owner = resize_nearest(upsample_nearest(pseudo[b].cpu().numpy(), stride, h, w), height, width)
-            categories = [self.category_of[int(c)] for c in batch["point_labels"][b].tolist()]
-            pseudo_ids, pseudo_segments = segments_from_labels(owner, categories, void_label=-1)
-            self.pseudo_pq.process(gt_ids, gt_segments, pseudo_ids, pseudo_segments, image_id=image_id)
+            self.network.process(image_id, gt_ids, gt_segments, resize_nearest(result["panoptic"].cpu().numpy(), *scored),
+                                 pred_segments, resize_nearest(result["semantic"].cpu().numpy(), *scored))  # fmt: skip
+            classes = batch["point_labels"][b].cpu().numpy()
+            pred_ids, owner_segments, pred_semantic, _ = owner_prediction(
+                pseudo[b], self.cfg.pseudo.mask_stride, size, [self.category_of[int(c)] for c in classes], classes, scored)
+            self.pseudo.process(image_id, gt_ids, gt_segments, pred_ids, owner_segments, pred_semantic)
 
     def metrics(self) -> dict[str, float]:
-        """``PQ``, ``SQ``, ``RQ`` (``_th``, ``_st``), ``mIoU``, ``pseudo_PQ`` (``_th``, ``_st``), in percent."""
-        out: dict[str, float] = {}
-        pq, pseudo = self.pq.evaluate(), self.pseudo_pq.evaluate()
-        for suffix, group in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
-            for key in ("pq", "sq", "rq"):
-                out[f"{key.upper()}{suffix}"] = 100.0 * float(pq[group][key])
-            out[f"pseudo_PQ{suffix}"] = 100.0 * float(pseudo[group]["pq"])
-        out["mIoU"] = 100.0 * float(self.miou.evaluate()["mIoU"])
-        return {k: (v if np.isfinite(v) else 0.0) for k, v in out.items()}
+        """``PQ``, ``SQ``, ``RQ`` (``_th``, ``_st``), ``mIoU`` (of ``P^s``), ``pseudo_PQ``
+        (``_th``, ``_st``), in percent."""
+        network, pseudo = self.network.evaluate(), self.pseudo.evaluate()
+        out = {k: v for k, v in network.items() if k != "pixel_acc"}
+        out.update({f"pseudo_PQ{suffix}": pseudo[f"PQ{suffix}"] for suffix in ("", "_th", "_st")})
+        return out
+
+    evaluate = metrics

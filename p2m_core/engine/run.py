@@ -5,7 +5,9 @@ worker executes, and what a single process can execute without Ray.
 weights on every worker: seeded by the config's ``seed`` before it is built), the
 :class:`~p2m_core.engine.loop.Trainer`, and on rank 0 the val split. It answers the schedule
 (:meth:`TrainingRun.due`: evaluate every ``train.eval_every`` iterations and at the end,
-checkpoint at each evaluation or every ``train.checkpoint_every``), evaluates
+checkpoint at each evaluation or every ``train.checkpoint_every``) and runs it
+(:meth:`TrainingRun.train`, calling a caller's :class:`RunHooks` at each point: the Ray Train
+worker and the learning-curve benchmark run this one loop), evaluates
 (:meth:`TrainingRun.evaluate`: PQ/SQ/RQ of the panoptic output for all, things and stuff, mIoU of
 ``P^s``, and the pseudo masks' PQ, on the first ``train.eval_images`` val images, or on the whole
 held-out ``train.test_split`` once at the end), draws
@@ -36,6 +38,7 @@ from p2m_core.engine.checkpoint import save_checkpoint
 from p2m_core.engine.device import resolve_device
 from p2m_core.engine.evaluate import NetworkEvaluator
 from p2m_core.engine.loop import Trainer, batch_to_device
+from p2m_core.engine.step import StepResult
 from p2m_core.io import atomic_open, atomic_write_json
 from p2m_core.model.point2mask import ClassInfo, build_model
 from p2m_core.model.task_maps import batch_pseudo_labels
@@ -54,6 +57,26 @@ class Due:
 
     evaluate: bool
     checkpoint: bool
+
+
+class RunHooks:
+    """What a caller does at the points of a run's schedule (:meth:`TrainingRun.train`): the Ray
+    Train worker logs to MLflow and reports checkpoints to Ray, the learning-curve benchmark prints
+    rows. Every method is a no-op here; override what you need. Raise from any of them to stop."""
+
+    def step(self, iteration: int, result: StepResult) -> None:
+        """After every iteration (from 1), on every worker."""
+
+    def wants_evaluation(self, iteration: int) -> bool:
+        """Whether a due evaluation runs (rank 0 only): e.g. not when the store already has it."""
+        return True
+
+    def evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Rank 0, after an evaluation on the run's evaluation split."""
+
+    def checkpoint(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Every worker, at a checkpoint iteration; ``metrics``: the evaluation of this
+        iteration on rank 0 ({} elsewhere, or when none ran)."""
 
 
 class TrainingRun:
@@ -93,6 +116,24 @@ class TrainingRun:
         evaluate = last or (train.eval_every > 0 and iteration % train.eval_every == 0)
         checkpoint = evaluate or (train.checkpoint_every > 0 and iteration % train.checkpoint_every == 0)
         return Due(evaluate, checkpoint)
+
+    def train(self, hooks: RunHooks | None = None, eval_split: str = "val") -> None:
+        """Train to :attr:`max_iters` on the schedule of :meth:`due`, calling ``hooks`` at each
+        point: the one loop every caller runs (module docstring)."""
+        hooks = hooks if hooks is not None else RunHooks()
+
+        def on_step(iteration: int, result: StepResult) -> None:
+            self.record_step(iteration)
+            hooks.step(iteration, result)
+            due = self.due(iteration)
+            metrics: dict[str, float] = {}
+            if due.evaluate and self.rank == 0 and hooks.wants_evaluation(iteration):
+                metrics = self.evaluate(eval_split)
+                hooks.evaluation(iteration, metrics)
+            if due.checkpoint:
+                hooks.checkpoint(iteration, metrics)
+
+        self.trainer.run(on_step=on_step)
 
     # ------------------------------------------------------------------ evaluation (rank 0)
     def scored_set(self, split: str) -> PointPanopticDataset:

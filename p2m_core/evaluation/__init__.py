@@ -3,6 +3,8 @@
 - :func:`pq_compute` / :class:`PQAccumulator`: COCO panoptic quality from files or arrays.
 - :class:`PanopticPredictionWriter`: predictions in the COCO panoptic format (PNG + JSON).
 - :class:`SemanticIoU`, :func:`panoptic_to_semantic`: semantic mIoU from a confusion matrix.
+- :class:`PanopticScores`, :func:`owner_prediction`: the one evaluator (reset / process /
+  evaluate / merge) of a network's predictions and of pseudo masks.
 
 Command line: ``python -m p2m_core.evaluation --gt-json J --pred-json P [--out metrics.json]``.
 """
@@ -13,6 +15,7 @@ from p2m_core.evaluation.panoptic_quality import (
     pq_compute,
     read_panoptic_png,
 )
+from p2m_core.evaluation.panoptic_scores import PanopticScores, owner_prediction
 from p2m_core.evaluation.semantic import SemanticIoU, panoptic_to_semantic
 from p2m_core.evaluation.writer import (
     PanopticPredictionWriter,
@@ -25,8 +28,10 @@ from p2m_core.evaluation.writer import (
 __all__ = [
     "PQAccumulator",
     "PanopticPredictionWriter",
+    "PanopticScores",
     "SemanticIoU",
     "format_pq_table",
+    "owner_prediction",
     "panoptic_to_semantic",
     "pq_compute",
     "read_panoptic_png",

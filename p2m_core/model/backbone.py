@@ -75,6 +75,17 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
+def group_norm(num_channels: int) -> nn.GroupNorm:
+    """A trainable GroupNorm (Wu and He, ECCV 2018) for a backbone trained from scratch:
+    ``min(32, C / 4)`` groups (32 as in mmdetection's GN ResNets once ``C >= 128``; narrower
+    layers of a tiny network keep 4 channels a group)."""
+    return nn.GroupNorm(max(1, min(32, num_channels // 4)), num_channels)
+
+
+#: ``model.backbone_norm`` -> the normalisation layer of every conv of the trunk.
+NORM_LAYERS = {"frozen_bn": FrozenBatchNorm2d, "group_norm": group_norm}
+
+
 def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
 
@@ -84,12 +95,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Module | None) -> None:
+    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Module | None, norm: Any = FrozenBatchNorm2d) -> None:
         super().__init__()
         self.conv1 = _conv(c_in, planes, 3, stride)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = _conv(planes, planes, 3)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -104,14 +115,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Module | None) -> None:
+    def __init__(self, c_in: int, planes: int, stride: int, downsample: nn.Module | None, norm: Any = FrozenBatchNorm2d) -> None:
         super().__init__()
         self.conv1 = _conv(c_in, planes, 1)
-        self.bn1 = FrozenBatchNorm2d(planes)
+        self.bn1 = norm(planes)
         self.conv2 = _conv(planes, planes, 3, stride)
-        self.bn2 = FrozenBatchNorm2d(planes)
+        self.bn2 = norm(planes)
         self.conv3 = _conv(planes, planes * 4, 1)
-        self.bn3 = FrozenBatchNorm2d(planes * 4)
+        self.bn3 = norm(planes * 4)
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,6 +146,11 @@ class ResNet(nn.Module):
     frozen_stages:
         0 trains everything; ``k`` in 1..4 freezes the stem and ``layer1``..``layerk``
         (``requires_grad`` False). The release freezes 1.
+    norm:
+        ``"frozen_bn"`` (the release: ImageNet statistics, never updated; with random weights
+        the identity) or ``"group_norm"`` (trainable, for a trunk trained from scratch, with the
+        last norm of every residual branch starting at 0, mmdetection's ``zero_init_residual``,
+        so each block starts as the identity). ImageNet weights fit ``frozen_bn`` only.
 
     Attributes
     ----------
@@ -144,8 +160,12 @@ class ResNet(nn.Module):
 
     strides: tuple[int, int, int] = (8, 16, 32)
 
-    def __init__(self, depth: int = 50, width: int = 64, frozen_stages: int = 1) -> None:
+    def __init__(self, depth: int = 50, width: int = 64, frozen_stages: int = 1, norm: str = "frozen_bn") -> None:
         super().__init__()
+        if norm not in NORM_LAYERS:
+            raise P2MInputError(f"ResNet: norm={norm!r} is not one of {sorted(NORM_LAYERS)}")
+        norm_layer = NORM_LAYERS[norm]
+        self.norm = norm
         if depth not in BLOCKS:
             raise P2MInputError(f"ResNet: depth={depth!r} is not one of {sorted(BLOCKS)}")
         if width < 1:
@@ -157,7 +177,7 @@ class ResNet(nn.Module):
         self.depth, self.width, self.frozen_stages = depth, width, frozen_stages
 
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         c_in = width
         for i, n_blocks in enumerate(counts):
             planes, stride = width * 2**i, (1 if i == 0 else 2)
@@ -166,9 +186,9 @@ class ResNet(nn.Module):
                 downsample = None
                 if j == 0 and (stride != 1 or c_in != planes * block.expansion):
                     downsample = nn.Sequential(
-                        _conv(c_in, planes * block.expansion, 1, stride), FrozenBatchNorm2d(planes * block.expansion)
+                        _conv(c_in, planes * block.expansion, 1, stride), norm_layer(planes * block.expansion)
                     )
-                blocks.append(block(c_in, planes, stride if j == 0 else 1, downsample))
+                blocks.append(block(c_in, planes, stride if j == 0 else 1, downsample, norm_layer))
                 c_in = planes * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         self.out_channels: tuple[int, int, int] = tuple(width * 2**i * block.expansion for i in (1, 2, 3))
@@ -176,6 +196,8 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(m, (BasicBlock, Bottleneck)) and isinstance(last := m.bn3 if hasattr(m, "bn3") else m.bn2, nn.GroupNorm):
+                nn.init.zeros_(last.weight)
         self._freeze()
 
     def _frozen_modules(self) -> list[nn.Module]:

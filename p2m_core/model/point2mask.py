@@ -101,7 +101,7 @@ class Point2Mask(nn.Module):
         self.cfg = cfg
         self.classes = classes
         depth = int(cfg.backbone.removeprefix("resnet"))
-        self.backbone = ResNet(depth, width=cfg.width, frozen_stages=cfg.frozen_stages)
+        self.backbone = ResNet(depth, width=cfg.width, frozen_stages=cfg.frozen_stages, norm=cfg.backbone_norm)
         if load_weights:
             init_backbone(self.backbone, cfg.pretrained, cfg.backbone)
         d = cfg.hidden_dim
