@@ -16,8 +16,8 @@ chosen on val; the numbers in docs/BENCHMARKS.md are on the held-out test split.
 Printed table (stdout; progress lines on stderr), one row per evaluation: ``iter``, ``train
 s`` (seconds of training so far, evaluations excluded), ``wall s`` (since the start of
 training, evaluations included), ``loss`` (mean total loss since the previous row), ``PQ``,
-``PQ_th``, ``PQ_st``, ``mIoU``, ``pseudo_PQ`` (the pseudo masks the network's maps give with the
-split's points, against the ground truth), ``pseudo %`` (the share of the step time spent making
+``PQ_th``, ``PQ_st``, ``mIoU``, ``pseudo_PQ`` and ``pseudo_PQ_th`` (the pseudo masks the
+network's maps give with the split's points, against the ground truth), ``pseudo %`` (the share of the step time spent making
 pseudo labels since the previous row), ``s/iter``.
 
     .venv/bin/python benchmarks/learning_curve.py experiments/train_tiny.yaml --minutes 12 \\
@@ -49,7 +49,8 @@ from p2m_core.data.synthetic import generate_synthetic  # noqa: E402
 from p2m_core.engine.run import RunHooks, TrainingRun  # noqa: E402
 from p2m_core.engine.step import StepResult  # noqa: E402
 
-COLUMNS = ("iter", "train s", "wall s", "loss", "PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo %", "s/iter")
+COLUMNS = ("iter", "train s", "wall s", "loss", "PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo_PQ_th", "pseudo %",
+           "s/iter")
 
 
 class _OutOfTime(Exception):
@@ -86,7 +87,7 @@ def ensure_data(cfg: Config, data_root: str | None) -> Config:
 
 def format_row(row: dict[str, Any]) -> list[str]:
     out = [str(row["iter"]), f"{row['train s']:.0f}", f"{row['wall s']:.0f}", f"{row['loss']:.3f}"]
-    out += [f"{row[k]:.1f}" for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo %")]
+    out += [f"{row[k]:.1f}" for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo_PQ_th", "pseudo %")]
     return out + [f"{row['s/iter']:.3f}"]
 
 
@@ -140,7 +141,7 @@ class CurveHooks(RunHooks):
         row = {
             "iter": iteration, "train s": self.train_seconds, "wall s": time.perf_counter() - self.start,
             "loss": statistics.fmean(self.window["loss"]) if self.window["loss"] else float("nan"),
-            **{k: metrics[k] for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ")},
+            **{k: metrics[k] for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo_PQ_th")},
             "pseudo %": 100.0 * sum(self.window["pseudo"]) / steps if steps else 0.0,
             "s/iter": steps / len(self.window["step"]) if self.window["step"] else 0.0,
         }
