@@ -97,11 +97,16 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     tune.report({"PQ": metrics["PQ"], "PQ_th": metrics["PQ_th"], "trial_seconds": seconds, "run_id": run.run_id})
 
 
+def threads_for(cpus: float) -> int:
+    """Torch intra-op threads for a worker holding ``cpus`` of Ray's CPUs: rounded, at least 1
+    (0.99 of a CPU runs one thread, 2 run two)."""
+    return max(1, round(cpus))
+
+
 def limit_threads() -> None:
-    """Torch intra-op threads = the CPUs Ray assigned this worker, rounded (at least 1): a worker
-    holding 0.99 of a CPU runs one thread, one holding 2 runs two. Concurrent trials then never
-    oversubscribe the cores (OpenMP threads waiting on each other made a step 50x slower), and a
-    lone trial given the machine uses all of it."""
+    """Torch intra-op threads = the CPUs Ray assigned this worker (:func:`threads_for`).
+    Concurrent trials then never oversubscribe the cores (OpenMP threads waiting on each other
+    made a step 50x slower), and a lone trial given the machine uses all of it."""
     import torch
 
     cpus = 0.0
@@ -116,7 +121,7 @@ def limit_threads() -> None:
         threads = os.environ.get("OMP_NUM_THREADS")
         cpus = float(threads) if threads and threads.isdigit() else 0.0
     if cpus > 0:
-        torch.set_num_threads(max(1, round(cpus)))
+        torch.set_num_threads(threads_for(cpus))
 
 
 def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:

@@ -199,3 +199,19 @@ def test_ray_job_refuses_the_default_store_and_relative_data(tmp_path, data_root
     assert "Ray job" in err and "MLFLOW_TRACKING_URI" in err
     assert sweep_main([str(write_spec(tmp_path)), "--set", "data.root=data/synthetic"]) == 2
     assert "relative path 'data/synthetic'" in capsys.readouterr().err
+
+
+def test_training_trials_fit_the_machine_side_by_side():
+    """A training trial's own 0.01 CPU comes out of its workers' share: with cpu 1 per worker
+    a one-worker trial holds exactly 1 CPU, so 2 run at once on 2 cores (at 1.01, one did), and
+    each worker runs as many torch threads as CPUs it holds."""
+    from ray_jobs.sweep import TRAIN_TRIAL_CPU, training_worker_resources
+    from ray_jobs.trial import threads_for
+
+    one = training_worker_resources({"CPU": 1.0}, workers=1)
+    assert one["CPU"] + TRAIN_TRIAL_CPU == pytest.approx(1.0) and int(2.0 / (one["CPU"] + TRAIN_TRIAL_CPU)) == 2
+    two = training_worker_resources({"CPU": 1.0, "GPU": 1.0}, workers=2)
+    assert 2 * two["CPU"] + TRAIN_TRIAL_CPU == pytest.approx(2.0) and two["GPU"] == 1.0
+    assert [threads_for(c) for c in (one["CPU"], 0.3, 1.99, 2.0, 4.0)] == [1, 1, 2, 2, 4]
+    with pytest.raises(P2MInputError, match="leaves nothing for a training worker"):
+        training_worker_resources({"CPU": 0.01}, workers=1)
