@@ -72,6 +72,19 @@ def test_a_restarted_writer_logs_each_step_once(tmp_path) -> None:
     assert artifacts == ["overlays/iter_000008/img.png"]
 
 
+def test_the_held_out_split_is_logged_once_at_the_last_iteration(tmp_path) -> None:
+    uri, experiment, cfg = setup(tmp_path)
+    run_id, _ = open_training_run(uri, experiment, cfg, {}, "train-a")
+    writer = TrainingLog(uri, run_id)
+    assert not writer.held_out_done("test", 40)
+    writer.held_out(40, "test", {"PQ": 30.0, "PQ_th": 10.0, "mIoU": 50.0})
+    # a launcher run again after the end: a new writer sees it and neither scores nor logs it again
+    again = TrainingLog(uri, run_id)
+    assert again.held_out_done("test", 40) and not again.held_out_done("val", 40) and not again.held_out_done("test", 41)
+    assert steps(uri, run_id, "test/PQ") == [40] and steps(uri, run_id, "test/mIoU") == [40]
+    assert "PQ" not in MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics  # the val metric is another key
+
+
 def test_the_progress_line_follows_the_run(tmp_path) -> None:
     uri, experiment, cfg = setup(tmp_path)
     run_id, _ = open_training_run(uri, experiment, cfg, {}, "train-a")
