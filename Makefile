@@ -22,7 +22,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The demo keeps everything under $(DEMO)/: data, the MLflow store and its artifacts, models, plots.
-# Its training sweep trains each setting for DEMO_TRAIN_ITERS iterations (experiments/train_tiny.yaml
+# Its training sweep trains each setting (2 seeds, two trials at a time) for DEMO_TRAIN_ITERS iterations (experiments/train_tiny.yaml
 # trains longer), so that the whole demo stays within 15 minutes on 2 cores.
 DEMO_STORE := sqlite:///$(abspath $(DEMO))/mlflow.db
 SWEEPS     := experiments/sweeps
