@@ -247,6 +247,7 @@ def test_training_sweeps_keep_names_and_check_every_trial(tmp_path):
 
     def spec(grid, fixed):
         path = tmp_path / "spec.yaml"
+        fixed = {"model.backbone_norm": "frozen_bn", **fixed}  # ImageNet weights fit the frozen batch norm only
         path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "train_tiny.yaml"), "stage": "train",
                                         "split": "val", "grid": grid, "set": fixed, "seeds": [0],
                                         "mlflow_experiment": "test"}))  # fmt: skip

@@ -71,9 +71,10 @@ def test_training_specs_answer_the_paper_tables(data_root):
 
     for name, pseudo_name in TRAIN_SPECS.items():
         spec = load_spec(REPO / "experiments" / "sweeps" / f"{name}.yaml")
-        assert (spec.stage, spec.split, spec.mlflow_experiment) == ("train", "val", "p2m-train")
+        # reported on the held-out split; two seeds, each written where it varies weights, order, augmentation, points
+        assert (spec.stage, spec.split, spec.mlflow_experiment) == ("train", "test", "p2m-train")
         assert spec.base == (REPO / "experiments" / "train_tiny.yaml").resolve()
-        assert spec.seeds == (0,) and spec.seed_keys == ("seed", "data.point_seed") and spec.resources.as_ray() == {"CPU": 1.0}
+        assert spec.seeds == (0, 1) and spec.seed_keys == ("seed", "data.point_seed") and spec.resources.as_ray() == {"CPU": 1.0}
         axis = paper.paper_table(spec.paper_table)["axis"]
         assert spec.grid_keys == [axis]
         # every paper row is a grid point, in the paper's order (its first row is the baseline)
@@ -83,9 +84,10 @@ def test_training_specs_answer_the_paper_tables(data_root):
             twin = load_spec(REPO / "experiments" / "sweeps" / f"{pseudo_name}.yaml")
             assert (twin.stage, twin.paper_table, twin.settings()) == ("pseudo", spec.paper_table, spec.settings())
         trials = expand_trials(spec, [f"data.root={data_root}"])
-        assert len({t.config_hash for t in trials}) == len(spec.settings()) == len(trials)
-        for trial, setting in zip(trials, spec.settings()):
+        assert len({t.config_hash for t in trials}) == 2 * len(spec.settings()) == len(trials)
+        for trial, setting in zip(trials, [s for s in spec.settings() for _ in spec.seeds]):
             assert trial.config_hash == stage_hash(trial.config, "train") and trial.setting == setting
+            assert trial.config.train.test_split == "test" and trial.config.seed == trial.seed == trial.config.data.point_seed
             section, _, key = axis.rpartition(".")
             assert getattr(getattr(trial.config, section), key) == setting[axis]
     t4 = load_spec(REPO / "experiments" / "sweeps" / "table4.yaml")

@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from p2m_core.config import SPLITS, coco_layout
+from p2m_core.config import coco_layout
 from p2m_core.data.panoptic_format import coco_segments_info, id2rgb
 from p2m_core.errors import P2MInputError
 from p2m_core.progress import Progress
@@ -268,10 +268,14 @@ def _sbd_source(voc_root: Path, sbd_root: Path, name: str) -> ImageSource:
     )
 
 
+#: The splits VOC 2012 publishes segmentation ground truth for (its test split has none).
+VOC_SPLITS: tuple[str, ...] = ("train", "val")
+
+
 def split_sources(voc_root: PathLike, split: str, sbd_root: PathLike | None = None) -> list[ImageSource]:
     """The images of ``split`` and where each one's annotation comes from (see module doc)."""
-    if split not in SPLITS:
-        raise P2MInputError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if split not in VOC_SPLITS:
+        raise P2MInputError(f"unknown split {split!r}; choose from {', '.join(VOC_SPLITS)}")
     voc_root = _require_dir(Path(voc_root), "VOC root")
     _require_dir(voc_root / "JPEGImages", "VOC JPEGImages")
     _require_dir(voc_root / "SegmentationClass", "VOC SegmentationClass")
@@ -397,7 +401,7 @@ def convert_split(
 def convert(
     voc_root: PathLike,
     out_dir: PathLike,
-    splits: Iterable[str] = SPLITS,
+    splits: Iterable[str] = VOC_SPLITS,
     sbd_root: PathLike | None = None,
     copy_images: bool = False,
     workers: int = 1,
@@ -414,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--voc-root", required=True, help="VOCdevkit/VOC2012")
     parser.add_argument("--sbd-root", default=None, help="SBD 'dataset' folder; makes 'train' the train_aug set")
     parser.add_argument("--out", required=True, help="output root (COCO layout)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", choices=VOC_SPLITS, default=list(VOC_SPLITS))
     parser.add_argument("--copy-images", action="store_true", help="copy JPEGs instead of symlinking them")
     parser.add_argument("--workers", type=int, default=1, help="processes converting images in parallel")
     args = parser.parse_args(argv)
