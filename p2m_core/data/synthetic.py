@@ -12,9 +12,9 @@ ends. Every image here is built for that case:
 
 Layout on disk (COCO's): ``<out>/panoptic_<split>.json``, ``<out>/panoptic_<split>/*.png``
 (segment id = R + 256 G + 256^2 B) and ``<out>/images/<split>/*.png`` (RGB, lossless), for
-``split`` in ``train``, ``val`` and ``test`` (held out: settings are chosen on val). Every listed segment is visible with at least
-:func:`min_segment_area` pixels, fully occluded instances are not listed, and every image has at
-least one stuff and one thing segment.
+``split`` in ``train``, ``val`` and, when asked for, ``test`` (held out: settings are chosen on
+val). Every listed segment is visible with at least :func:`min_segment_area` pixels, fully
+occluded instances are not listed, and every image has at least one stuff and one thing segment.
 
 Each image comes from its own ``numpy`` generator seeded by ``(seed, split, index)``, so image
 ``i`` is the same whatever the number of images generated, and the same arguments give the
