@@ -92,8 +92,10 @@ class TrainingRun:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, self.classes).to(self.device)
         self.trainer = Trainer(cfg, self.model, self.train_set, rank, world_size, self.device)
-        self.val_set = PointPanopticDataset.from_config(cfg, "val", with_gt=True) if rank == 0 else None
-        self._scored: dict[str, PointPanopticDataset] = {"val": self.val_set} if self.val_set is not None else {}
+        # rank 0 scores; its val split is opened now, so a broken one fails before training
+        self._scored: dict[str, PointPanopticDataset] = {}
+        if rank == 0:
+            self.scored_set("val")
         self._seen: list[tuple[int, list[Any]]] = []
 
     def record_step(self, iteration: int) -> None:
@@ -182,7 +184,7 @@ class TrainingRun:
                 owner = upsample_nearest(pseudo[b].cpu().numpy(), stride, h, w)
                 points = batch["points_yx"][b].cpu().numpy()
                 gt_owner = point_owner_map(batch["segment_ids"][b, :h, :w].cpu().numpy(), batch["point_segment_ids"][b].cpu().numpy())
-                image = _display_image(batch["images"][b, :, :h, :w], self.val_set.normalize)
+                image = _display_image(batch["images"][b, :, :h, :w], self.scored_set("val").normalize)
                 scale = max(1, 256 // max(h, w))
                 panel = overlay_panel(image, owner, points, batch["point_is_thing"][b].cpu().numpy(), gt_owner, scale=scale)
                 panels[f"{batch['image_ids'][b]}"] = panel
@@ -231,7 +233,7 @@ class TrainingRun:
         ``panoptic/`` PNGs, ``overlays/``), through the same code as ``p2m_core.predict``."""
         from p2m_core.predict import predict_images
 
-        paths = [record.image_path for record in self.val_set.panoptic.records]
+        paths = [record.image_path for record in self.scored_set("val").panoptic.records]
         limit = self.cfg.train.eval_images
         paths = paths[:limit] if limit > 0 else paths
         return predict_images(model_file, paths, out, device=str(self.device), batch_size=self.trainer.batch_size,
