@@ -1,5 +1,6 @@
 """Figures of the sweeps that exist: centroid iterations, Sinkhorn convergence, MC vs OT overlays,
-and the learning curves of the training sweeps.
+the learning curves of the training sweeps, and every sweep's numeric grid axes
+(:mod:`analysis.axis_plots`).
 
 ``python -m analysis.plots`` draws what it can and says what it skipped: a store that holds only
 the table7 sweep still gives its overlays. Every PNG is written atomically under ``--out`` and
@@ -10,17 +11,21 @@ numbers they were drawn from.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from analysis import paper, runs, tables, trained
+from analysis.axis_plots import plot_grid_axes
+from analysis.figures import Skip, figure_png
+from analysis.figures import finite as _finite
+from analysis.figures import log_if_wide as _log_if_wide
+from analysis.figures import pyplot as _pyplot
 from p2m_core.errors import P2MInputError
 from p2m_core.io import atomic_write_bytes
 from p2m_core.tracking import tags as T
@@ -35,39 +40,6 @@ ASSIGNMENT = "pseudo.assignment"
 LEVEL_SOLVERS = ("mc", "ot_exact")  # assignments the sinkhorn settings do not apply to
 SINKHORN_PANELS = (("PQ", "PQ (%)"), ("rel_error", "misplaced mass rel_error"), ("disagreement_pct", "OT vs MC disagreement (%)"))
 OVERLAY_ROWS = 3
-
-
-class Skip(Exception):
-    """A sweep exists but holds nothing this figure can show (the reason is printed)."""
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_png(fig: Figure) -> bytes:
-    """PNG bytes of a figure (closed afterwards, so long sessions do not pile figures up)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
-    return buffer.getvalue()
-
-
-def _finite(values: Sequence[Any]) -> np.ndarray:
-    arr = pd.to_numeric(pd.Series(list(values)), errors="coerce").to_numpy(dtype=float)
-    return arr[np.isfinite(arr)]
-
-
-def _log_if_wide(ax: Any, values: Sequence[Any], axis: str = "x", ratio: float = 10.0) -> None:
-    """Log scale when positive values span more than ``ratio`` (iterations 10..1000, epsilons)."""
-    arr = _finite(values)
-    if arr.size and arr.min() > 0 and arr.max() / arr.min() > ratio:
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +281,7 @@ PLOTS: dict[str, Callable[[MlflowClient, str | None], list[tuple[str, bytes, str
     "sinkhorn": plot_sinkhorn,
     "table7": _single(plot_table7_overlays, "table7_overlays.png"),
     "train": plot_learning_curves,  # every training sweep (table4, table*_train, ...)
+    "grid axes": plot_grid_axes,  # every sweep's numeric grid axes (analysis/axis_plots.py)
 }
 
 

@@ -130,7 +130,11 @@ def find_sweep(client: MlflowClient, table: str, experiment: str | None = None) 
         return next(iter(found.values()))
     experiments = _experiments(client, experiment, client.tracking_uri)
     names = ", ".join(repr(name) for _, name in experiments) or "none"
-    raise NoSweepError(f"tracking store {client.tracking_uri}: no sweep run of table {table!r} (tag p2m.spec) in experiments {names}")
+    known = ", ".join(sorted(latest_sweeps(client, {}, experiment))) or "none"
+    raise NoSweepError(
+        f"tracking store {client.tracking_uri}: no sweep run of spec {table!r} (tag p2m.spec) in experiments {names}; "
+        f"sweeps in the store: {known}"
+    )
 
 
 def load_sweep_trials(client: MlflowClient, sweep_run: Run) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Ablation tables from a sweep: measured mean ± std over seeds beside the paper, and paired differences.
 
-``python -m analysis.tables --table table7`` reads the latest ``table7`` sweep (docs/TRACKING.md)
-and prints one row per setting in grid order. Each measured metric is the mean ± sample std
-(ddof=1) over the seeds whose trial FINISHED, with their count; the paper's number stands beside
-it where the paper has that row. Differences are each row minus the first (baseline) row, taken
+``python -m analysis.tables --table NAME`` reads the latest sweep of any spec ``NAME`` (docs/TRACKING.md)
+and prints one row per setting in grid order, one column per metric its spec declared
+(``metrics:``; the stage's defaults otherwise, p2m_core.tracking.table_layout). Each measured
+metric is the mean ± sample std (ddof=1) over the seeds whose trial FINISHED, with their count;
+the paper's number stands beside it where the paper has that row. Differences are each row minus
+the baseline row (the spec's ``baseline:``, else the first), taken
 **per seed** and then averaged: seeds share data, points and corruption, so pairing removes their
 common effect, and a seed missing from either side is left out rather than biasing one mean.
 Each difference is printed with its t interval over the paired seeds (95 %,
@@ -32,32 +34,17 @@ import pandas as pd
 from analysis import paper, runs, stats, trained
 from p2m_core.errors import P2MInputError
 from p2m_core.io import atomic_write_text
+from p2m_core.tracking import table_layout
 from p2m_core.tracking import tags as T
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-PQ_COLUMNS = ("PQ", "PQ_th", "PQ_st")
-# Measured columns of each spec (the sweep's p2m.spec tag).
-SPEC_METRICS: dict[str, tuple[str, ...]] = {
-    "table3": PQ_COLUMNS,
-    "table5": PQ_COLUMNS,
-    "table6": PQ_COLUMNS,
-    "table7": PQ_COLUMNS,
-    "sinkhorn": ("PQ", "PQ_th", "disagreement_pct", "k_violation_pct", "col_error", "rel_error", "sinkhorn_iterations",
-                 "seconds_per_image"),
-    "beta": ("PQ", "PQ_th", "PQ_st", "mIoU"),
-    "release": ("PQ", "PQ_th", "PQ_st", "disagreement_pct", "k_violation_pct", "seconds_per_image"),
-    # Training sweeps (analysis/trained.py): the network's metrics, then its own pseudo masks'.
-    **{spec: trained.spec_metrics(spec) for spec in trained.NETWORK_METRICS},
-}
 PERCENT_METRICS = frozenset({
     "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st",
     "mIoU", "pixel_acc", "disagreement_pct", "k_violation_pct", *trained.NET_PSEUDO_METRICS,
 })
 ERROR_METRICS = frozenset({"row_error", "col_error", "max_col_error", "rel_error"})
-# The paper prints table 6 with two decimals (53.76 vs 53.80): one would hide its differences.
-SPEC_PERCENT_DECIMALS = {"table6": 2}
 PAPER_SETTING = "paper: trained Point2Mask network, ResNet-50, Pascal VOC 2012 val"
 FORMATS = ("md", "latex", "csv")
 # A Δ cell's mark (its interval excludes 0) and what a Δ over one paired seed says instead of one.
@@ -65,10 +52,13 @@ MARK = "*"
 NO_INTERVAL = "no interval"
 
 
-def decimals(spec: str, metric: str) -> int:
-    """Decimals a metric is printed with: percent 1 (table 6: 2), errors and seconds 3, counts 1."""
+def decimals(metric: str, declared: Mapping[str, int] | None = None) -> int:
+    """Decimals a metric is printed with: what its spec declared (``decimals:``), else percent 1,
+    errors and seconds 3, counts 1."""
+    if declared and metric in declared:
+        return int(declared[metric])
     if metric in PERCENT_METRICS:
-        return SPEC_PERCENT_DECIMALS.get(spec, 1)
+        return 1
     if metric in ERROR_METRICS or metric.endswith("_s") or metric.startswith("seconds"):
         return 3
     if metric == "converged_fraction":
@@ -116,7 +106,10 @@ def _delta_columns(metric: str, differences: Sequence[float], paper_delta: float
 
 
 def build_table(client: MlflowClient, table: str, experiment: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The numbers of one ablation table (one row per setting) and what they describe.
+    """The numbers of the latest sweep of spec ``table`` (one row per setting) and what they describe.
+
+    Any spec in the store renders: its columns, baseline and decimals come from the sweep's
+    ``trials.json`` (p2m_core.tracking.table_layout), the stage's defaults where it declared none.
 
     Columns: ``setting`` (label), the grid keys, ``baseline``, ``trials``, ``missing``, ``n``,
     then per metric ``<m>_mean``, ``<m>_std``, ``<m>_n``, ``<m>_paper`` and the paired
@@ -129,10 +122,8 @@ def build_table(client: MlflowClient, table: str, experiment: str | None = None)
     when the store has a pseudo-stage sweep of the same paper table, and ``meta`` says which
     columns md/latex show under which labels (:mod:`analysis.trained`).
     """
-    if table not in SPEC_METRICS:
-        raise P2MInputError(f"--table {table!r} is not a known sweep spec (known: {', '.join(SPEC_METRICS)})")
     sweep = runs.find_sweep(client, table, experiment)
-    df, meta = sweep_table(client, sweep, table, SPEC_METRICS[table])
+    df, meta = sweep_table(client, sweep, table)
     if meta["stage"] != trained.STAGE:
         return df, meta
     # A training sweep: the network's columns, and the pseudo masks of the same settings from
@@ -146,18 +137,27 @@ def build_table(client: MlflowClient, table: str, experiment: str | None = None)
     return trained.add_pseudo_stage(df, meta, stage_df, stage_meta)
 
 
-def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """:func:`build_table` of one sweep run (``table``: its spec name) and the given metrics.
+def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`build_table` of one sweep run (``table``: its spec name); ``metrics`` replaces the
+    columns its ``trials.json`` asks for.
 
     ``meta`` also holds ``settings`` (each row's setting, as in trials.json) and, for a training
     sweep, ``frame`` (the trial frame: its header reads the trials' iterations).
     """
-    metrics = tuple(metrics)
     info = runs.sweep_info(sweep)
     frame = runs.trial_frame(client, sweep)
     if info["stage"] == trained.STAGE:
         frame = trained.held_out_view(frame, info["split"])
     trials_doc = frame.attrs["trials"]
+    unlogged: list[str] = []
+    if metrics is None:
+        asked, declared = table_layout.metrics_of(trials_doc, info["stage"])
+        logged = [m for m in asked if m in frame.columns]
+        # The stage's defaults: only those the trials logged. Declared columns all stay, and a
+        # note names those no trial logged (a misspelt metric shows, not a silently narrower table).
+        metrics = tuple(asked) if declared or not logged else tuple(logged)
+        unlogged = [m for m in asked if m not in frame.columns] if declared and frame["run_id"].notna().any() else []
+    metrics = tuple(metrics)
     paper_key = info["paper_table"]
     paper_columns: list[str] = []
     if paper_key:
@@ -168,7 +168,8 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
     order: list[str] = list(dict.fromkeys(frame["_setting"]))
     by_key = {_canonical(s): s for s in settings}
     grid_keys = list(frame.attrs["grid_keys"])
-    baseline_key = order[0] if order else None
+    asked_baseline = table_layout.baseline_of(trials_doc)
+    baseline_key = _canonical(asked_baseline) if asked_baseline and _canonical(asked_baseline) in order else (order[0] if order else None)
     baseline_rows = frame[frame["_setting"] == baseline_key] if baseline_key else frame.iloc[:0]
     baseline_paper = paper.match_row(paper_key, by_key[baseline_key]) if paper_key and baseline_key else None
 
@@ -218,7 +219,7 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
         "metrics": list(metrics),
         "paper_columns": [m for m in metrics if m in paper_columns],
         "grid_keys": grid_keys,
-        "decimals": {m: decimals(table, m) for m in metrics},
+        "decimals": {m: decimals(m, table_layout.decimals_of(trials_doc)) for m in metrics},
         "seeds": seeds,
         "n_seeds": len(seeds),
         "trials_total": int(len(frame)),
@@ -228,6 +229,7 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
         "header_measured": measured,
         "header_paper": f"{PAPER_SETTING} ({paper_key})" if paper_key else "paper: no corresponding table",
         "settings": [by_key[key] for key in order],
+        "extra_notes": [f"metric {m}: no trial of this sweep logged it (its column shows -)" for m in unlogged],
     }
     if info["stage"] == trained.STAGE:
         meta["frame"] = frame
@@ -406,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m analysis.tables",
         description="Render an ablation table from the latest sweep of a spec in MLflow, beside the paper's numbers.",
     )
-    p.add_argument("--table", required=True, help=f"sweep spec name (tag p2m.spec): {', '.join(SPEC_METRICS)}")
+    p.add_argument("--table", required=True, help="the spec name of a sweep in the store (tag p2m.spec), e.g. table7")
     p.add_argument("--experiment", default=None, help="MLflow experiment to search (default: all)")
     p.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--format", default="md", help=f"output format: {', '.join(FORMATS)} (default %(default)s)")
@@ -419,8 +421,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.format not in FORMATS:
             raise P2MInputError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")
-        if args.table not in SPEC_METRICS:
-            raise P2MInputError(f"--table {args.table!r} is not a known sweep spec (known: {', '.join(SPEC_METRICS)})")
         client, _ = runs.connect(args.tracking_uri)
         df, meta = build_table(client, args.table, args.experiment)
         text = render(df, meta, args.format)

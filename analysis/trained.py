@@ -32,13 +32,6 @@ from analysis import paper
 
 STAGE = "train"
 PQ_COLUMNS = ("PQ", "PQ_th", "PQ_st")
-#: The network's metrics per training spec: the paper table's columns, in its order.
-NETWORK_METRICS: dict[str, tuple[str, ...]] = {
-    "table4": ("mIoU", "PQ", "PQ_th", "PQ_st"),
-    "table3_train": PQ_COLUMNS,
-    "table5_train": PQ_COLUMNS,
-    "table7_train": PQ_COLUMNS,
-}
 #: A training trial's PQ of the pseudo masks made from the trained network's maps.
 NET_PSEUDO_METRICS = ("pseudo_PQ", "pseudo_PQ_th", "pseudo_PQ_st")
 #: Prefix of the columns taken from the pseudo-stage sweep of the same paper table.
@@ -47,11 +40,6 @@ STAGE_PREFIX = "pseudo_stage_"
 #: beside the network's (the table is wide already: mean ± std, paper and Δ per network metric).
 STAGE_METRICS = PQ_COLUMNS
 SHOWN_PSEUDO = ("PQ",)
-
-
-def spec_metrics(spec: str) -> tuple[str, ...]:
-    """Every metric a training spec's table computes: the network's, then its pseudo masks'."""
-    return (*NETWORK_METRICS[spec], *NET_PSEUDO_METRICS)
 
 
 def label(metric: str) -> str:
@@ -104,13 +92,13 @@ def network_layout(meta: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
         f"evaluated on its {meta['split']} split, {seeds} seed{'' if seeds == 1 else 's'}"
     )
     meta["labels"] = {m: label(m) for m in metrics}
-    meta["columns"] = network + [f"pseudo_{m}" for m in SHOWN_PSEUDO if f"pseudo_{m}" in metrics]
+    meta["columns"] = metrics
     meta["delta_metrics"] = network
     legend = (
         "columns: net = the trained network's panoptic prediction (mIoU: its semantic map), its final evaluation; "
         "pseudo (trained net) = PQ of the pseudo masks made from the trained network's own maps"
     )
-    meta["extra_notes"] = [legend]
+    meta["extra_notes"] = [legend, *meta.get("extra_notes", [])]
     return meta
 
 

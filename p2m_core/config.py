@@ -537,10 +537,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise P2MInputError(f"--set {text!r}: invalid key {key!r}")
+    return key.split("."), parse_value(value_text, f"--set {text!r}")
+
+
+def parse_value(text: str, where: str) -> Any:
+    """A command-line value as YAML (``0.5``, ``mc``, ``[semantic, boundary_low]``, ``true``);
+    ``where`` names the flag in the error. The one rule for ``--set`` and ``--grid`` values."""
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError as exc:
-        raise P2MInputError(f"--set {text!r}: value {value_text!r} is not valid YAML") from exc
+        raise P2MInputError(f"{where}: value {text!r} is not valid YAML") from exc
     # YAML 1.1 reads '2e-4' as a string; accept it as the float a user means.
     if isinstance(value, str):
         try:
@@ -550,7 +556,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         else:
             if any(c in value for c in "eE.") and value.strip().lower() not in ("inf", "nan"):
                 value = as_float
-    return key.split("."), value
+    return value
 
 
 def apply_values(raw: dict, values: dict[str, Any], sources: dict[str, str] | None, source: str) -> dict:

@@ -60,7 +60,10 @@ def sweep_tags(plan: SweepPlan) -> dict[str, str]:
 
 
 def trials_record(plan: SweepPlan) -> dict[str, Any]:
+    """The sweep's ``trials.json`` (docs/TRACKING.md): its trials in grid order and what its table
+    shows (``table``: columns, baseline grid point, decimals), so the table needs only the store."""
     from p2m_core.tracking import tags as T
+    from p2m_core.tracking.table_layout import RECORD_KEY, layout_record
 
     spec = plan.spec
     return {
@@ -69,17 +72,20 @@ def trials_record(plan: SweepPlan) -> dict[str, Any]:
         "paper_table": spec.paper_table,
         "grid_keys": spec.grid_keys,
         "seed_keys": list(spec.seed_keys),
+        RECORD_KEY: layout_record(spec.metrics, spec.baseline or spec.settings()[0], spec.decimals),
         "trials": [t.record() for t in plan.trials],
     }
 
 
-def plan_sweep(spec_path: str, overrides: Sequence[str], seeds: Sequence[int] | None = None) -> SweepPlan:
-    """Load, expand and check one spec; choose its tracking store (no MLflow or Ray yet).
+def plan_sweep(spec: str | SweepSpec, overrides: Sequence[str], seeds: Sequence[int] | None = None) -> SweepPlan:
+    """Load (a path) or take (a spec built from ``--grid`` flags), expand and check one spec;
+    choose its tracking store (no MLflow or Ray yet).
 
     ``seeds`` replaces the spec's seeds (a quick look with one seed is a different sweep)."""
     from dataclasses import replace
 
-    spec = load_spec(spec_path)
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
     if seeds is not None:
         spec = replace(spec, seeds=tuple(seeds))
     trials = expand_trials(spec, overrides)
@@ -135,7 +141,7 @@ def _spec_text(plan: SweepPlan) -> str:
     resolved config is its own ``config.yaml`` artifact)."""
     import yaml
 
-    lines = [f"# sweep spec {plan.spec.path}", f"# --set overrides: {json.dumps(list(plan.overrides))}"]
+    lines = [f"# {plan.spec.where}", f"# --set overrides: {json.dumps(list(plan.overrides))}"]
     return "\n".join(lines) + "\n" + yaml.safe_dump(plan.spec.raw, sort_keys=False)
 
 

@@ -6,7 +6,7 @@ A spec is a YAML file in ``experiments/sweeps/``::
     description: minimum cost vs optimal transport
     paper_table: table7_assignment     # the paper table it answers ('' for none)
     base: ../ablation_synthetic.yaml   # base config, relative to the spec file
-    stage: pseudo                      # pseudo (train comes with training)
+    stage: pseudo                      # pseudo (the label stage) or train (a network per trial)
     split: val                         # the split the stage scores (train: val as it trains; any
                                        # other split also at the end, train.test_split)
     set: {}                            # fixed overrides of the base, dotted keys
@@ -16,11 +16,15 @@ A spec is a YAML file in ``experiments/sweeps/``::
     seed_keys: [data.point_seed, ablation.corruption.seed]   # where a seed is written (default per stage)
     resources: {cpu: 1, gpu: 0}        # per trial
     mlflow_experiment: p2m-pseudo
+    metrics: [PQ, PQ_th, PQ_st]        # the table's columns (default per stage: table_layout)
+    baseline: {pseudo.assignment: mc}  # the row differences are taken against (default: the first)
+    decimals: {PQ: 2}                  # per metric (default: 1 for percent, 3 for errors/seconds)
 
 ``grid`` may also be a list of such mappings: the sweep is then the union of their products,
 for axes that only exist together (Sinkhorn iterations matter in reference mode only).
 
-:func:`load_spec` checks the spec's own fields; :func:`expand_trials` builds every trial's
+:func:`load_spec` checks the spec's own fields (:func:`spec_from_mapping` does the same for
+a spec built from ``python -m ray_jobs.sweep --grid`` flags); :func:`expand_trials` builds every trial's
 :class:`~p2m_core.config.Config` (base, ``set``, command-line ``--set``, grid values, seed),
 so an unknown key, a wrong type, an empty grid, an unknown stage or a missing dataset is an
 error naming the spec file, the key and the value, before any worker exists.
@@ -51,6 +55,7 @@ from p2m_core.config import (
 )
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_yaml
+from p2m_core.tracking.table_layout import MAX_DECIMALS
 
 #: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``: what a
 #: seed varies. pseudo: the sampled points and the corruption of the maps. train: the points
@@ -66,7 +71,7 @@ DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
 PATH_KEYS = ("data.root", "data.edge_model", "ablation.checkpoint", "model.pretrained")
 SPEC_FIELDS = (
     "name", "description", "paper_table", "base", "stage", "split", "set", "grid", "seeds", "seed_keys",
-    "resources", "mlflow_experiment",
+    "resources", "mlflow_experiment", "metrics", "baseline", "decimals",
 )  # fmt: skip
 
 
@@ -85,7 +90,7 @@ class Resources:
 class SweepSpec:
     """A loaded, checked spec (module doc); ``raw`` is the file's mapping, for the record."""
 
-    path: Path
+    path: Path | None  # None: built from the command line's --grid flags
     name: str
     description: str
     paper_table: str
@@ -99,6 +104,17 @@ class SweepSpec:
     resources: Resources
     mlflow_experiment: str
     raw: dict = field(default_factory=dict)
+    #: The table's columns (empty: the stage's defaults, p2m_core.tracking.table_layout).
+    metrics: tuple[str, ...] = ()
+    #: The grid point the table's differences are taken against (empty: the first).
+    baseline: dict[str, Any] = field(default_factory=dict)
+    #: Decimals per metric the table prints (the rest follow the metric's kind).
+    decimals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        """How error messages name the spec: its file, or the command line it came from."""
+        return f"sweep spec {self.path}" if self.path is not None else f"sweep {self.name!r} from the command line"
 
     def settings(self) -> list[dict[str, Any]]:
         """The grid points in order: each block's product, blocks one after another, no repeats."""
@@ -140,8 +156,8 @@ class Trial:
 
 
 # --------------------------------------------------------------------------- loading
-def _fail(path: Path, key: str, expected: str, value: Any) -> P2MInputError:
-    return P2MInputError(f"sweep spec {path}: key '{key}' expects {expected}, got {value!r}")
+def _fail(where: str, key: str, expected: str, value: Any) -> P2MInputError:
+    return P2MInputError(f"{where}: key '{key}' expects {expected}, got {value!r}")
 
 
 def _is_int(value: Any) -> bool:
@@ -152,20 +168,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _grid_blocks(path: Path, raw: Any) -> tuple[dict[str, list], ...]:
+def _grid_blocks(where: str, raw: Any) -> tuple[dict[str, list], ...]:
     blocks = raw if isinstance(raw, list) else [raw]
     if not blocks or raw is None:
-        raise _fail(path, "grid", "a non-empty mapping of dotted config keys to lists of values", raw)
+        raise _fail(where, "grid", "a non-empty mapping of dotted config keys to lists of values", raw)
     checked = []
     for i, block in enumerate(blocks):
-        where = "grid" if not isinstance(raw, list) else f"grid[{i}]"
+        key_where = "grid" if not isinstance(raw, list) else f"grid[{i}]"
         if not isinstance(block, dict) or not block:
-            raise _fail(path, where, "a non-empty mapping of dotted config keys to lists of values", block)
+            raise _fail(where, key_where, "a non-empty mapping of dotted config keys to lists of values", block)
         for key, values in block.items():
             if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-                raise _fail(path, where, "dotted config keys such as pseudo.k_scheme", key)
+                raise _fail(where, key_where, "dotted config keys such as pseudo.k_scheme", key)
             if not isinstance(values, list) or not values:
-                raise _fail(path, f"{where}.{key}", "a non-empty list of values", values)
+                raise _fail(where, f"{key_where}.{key}", "a non-empty list of values", values)
         checked.append(dict(block))
     return tuple(checked)
 
@@ -176,64 +192,112 @@ def load_spec(path: PathLike) -> SweepSpec:
     raw = load_yaml(path, what="sweep spec")
     if not isinstance(raw, dict):
         raise P2MInputError(f"sweep spec {path}: top level must be a mapping, got {type(raw).__name__}")
+    return spec_from_mapping(raw, f"sweep spec {path}", path.parent, path)
+
+
+def spec_from_mapping(raw: dict[str, Any], where: str, base_dir: Path, path: Path | None = None) -> SweepSpec:
+    """Check a spec's fields, given as a mapping (a file's, or the command line's ``--grid`` flags).
+
+    ``where`` names the spec in every error; ``base`` is resolved against ``base_dir``; ``path``
+    is the file it came from (``None`` for the command line), whose stem is the default name.
+    """
     for key in raw:
         if key not in SPEC_FIELDS:
-            raise P2MInputError(
-                f"sweep spec {path}: unknown key '{key}' (value {raw[key]!r}); a spec accepts: {', '.join(SPEC_FIELDS)}"
-            )
+            raise P2MInputError(f"{where}: unknown key '{key}' (value {raw[key]!r}); a spec accepts: {', '.join(SPEC_FIELDS)}")
     for key in ("base", "grid"):
         if key not in raw:
-            raise P2MInputError(f"sweep spec {path}: missing key '{key}'")
+            raise P2MInputError(f"{where}: missing key '{key}'")
     for key in ("name", "description", "paper_table", "base", "stage", "split", "mlflow_experiment"):
         if key in raw and not isinstance(raw[key], str):
-            raise _fail(path, key, "a string", raw[key])
-    name = raw.get("name", path.stem)
+            raise _fail(where, key, "a string", raw[key])
+    name = raw.get("name", path.stem if path is not None else "")
     if not name:
-        raise _fail(path, "name", "a non-empty string", name)
+        raise _fail(where, "name", "a non-empty string", name)
 
     stage = raw.get("stage", "pseudo")
     if stage not in STAGES:
-        raise _fail(path, "stage", f"one of {', '.join(STAGES)}", stage)
+        raise _fail(where, "stage", f"one of {', '.join(STAGES)}", stage)
     split = raw.get("split", "val")
     if split not in SPLITS:
-        raise _fail(path, "split", " or ".join(repr(s) for s in SPLITS), split)
+        raise _fail(where, "split", " or ".join(repr(s) for s in SPLITS), split)
 
-    base = path.parent / raw["base"]
+    base = base_dir / raw["base"]
     if not base.is_file():
-        raise _fail(path, "base", f"an existing config file (relative to {path.parent})", raw["base"])
+        raise _fail(where, "base", f"an existing config file (relative to {base_dir})", raw["base"])
     fixed = raw.get("set", {}) or {}
     if not isinstance(fixed, dict) or not all(isinstance(k, str) and k for k in fixed):
-        raise _fail(path, "set", "a mapping of dotted config keys to values", fixed)
+        raise _fail(where, "set", "a mapping of dotted config keys to values", fixed)
 
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise _fail(path, "seeds", "a non-empty list of distinct non-negative integers", seeds)
+        raise _fail(where, "seeds", "a non-empty list of distinct non-negative integers", seeds)
     seed_keys = raw.get("seed_keys", list(DEFAULT_SEED_KEYS[stage]))
     if not isinstance(seed_keys, list) or not all(isinstance(k, str) and k for k in seed_keys):
-        raise _fail(path, "seed_keys", "a list of dotted config keys", seed_keys)
+        raise _fail(where, "seed_keys", "a list of dotted config keys", seed_keys)
 
     res = raw.get("resources", {}) or {}
     if not isinstance(res, dict) or set(res) - {"cpu", "gpu"}:
-        raise _fail(path, "resources", "a mapping with cpu and/or gpu", res)
+        raise _fail(where, "resources", "a mapping with cpu and/or gpu", res)
     cpu, gpu = res.get("cpu", 1), res.get("gpu", 0)
     if not _is_number(cpu) or cpu <= 0:
-        raise _fail(path, "resources.cpu", "a number > 0 (use 0.01 for a trial that barely computes)", cpu)
+        raise _fail(where, "resources.cpu", "a number > 0 (use 0.01 for a trial that barely computes)", cpu)
     if not _is_number(gpu) or gpu < 0:
-        raise _fail(path, "resources.gpu", "a number >= 0", gpu)
+        raise _fail(where, "resources.gpu", "a number >= 0", gpu)
 
     experiment = raw.get("mlflow_experiment", "p2m-" + stage)
     if not experiment:
-        raise _fail(path, "mlflow_experiment", "a non-empty string", experiment)
-    grid = _grid_blocks(path, raw["grid"])
+        raise _fail(where, "mlflow_experiment", "a non-empty string", experiment)
+    grid = _grid_blocks(where, raw["grid"])
     for key in itertools.chain(*grid):
         if key in seed_keys:
-            raise _fail(path, f"grid.{key}", "a key that is not also a seed key (seeds are written there)", key)
-    return SweepSpec(
+            raise _fail(where, f"grid.{key}", "a key that is not also a seed key (seeds are written there)", key)
+    spec = SweepSpec(
         path=path, name=name, description=raw.get("description", ""), paper_table=raw.get("paper_table", ""),
         base=base.resolve(), stage=stage, split=split, fixed=dict(fixed), grid=grid, seeds=tuple(seeds),
         seed_keys=tuple(seed_keys), resources=Resources(float(cpu), float(gpu)), mlflow_experiment=experiment,
-        raw=raw,
+        raw=raw, metrics=_metrics(where, raw.get("metrics")), decimals=_decimals(where, raw.get("decimals")),
     )
+    return replace(spec, baseline=_baseline(where, raw.get("baseline"), spec))
+
+
+def _metrics(where: str, raw: Any) -> tuple[str, ...]:
+    """``metrics:``: the table's columns, metric names as the trial runs log them."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, str) and m for m in raw) or len(set(raw)) != len(raw):
+        raise _fail(where, "metrics", "a non-empty list of distinct metric names (e.g. [PQ, PQ_th, mIoU])", raw)
+    return tuple(raw)
+
+
+def _decimals(where: str, raw: Any) -> dict[str, int]:
+    """``decimals:``: per metric, how many decimals the table prints."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and k for k in raw):
+        raise _fail(where, "decimals", "a mapping of metric names to decimals (e.g. {PQ: 2})", raw)
+    for metric, places in raw.items():
+        if not _is_int(places) or not 0 <= places <= MAX_DECIMALS:
+            raise _fail(where, f"decimals.{metric}", f"an integer from 0 to {MAX_DECIMALS}", places)
+    return dict(raw)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Grid values compared as YAML gives them: ``1`` is ``1.0``, lists element-wise."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) or (_is_number(a) and _is_number(b) and a == b)
+
+
+def _baseline(where: str, raw: Any, spec: SweepSpec) -> dict[str, Any]:
+    """``baseline:``: grid keys and values naming exactly one grid point (empty: the first)."""
+    if raw is None:
+        return {}
+    keys = spec.grid_keys
+    if not isinstance(raw, dict) or not raw or set(raw) - set(keys):
+        raise _fail(where, "baseline", f"a mapping of grid keys ({', '.join(keys)}) to one of their values", raw)
+    matches = [p for p in spec.settings() if all(k in p and _same_value(p[k], v) for k, v in raw.items())]
+    if len(matches) != 1:
+        found = "no grid point" if not matches else f"{len(matches)} grid points ({'; '.join(map(json.dumps, matches[:4]))})"
+        raise _fail(where, "baseline", f"grid values naming exactly one grid point, but it names {found}", raw)
+    return matches[0]
 
 
 # --------------------------------------------------------------------------- trials
@@ -287,7 +351,7 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
     from p2m_core.model.pretrained import check_pretrained
 
     launch = Path(launch_dir if launch_dir is not None else os.getcwd()).resolve()
-    where = f"sweep spec {spec.path}"
+    where = spec.where
     protected = set(spec.grid_keys) | set(spec.seed_keys)
     for text in overrides:
         key = ".".join(parse_override(text)[0])

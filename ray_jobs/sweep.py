@@ -2,6 +2,11 @@
 
     python -m ray_jobs.sweep SPEC [SPEC ...] [--set KEY=VALUE ...] [--seeds S,S] [--resume]
                              [--max-concurrent N] [--storage-path DIR] [--dry-run] [--quiet]
+    python -m ray_jobs.sweep --base CONFIG --grid KEY=V1,V2 [--grid ...] --name NAME
+                             [--stage pseudo|train] [--seeds S,S] [--save-spec FILE] [...]
+
+The second form describes one sweep with flags instead of a file (:mod:`ray_jobs.grid_flags`):
+the same trials, hashes and table as the file ``--save-spec`` writes.
 
 For each spec (:mod:`ray_jobs.spec`) the driver, before Ray starts: builds and checks every
 trial's config; chooses the tracking store (docs/TRACKING.md) and fails if it does not answer;
@@ -26,7 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from p2m_core.config import add_config_arguments
+from p2m_core.config import SPLITS, STAGES, add_config_arguments
 from p2m_core.errors import P2MInputError
 from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep, sweep_tags
 
@@ -76,7 +81,7 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
     resources = plan.spec.resources.as_ray()
     workers = max(t.config.train.workers for t in todo) if training else 1
     need = {k: v * workers for k, v in resources.items()}
-    check_fits(need, attached, f"sweep spec {plan.spec.path}")
+    check_fits(need, attached, plan.spec.where)
     context = SweepContext(
         plan.tracking_uri, plan.experiment_id, plan.parent_run_id,
         {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash}, tuple(plan.trials),
@@ -127,8 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ray_jobs.sweep",
         description="Run sweep specs (experiments/sweeps/*.yaml) as Ray Tune grids logged to MLflow.",
     )
-    parser.add_argument("specs", nargs="+", metavar="SPEC", help="sweep spec YAML file(s)")
+    parser.add_argument("specs", nargs="*", metavar="SPEC", help="sweep spec YAML file(s); or describe one sweep with --grid")
     add_config_arguments(parser)
+    flags = parser.add_argument_group("a sweep from flags (instead of SPEC files; ray_jobs/grid_flags.py)")
+    flags.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a grid axis (repeatable): the product of all axes runs")
+    flags.add_argument("--base", default=None, metavar="CONFIG", help="the base config of every trial (with --grid)")
+    flags.add_argument("--name", default="", help="the sweep's name: analysis.tables --table NAME renders it")
+    flags.add_argument("--stage", default=None, choices=STAGES, help="pseudo (the label stage, default) or train (a network per trial)")
+    flags.add_argument("--split", default=None, choices=SPLITS, help="the split the table reports (default val)")
+    flags.add_argument("--description", default="", help="what the sweep asks, shown in MLflow")
+    flags.add_argument("--metrics", default="", metavar="M,M", help="the table's columns (default: the stage's)")
+    flags.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE", help="the grid point differences are taken against (default: the first)")
+    flags.add_argument("--experiment", default="", help="MLflow experiment (default p2m-<stage>)")
+    flags.add_argument("--save-spec", default=None, metavar="FILE", help="also write the flags' spec to FILE (a spec file that runs the same sweep)")
     parser.add_argument("--seeds", default=None, metavar="S,S,...", help="replace the specs' seeds, e.g. --seeds 0 for a quick look")
     parser.add_argument("--resume", action="store_true", help="complete an interrupted sweep (re-running does the same: finished trials are never re-run)")
     parser.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once (default: as many as the resources allow)")
@@ -154,7 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise P2MInputError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-        plans = [plan_sweep(path, args.overrides, seeds) for path in args.specs]
+        if args.grid:
+            plans = [plan_sweep(_flag_spec(args, seeds), ())]
+        elif args.specs:
+            plans = [plan_sweep(path, args.overrides, seeds) for path in args.specs]
+        else:
+            raise P2MInputError("nothing to run: give sweep spec files, or --base CONFIG --grid KEY=V1,V2 ... --name NAME")
         from p2m_core.tracking import store
 
         for uri in dict.fromkeys(p.tracking_uri for p in plans):
@@ -192,6 +213,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{plan.spec.name}\t{t.config_hash}\t{t.run_name}")
         return 0
     return _run(plans, args, quiet, ray_started)
+
+
+def _flag_spec(args: argparse.Namespace, seeds: tuple[int, ...] | None):
+    """The spec the ``--grid`` flags describe (checked like a file; saved when asked)."""
+    from ray_jobs.grid_flags import save_spec, spec_from_flags, spec_mapping
+
+    if args.specs:
+        raise P2MInputError(f"give either spec files ({' '.join(args.specs)}) or --grid flags, not both")
+    if not args.base:
+        raise P2MInputError("--grid needs --base CONFIG: the config every trial starts from")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    raw = spec_mapping(args.base, args.grid, args.name, stage=args.stage, split=args.split, seeds=seeds,
+                       overrides=args.overrides, description=args.description, metrics=metrics,
+                       baseline=args.baseline, experiment=args.experiment)
+    spec = spec_from_flags(raw)
+    if args.save_spec:
+        say(f"wrote {save_spec(raw, args.save_spec)}", args.quiet)
+    return spec
 
 
 def prepare_tracking(plans: list[SweepPlan], quiet: bool, resume: bool = False) -> None:

@@ -25,6 +25,7 @@ from scipy import stats as scipy_stats
 
 from analysis import paper, plots, runs, tables
 from p2m_core.errors import P2MInputError
+from tests.spec_layouts import declared_layout
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = Path(
@@ -78,6 +79,8 @@ class Writer:
         run_id = run.info.run_id
         doc = {"format": "p2m-sweep-trials/1", "spec": spec, "paper_table": paper_table,
                "grid_keys": grid_keys, "seed_keys": SEED_KEYS, "trials": trials}
+        if declared_layout(spec) is not None:  # as the sweep driver records a shipped spec's table
+            doc["table"] = declared_layout(spec)
         self.client.log_text(run_id, json.dumps(doc), "trials.json")
         self.client.log_text(run_id, yaml.safe_dump({"name": spec, "grid": grid_keys}), "spec.yaml")
         counts = {"trials_total": len(trials), "trials_skipped": 0, "trials_finished": len(trials), "trials_failed": 0}
@@ -496,7 +499,8 @@ def test_cli_default_uri_is_cwd(tmp_path, monkeypatch, capsys):
 def test_cli_unknown_table(store, capsys):
     assert tables.main(["--table", "table9", "--tracking-uri", store["uri"]]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --table 'table9'") and "table7" in err
+    # any spec renders, so the error is about the store: it names the sweeps it holds
+    assert "no sweep run of spec 'table9'" in err and "sweeps in the store: sinkhorn, table3" in err
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -508,13 +512,18 @@ def test_plots_written_and_logged(store, tmp_path):
     client = store["client"]
     written = plots.make_plots(client, tmp_path / "plots")
     names = sorted(p.name for p in written)
-    assert names == ["sinkhorn.png", "sinkhorn_epsilon.png", "table6_centroid_iters.png", "table7_overlays.png"]
+    # the figures made for the paper's sweeps, then every numeric grid axis of any sweep
+    assert names == ["sinkhorn.png", "sinkhorn_by_sinkhorn_epsilon.png", "sinkhorn_by_sinkhorn_iters.png",
+                     "sinkhorn_epsilon.png", "table6_by_centroid_iters.png", "table6_centroid_iters.png",
+                     "table7_overlays.png"]
     for path in written:
         with Image.open(path) as image:
             image.verify()
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] >= 300 and image.size[1] >= 200
-    for sweep, expected in (("table6", {"plots/table6_centroid_iters.png"}), ("sinkhorn", {"plots/sinkhorn.png", "plots/sinkhorn_epsilon.png"}),
+    for sweep, expected in (("table6", {"plots/table6_centroid_iters.png", "plots/table6_by_centroid_iters.png"}),
+                            ("sinkhorn", {"plots/sinkhorn.png", "plots/sinkhorn_epsilon.png", "plots/sinkhorn_by_sinkhorn_epsilon.png",
+                                          "plots/sinkhorn_by_sinkhorn_iters.png"}),
                             ("table7", {"plots/table7_overlays.png"})):
         assert {f.path for f in client.list_artifacts(store[sweep], "plots")} == expected
 

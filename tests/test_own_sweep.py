@@ -1,0 +1,157 @@
+"""A researcher's own sweep, end to end: a spec written here (not one of experiments/sweeps/),
+run by ``python -m ray_jobs.sweep`` (Ray in-process, a sqlite store), rendered by
+``analysis.tables`` in every format and plotted by ``analysis.plots``, without a Python edit;
+then the same sweep described with ``--grid`` flags.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from analysis import plots, tables
+from p2m_core.data.synthetic import generate_synthetic
+from ray_jobs.spec import expand_trials, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "experiments" / "ablation_synthetic.yaml"
+NAME, EXPERIMENT = "my_axis", "my-experiment"
+K, BETA = "pseudo.k_scheme", "pseudo.beta"
+METRICS = ["PQ", "PQ_th", "disagreement_pct"]
+BASELINE = {K: "nearest_point", BETA: 0.5}
+
+
+def sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return subprocess.run([sys.executable, "-m", "ray_jobs.sweep", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> dict:
+    """The spec file's sweep, run once: 2 k schemes x 2 betas x 2 seeds on 3 images."""
+    root = tmp_path_factory.mktemp("own")
+    data = root / "data"
+    generate_synthetic(data, num_train=0, num_val=3, size=64, seed=5, progress=False)
+    spec = {"name": NAME, "description": "does beta matter per k scheme?", "base": str(BASE), "stage": "pseudo",
+            "grid": {K: ["equal_division", "nearest_point"], BETA: [0.5, 2.0]}, "seeds": [0, 1],
+            "set": {"data.root": str(data)}, "resources": {"cpu": 1}, "mlflow_experiment": EXPERIMENT,
+            "metrics": METRICS, "baseline": BASELINE}  # fmt: skip
+    path = root / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    proc = sweep(str(path), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return {"root": root, "data": data, "spec": path, "uri": uri, "client": MlflowClient(tracking_uri=uri)}
+
+
+def trial_metrics(ran: dict) -> pd.DataFrame:
+    """Each FINISHED trial run's setting, seed and metrics, read straight from MLflow."""
+    client = ran["client"]
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    rows = []
+    for r in client.search_runs([experiment.experiment_id], "tags.`p2m.kind` = 'trial' and attributes.status = 'FINISHED'"):
+        setting = json.loads(r.data.tags["p2m.setting"])
+        rows.append({"k": setting[K], "beta": float(setting[BETA]), "seed": int(r.data.tags["p2m.seed"]), **r.data.metrics})
+    return pd.DataFrame(rows)
+
+
+def test_any_spec_renders_its_declared_table_with_the_runs_numbers(ran):
+    measured = trial_metrics(ran)
+    assert len(measured) == 8
+    df, meta = tables.build_table(ran["client"], NAME)
+    assert meta["metrics"] == METRICS and meta["baseline"] == "k_scheme=nearest_point, beta=0.5"
+    assert list(df["baseline"]) == [False, False, True, False]
+    base = measured[(measured["k"] == "nearest_point") & (measured["beta"] == 0.5)].set_index("seed")
+    for _, row in df.iterrows():
+        mine = measured[(measured["k"] == row[K]) & (measured["beta"] == float(row[BETA]))].set_index("seed")
+        for m in METRICS:
+            assert row[f"{m}_mean"] == pytest.approx(mine[m].mean()) and row[f"{m}_n"] == 2
+            assert row[f"{m}_std"] == pytest.approx(mine[m].std(ddof=1))
+            if not row["baseline"]:
+                diff = (mine[m] - base[m]).to_numpy()
+                assert row[f"delta_{m}_mean"] == pytest.approx(diff.mean()) and row[f"delta_{m}_n"] == 2
+                half = row[f"delta_{m}_ci_high"] - row[f"delta_{m}_mean"]
+                assert half == pytest.approx(12.706 * diff.std(ddof=1) / np.sqrt(2), rel=1e-3, abs=1e-9)
+
+
+def test_every_format_from_the_command_line(ran, capsys):
+    outputs = {}
+    for fmt in ("md", "latex", "csv"):
+        assert tables.main(["--table", NAME, "--tracking-uri", ran["uri"], "--format", fmt]) == 0
+        outputs[fmt] = capsys.readouterr().out
+    lines = outputs["md"].splitlines()
+    header = [cell.strip() for cell in lines[lines.index("") + 1].strip("|").split("|")]
+    # only the declared columns, each with its difference to the declared baseline
+    assert header == ["setting", "n", *METRICS, *(f"Δ{m}" for m in METRICS)]
+    assert "baseline (k_scheme=nearest_point, beta=0.5)" in outputs["md"] and "(baseline)" in outputs["md"]
+    assert r"\begin{tabular}" in outputs["latex"] and "disagreement\\_pct" in outputs["latex"]
+    csv = pd.read_csv(io.StringIO(outputs["csv"]))
+    assert {"PQ_mean", "delta_PQ_ci_low", "delta_disagreement_pct_significant"} <= set(csv.columns)
+    assert "PQ_st_mean" not in csv.columns and set(csv["spec"]) == {NAME}
+
+
+def test_the_table_needs_only_the_store(ran):
+    """The spec file gone, the table is the same: its layout lives in the sweep run."""
+    before, _ = tables.build_table(ran["client"], NAME)
+    moved = ran["spec"].with_suffix(".gone")
+    ran["spec"].rename(moved)
+    try:
+        after, meta = tables.build_table(ran["client"], NAME)
+    finally:
+        moved.rename(ran["spec"])
+    pd.testing.assert_frame_equal(before, after)
+    sweep_run = ran["client"].search_runs(
+        [ran["client"].get_experiment_by_name(EXPERIMENT).experiment_id], "tags.`p2m.kind` = 'sweep'")[0]
+    logged = yaml.safe_load(Path(ran["client"].download_artifacts(sweep_run.info.run_id, "spec.yaml", str(ran["root"]))).read_text())
+    assert logged["metrics"] == METRICS and logged["baseline"] == BASELINE
+
+
+def test_plots_draw_the_numeric_axis(ran, tmp_path):
+    from PIL import Image
+
+    written = plots.make_plots(ran["client"], tmp_path, EXPERIMENT)
+    assert [p.name for p in written] == [f"{NAME}_by_beta.png"]  # k_scheme is no number: no axis
+    with Image.open(written[0]) as image:
+        assert image.format == "PNG" and image.size[0] > 3 * image.size[1] / 2  # three panels side by side
+    sweep_id = tables.build_table(ran["client"], NAME)[1]["sweep_run_id"]
+    assert [f.path for f in ran["client"].list_artifacts(sweep_id, "plots")] == [f"plots/{NAME}_by_beta.png"]
+
+
+def test_the_same_sweep_from_grid_flags(ran):
+    """--grid flags describe the same trials: nothing is recomputed, the table is the same, and
+    --save-spec writes a file that expands into the same trials."""
+    saved = ran["root"] / "saved" / "flags.yaml"
+    saved.parent.mkdir()
+    proc = sweep("--base", str(BASE), "--grid", f"{K}=equal_division,nearest_point", "--grid", f"{BETA}=0.5,2.0",
+                 "--seeds", "0,1", "--name", NAME, "--experiment", EXPERIMENT, "--metrics", ",".join(METRICS),
+                 "--baseline", f"{K}=nearest_point", "--baseline", f"{BETA}=0.5", "--set", f"data.root={ran['data']}",
+                 "--save-spec", str(saved), cwd=ran["root"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"[{NAME}] 8 trials (4 settings x 2 seeds): 8 already finished, 0 to run" in proc.stderr
+    file_trials = expand_trials(load_spec(ran["spec"]), (), ran["root"])
+    saved_trials = expand_trials(load_spec(saved), (), ran["root"])
+    assert [t.config_hash for t in saved_trials] == [t.config_hash for t in file_trials]
+    assert load_spec(saved).metrics == tuple(METRICS) and load_spec(saved).baseline == BASELINE
+    df, meta = tables.build_table(ran["client"], NAME)
+    assert meta["metrics"] == METRICS and list(df["n"]) == [2, 2, 2, 2]
+
+
+def test_bad_flags_are_refused_before_ray(tmp_path):
+    proc = sweep("--base", str(BASE), "--grid", "pseudo.maps=[semantic", "--name", "x", cwd=tmp_path)
+    assert proc.returncode == 2 and "unbalanced brackets" in proc.stderr
+    proc = sweep("--base", str(BASE), "--grid", "pseudo.beta=1,2", cwd=tmp_path)
+    assert proc.returncode == 2 and "--grid needs --name NAME" in proc.stderr
+    proc = sweep("--base", str(BASE), "--grid", "pseudo.beta=1,2", "--name", "x", "--baseline", "pseudo.beta=3", cwd=tmp_path)
+    assert proc.returncode == 2 and "key 'baseline'" in proc.stderr and "no grid point" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
