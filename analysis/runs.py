@@ -123,6 +123,15 @@ def latest_sweeps(client: MlflowClient, tags: Mapping[str, str], experiment: str
     return latest
 
 
+def sweeps_of(client: MlflowClient, spec: str, experiment: str | None = None) -> list[Run]:
+    """Every sweep run of spec ``spec``, newest first (by start time), in ``experiment`` or in all."""
+    experiments = _experiments(client, experiment, client.tracking_uri)
+    if not experiments:
+        return []
+    where = f"tags.`{T.KIND}` = '{T.KIND_SWEEP}' and tags.`{T.SPEC}` = {_quote(spec, 'spec')}"
+    return search_all_runs(client, [eid for eid, _ in experiments], where, ["attributes.start_time DESC"])
+
+
 def find_sweep(client: MlflowClient, table: str, experiment: str | None = None) -> Run:
     """The latest sweep run (by start time) of spec ``table``, in ``experiment`` or in all experiments."""
     found = latest_sweeps(client, {T.SPEC: table}, experiment, one=True)

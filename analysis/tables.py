@@ -80,11 +80,12 @@ def setting_label(setting: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _canonical(setting: Mapping[str, Any]) -> str:
+def canonical(setting: Mapping[str, Any]) -> str:
+    """A setting as a key: JSON with sorted keys (the same setting gives the same text)."""
     return json.dumps(setting, sort_keys=True)
 
 
-def _per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
+def per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
     """Metric value of each seed of one setting (finished trials only; duplicates averaged)."""
     if metric not in rows.columns:
         return {}
@@ -164,12 +165,12 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
         paper_columns = [str(c) for c in paper.paper_table(paper_key).get("columns", [])]
 
     settings = [t["setting"] for t in trials_doc["trials"]]
-    frame = frame.assign(_setting=[_canonical(s) for s in settings])
+    frame = frame.assign(_setting=[canonical(s) for s in settings])
     order: list[str] = list(dict.fromkeys(frame["_setting"]))
-    by_key = {_canonical(s): s for s in settings}
+    by_key = {canonical(s): s for s in settings}
     grid_keys = list(frame.attrs["grid_keys"])
     asked_baseline = table_layout.baseline_of(trials_doc)
-    baseline_key = _canonical(asked_baseline) if asked_baseline and _canonical(asked_baseline) in order else (order[0] if order else None)
+    baseline_key = canonical(asked_baseline) if asked_baseline and canonical(asked_baseline) in order else (order[0] if order else None)
     baseline_rows = frame[frame["_setting"] == baseline_key] if baseline_key else frame.iloc[:0]
     baseline_paper = paper.match_row(paper_key, by_key[baseline_key]) if paper_key and baseline_key else None
 
@@ -190,14 +191,14 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
         record["missing"] = int(rows["missing"].sum())
         record["n"] = int(rows.loc[~rows["missing"], "seed"].nunique())
         for m in metrics:
-            mean, std, n = stats.mean_std_n(_per_seed(rows, m).values())
+            mean, std, n = stats.mean_std_n(per_seed(rows, m).values())
             record.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": n})
             record[f"{m}_paper"] = row_paper.get(m, math.nan) if row_paper else math.nan
         for m in metrics:
             if key == baseline_key:
                 record.update(_delta_columns(m, [], math.nan))
             else:
-                mine, base = _per_seed(rows, m), _per_seed(baseline_rows, m)
+                mine, base = per_seed(rows, m), per_seed(baseline_rows, m)
                 has_paper = row_paper and baseline_paper and m in row_paper and m in baseline_paper
                 d_paper = round(row_paper[m] - baseline_paper[m], 6) if has_paper else math.nan
                 record.update(_delta_columns(m, [mine[s] - base[s] for s in mine if s in base], d_paper))
@@ -261,7 +262,7 @@ def _signed(value: float, places: int) -> str:
     return text if text == "-" or text.startswith("-") else f"+{text}"
 
 
-def _delta_cell(row: pd.Series, metric: str, places: int) -> str:
+def delta_cell(row: pd.Series, metric: str, places: int) -> str:
     """``+2.1 [+0.3, +3.9] (n=3) *``: the paired mean, its interval, the pairs, the mark.
 
     One pair: ``+2.1 (n=1, no interval)``; none: ``-``.
@@ -296,7 +297,7 @@ def _display(df: pd.DataFrame, meta: Mapping[str, Any], pm: str, delta: str) -> 
             if m in with_paper:
                 cells.append(_num(r[f"{m}_paper"], places[m]))
         for m in deltas:
-            cells.append("(baseline)" if r["baseline"] else _delta_cell(r, m, places[m]))
+            cells.append("(baseline)" if r["baseline"] else delta_cell(r, m, places[m]))
             if m in with_paper:
                 cells.append("-" if r["baseline"] else _signed(r[f"delta_{m}_paper"], places[m]))
         body.append(cells)

@@ -77,17 +77,22 @@ def trials_record(plan: SweepPlan) -> dict[str, Any]:
     }
 
 
-def plan_sweep(spec: str | SweepSpec, overrides: Sequence[str], seeds: Sequence[int] | None = None) -> SweepPlan:
+def plan_sweep(spec: str | SweepSpec, overrides: Sequence[str], seeds: Sequence[int] | None = None,
+               experiment: str = "") -> SweepPlan:
     """Load (a path) or take (a spec built from ``--grid`` flags), expand and check one spec;
     choose its tracking store (no MLflow or Ray yet).
 
-    ``seeds`` replaces the spec's seeds (a quick look with one seed is a different sweep)."""
+    ``seeds`` replaces the spec's seeds (a quick look with one seed is a different sweep);
+    ``experiment`` its MLflow experiment (a second copy of a sweep, e.g. after a code change,
+    to compare with ``analysis.compare``: in the same experiment nothing would be recomputed)."""
     from dataclasses import replace
 
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     if seeds is not None:
         spec = replace(spec, seeds=tuple(seeds))
+    if experiment:
+        spec = replace(spec, mlflow_experiment=experiment)
     trials = expand_trials(spec, overrides)
     uri = job_tracking_uri(trials[0].config.tracking.tracking_uri)
     return SweepPlan(spec, trials, sweep_hash(spec, trials), uri, tuple(overrides))

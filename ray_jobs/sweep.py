@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--description", default="", help="what the sweep asks, shown in MLflow")
     flags.add_argument("--metrics", default="", metavar="M,M", help="the table's columns (default: the stage's)")
     flags.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE", help="the grid point differences are taken against (default: the first)")
-    flags.add_argument("--experiment", default="", help="MLflow experiment (default p2m-<stage>)")
+    parser.add_argument("--experiment", default="", help="MLflow experiment, replacing the spec's (default p2m-<stage>); "
+                        "e.g. a second copy of a sweep after a code change, for analysis.compare")
     flags.add_argument("--save-spec", default=None, metavar="FILE", help="also write the flags' spec to FILE (a spec file that runs the same sweep)")
     parser.add_argument("--seeds", default=None, metavar="S,S,...", help="replace the specs' seeds, e.g. --seeds 0 for a quick look")
     parser.add_argument("--resume", action="store_true", help="complete an interrupted sweep (re-running does the same: finished trials are never re-run)")
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.grid:
             plans = [plan_sweep(_flag_spec(args, seeds), ())]
         elif args.specs:
-            plans = [plan_sweep(path, args.overrides, seeds) for path in args.specs]
+            plans = [plan_sweep(path, args.overrides, seeds, args.experiment) for path in args.specs]
         else:
             raise P2MInputError("nothing to run: give sweep spec files, or --base CONFIG --grid KEY=V1,V2 ... --name NAME")
         from p2m_core.tracking import store

@@ -62,14 +62,16 @@ def trial_metrics(ran: dict) -> pd.DataFrame:
     rows = []
     for r in client.search_runs([experiment.experiment_id], "tags.`p2m.kind` = 'trial' and attributes.status = 'FINISHED'"):
         setting = json.loads(r.data.tags["p2m.setting"])
-        rows.append({"k": setting[K], "beta": float(setting[BETA]), "seed": int(r.data.tags["p2m.seed"]), **r.data.metrics})
+        rows.append({"k": setting[K], "beta": float(setting[BETA]), "seed": int(r.data.tags["p2m.seed"]),
+                     "parent": r.data.tags["mlflow.parentRunId"], **r.data.metrics})
     return pd.DataFrame(rows)
 
 
 def test_any_spec_renders_its_declared_table_with_the_runs_numbers(ran):
-    measured = trial_metrics(ran)
-    assert len(measured) == 8
     df, meta = tables.build_table(ran["client"], NAME)
+    measured = trial_metrics(ran)
+    measured = measured[measured["parent"] == meta["sweep_run_id"]]  # the runs of the sweep the table read
+    assert len(measured) == 8
     assert meta["metrics"] == METRICS and meta["baseline"] == "k_scheme=nearest_point, beta=0.5"
     assert list(df["baseline"]) == [False, False, True, False]
     base = measured[(measured["k"] == "nearest_point") & (measured["beta"] == 0.5)].set_index("seed")
@@ -155,3 +157,77 @@ def test_bad_flags_are_refused_before_ray(tmp_path):
     proc = sweep("--base", str(BASE), "--grid", "pseudo.beta=1,2", "--name", "x", "--baseline", "pseudo.beta=3", cwd=tmp_path)
     assert proc.returncode == 2 and "key 'baseline'" in proc.stderr and "no grid point" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ------------------------------------------------------------------------------------ compare
+
+
+@pytest.fixture(scope="module")
+def copies(ran) -> dict:
+    """Two more sweeps of the same spec: unchanged into another experiment (recomputed there),
+    and with one real change of the base config (much noisier semantic maps)."""
+    same = sweep(str(ran["spec"]), "--experiment", "my-experiment-again", cwd=ran["root"])
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert f"[{NAME}] 8 trials (4 settings x 2 seeds): 0 already finished, 8 to run" in same.stderr
+    changed = sweep(str(ran["spec"]), "--set", "ablation.corruption.semantic_noise_std=1.0", cwd=ran["root"])
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    ids = {}
+    for r in ran["client"].search_runs(
+            [e.experiment_id for e in ran["client"].search_experiments()], "tags.`p2m.kind` = 'sweep'", order_by=["attributes.start_time ASC"]):
+        ids.setdefault("original", r.info.run_id) if "original" not in ids else (
+            ids.setdefault("same", r.info.run_id) if "same" not in ids else ids.setdefault("changed", r.info.run_id))
+    return ids
+
+
+def compare_cli(ran: dict, *args: str, capsys) -> tuple[int, str, str]:
+    from analysis import compare
+
+    code = compare.main(["--table", NAME, "--tracking-uri", ran["uri"], *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_an_unchanged_sweep_compares_identical(ran, copies, capsys):
+    code, out, err = compare_cli(ran, "--runs", copies["original"], copies["same"], "--fail-if-moved", capsys=capsys)
+    assert code == 0, err
+    assert "0 of 4 settings moved, 4 identical" in err
+    rows = [line for line in out.splitlines() if line.startswith("| k_scheme=")]
+    assert len(rows) == 4 and all(row.endswith("| identical |") for row in rows)
+    assert "+0.0 [+0.0, +0.0] (n=2)" in out
+
+
+def test_a_real_change_is_marked_moved_and_fails_the_check(ran, copies, capsys):
+    from analysis import compare
+
+    client = ran["client"]
+    before, after = client.get_run(copies["original"]), client.get_run(copies["changed"])
+    df, meta = compare.compare(client, before, after)
+    assert meta["moved"] >= 1 and meta["identical"] == 0
+    assert set(df["n"]) == {2} and df["delta_PQ_mean"].lt(0).all()  # noisier maps: worse masks everywhere
+    # the numbers are the trial runs' own: after − before per seed, averaged
+    measured = trial_metrics(ran)
+    assert len(measured) == 16  # both sweeps' runs, told apart by their parent
+    for _, row in df.iterrows():
+        k, beta = row["setting"].split(", ")
+        mine = measured[(measured["k"] == k.split("=")[1]) & (measured["beta"] == float(beta.split("=")[1]))]
+        new = mine[mine["parent"] == copies["changed"]].set_index("seed")["PQ"]
+        old = mine[mine["parent"] == copies["original"]].set_index("seed")["PQ"]
+        assert row["delta_PQ_mean"] == pytest.approx((new - old).mean())
+    code, out, err = compare_cli(ran, "--runs", copies["original"], copies["changed"], "--fail-if-moved", capsys=capsys)
+    assert code == 1 and "**moved**" in out and f"{meta['moved']} of 4 settings moved" in err
+    code, _, _ = compare_cli(ran, "--runs", copies["original"], copies["changed"], "--tolerance", "1000", "--fail-if-moved",
+                             capsys=capsys)
+    assert code == 0  # nothing is beyond a tolerance of 1000 points
+
+
+def test_compare_picks_the_latest_two_and_names_what_it_cannot_find(ran, copies, capsys):
+    from analysis import compare
+
+    before, after = compare.select_sweeps(ran["client"], NAME)
+    assert (before.info.run_id, after.info.run_id) == (copies["same"], copies["changed"])
+    code, _, err = compare_cli(ran, "--commits", "0000000", "1111111", capsys=capsys)
+    assert code == 2 and "no sweep of spec 'my_axis' at commit '0000000'" in err
+    code, _, err = compare_cli(ran, "--runs", copies["original"], "nope", capsys=capsys)
+    assert code == 2 and "--runs: no run 'nope'" in err
+    code, _, err = compare_cli(ran, "--experiment", "my-experiment-again", capsys=capsys)
+    assert code == 2 and "1 sweep run(s) of spec 'my_axis', two are needed" in err
