@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from analysis import runs, stats, tables, trained
+from analysis import cli, runs, stats, tables, trained
 from p2m_core.errors import P2MInputError
-from p2m_core.io import atomic_write_text
 from p2m_core.tracking import table_layout
 from p2m_core.tracking import tags as T
 
@@ -198,12 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--runs", nargs=2, metavar=("BEFORE", "AFTER"), default=(), help="two sweep run ids")
     which.add_argument("--commits", nargs=2, metavar=("BEFORE", "AFTER"), default=(), help="two git commits (prefixes) of the p2m.git_commit tag")
-    p.add_argument("--experiment", default=None, help="MLflow experiment to search (default: all)")
-    p.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    cli.add_store_arguments(p)
     p.add_argument("--metrics", default="", metavar="M,M", help="metrics to compare (default: the sweep's table columns)")
     p.add_argument("--tolerance", type=float, default=0.0, help="differences up to this size never count as moved (default 0)")
-    p.add_argument("--format", default="md", help=f"output format: {', '.join(FORMATS)} (default %(default)s)")
-    p.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout")
+    cli.add_output_arguments(p, FORMATS)
     p.add_argument("--fail-if-moved", action="store_true", help="exit 1 when any setting moved")
     return p
 
@@ -211,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.format not in FORMATS:
-            raise P2MInputError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")
+        cli.check_format(args.format, FORMATS)
         client, _ = runs.connect(args.tracking_uri)
         before, after = select_sweeps(client, args.table, args.experiment, args.runs, args.commits)
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] or None
@@ -221,11 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.out:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    cli.emit(text, args.out)
     print(f"{meta['moved']} of {meta['settings']} settings moved, {meta['identical']} identical", file=sys.stderr)
     return 1 if args.fail_if_moved and meta["moved"] else 0
 

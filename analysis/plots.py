@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis import paper, runs, tables, trained
+from analysis import cli, paper, runs, tables, trained
 from analysis.axis_plots import plot_grid_axes
 from analysis.figures import Skip, figure_png
 from analysis.figures import finite as _finite
@@ -318,8 +318,7 @@ def make_plots(client: MlflowClient, out_dir: str | Path, experiment: str | None
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.plots", description="Plot the sweeps found in MLflow.")
-    p.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment to search (default: all)")
+    cli.add_store_arguments(p)
     p.add_argument("--out", default="plots", help="output folder (default %(default)s/)")
     p.add_argument("--no-log", action="store_true", help="do not log the PNGs to the sweep runs")
     return p

@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis import paper, runs, stats, trained
+from analysis import cli, paper, runs, stats, trained
 from p2m_core.errors import P2MInputError
-from p2m_core.io import atomic_write_text
 from p2m_core.tracking import table_layout
 from p2m_core.tracking import tags as T
 
@@ -410,29 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render an ablation table from the latest sweep of a spec in MLflow, beside the paper's numbers.",
     )
     p.add_argument("--table", required=True, help="the spec name of a sweep in the store (tag p2m.spec), e.g. table7")
-    p.add_argument("--experiment", default=None, help="MLflow experiment to search (default: all)")
-    p.add_argument("--tracking-uri", default="", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
-    p.add_argument("--format", default="md", help=f"output format: {', '.join(FORMATS)} (default %(default)s)")
-    p.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout")
+    cli.add_store_arguments(p)
+    cli.add_output_arguments(p, FORMATS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.format not in FORMATS:
-            raise P2MInputError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")
+        cli.check_format(args.format, FORMATS)
         client, _ = runs.connect(args.tracking_uri)
         df, meta = build_table(client, args.table, args.experiment)
         text = render(df, meta, args.format)
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.out:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    cli.emit(text, args.out)
     return 0
 
 
