@@ -29,8 +29,9 @@ def test_links_open_the_runs_table_in_model_training_mode() -> None:
     compare = compare_runs_url("http://head:5000", "7", ["a1", "b2"])
     route, query = urlsplit(compare).fragment.split("?")
     assert route == "/compare-runs"
-    values = {k: json.loads(unquote(v[0])) for k, v in parse_qs(query).items()}
-    assert values == {"runs": ["a1", "b2"], "experiments": ["7"]}
+    values = {k: unquote(v[0]) for k, v in parse_qs(query).items()}
+    assert values.pop("workflowType") == "machine_learning"
+    assert {k: json.loads(v) for k, v in values.items()} == {"runs": ["a1", "b2"], "experiments": ["7"]}
 
 
 def test_experiments_are_of_the_model_training_kind_new_or_reused(tmp_path, capsys) -> None:

@@ -51,10 +51,10 @@ def compare_runs_url(tracking_uri: str, experiment_id: str, run_ids: Sequence[st
 
     The route is the frontend's own (``getCompareRunPageRoute``: ``/compare-runs?runs=<JSON
     list>&experiments=<JSON list>``); the lists are percent-encoded so a shell or browser passes
-    them unchanged."""
+    them unchanged, and :data:`MODEL_TRAINING_QUERY` keeps the sidebar in "Model training"."""
     runs = quote(json.dumps(list(run_ids), separators=(",", ":")), safe="")
     experiments = quote(json.dumps([str(experiment_id)], separators=(",", ":")), safe="")
-    return f"{ui_base(tracking_uri)}/#/compare-runs?runs={runs}&experiments={experiments}"
+    return f"{ui_base(tracking_uri)}/#/compare-runs?runs={runs}&experiments={experiments}&{MODEL_TRAINING_QUERY}"
 
 
 def ui_command(tracking_uri: str) -> str | None:
