@@ -60,7 +60,7 @@ def test_dataset_inputs_name_the_split_and_digest_its_annotations(tmp_path) -> N
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = store.client(uri)
     run_id = client.create_run(store.ensure_experiment(uri, "datasets")).info.run_id
-    log_dataset_inputs(client, run_id, cfg, ["train", "val", "val"])
+    assert log_dataset_inputs(client, run_id, cfg, ["train", "val", "val", "test"]) == ["train", "val"]  # no test split here
     inputs = MlflowClient(tracking_uri=uri).get_run(run_id).inputs.dataset_inputs
     assert [(i.dataset.name, [(t.key, t.value) for t in i.tags]) for i in inputs] == [
         ("synthetic:train", [("mlflow.data.context", "train")]), ("synthetic:val", [("mlflow.data.context", "val")])]

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from p2m_core.config import Config
 from p2m_core.tracking import tags as T
+
+log = logging.getLogger(__name__)
 
 #: Hex digits of the digest kept (MLflow stores at most 36).
 DIGEST_CHARS = 16
@@ -68,7 +71,22 @@ def dataset_input(cfg: Config, split: str) -> Any:
     return DatasetInput(dataset=dataset, tags=[InputTag(key=T.DATASET_CONTEXT, value=split)])
 
 
-def log_dataset_inputs(mlflow_client: Any, run_id: str, cfg: Config, splits: Sequence[str]) -> None:
-    """Log the given splits of ``cfg``'s dataset (each once, in order) as inputs of ``run_id``."""
-    inputs = [dataset_input(cfg, split) for split in dict.fromkeys(splits) if split]
-    mlflow_client.log_inputs(run_id, datasets=inputs)
+def log_dataset_inputs(mlflow_client: Any, run_id: str, cfg: Config, splits: Sequence[str]) -> list[str]:
+    """Log the given splits of ``cfg``'s dataset (each once, in order) as inputs of ``run_id``;
+    returns the splits logged.
+
+    A split whose panoptic JSON is missing gets no input (logged as a warning): there is no data
+    to digest, and the input is a record for the UI, not the place to refuse a run; the launchers
+    refuse missing data before they open a run, and the stage fails reading it."""
+    from p2m_core.data.splits import split_paths
+
+    logged = []
+    for split in dict.fromkeys(s for s in splits if s):
+        path = split_paths(cfg.data, split).panoptic_json
+        if not Path(path).is_file():
+            log.warning("run %s: no dataset input for split %r: %s does not exist", run_id, split, path)
+            continue
+        logged.append(split)
+    if logged:
+        mlflow_client.log_inputs(run_id, datasets=[dataset_input(cfg, split) for split in logged])
+    return logged
