@@ -40,7 +40,7 @@ demo: setup
 		--set data.root=$(DEMO)/train_data --set tracking.output_dir=$(DEMO)/runs --set train.iters=$(DEMO_TRAIN_ITERS)
 	MLFLOW_TRACKING_URI=$(DEMO_STORE) $(PY) -m analysis.tables --table table7_train --format md
 	MLFLOW_TRACKING_URI=$(DEMO_STORE) $(PY) -m analysis.plots --out $(DEMO)/plots
-	@echo "Compare the runs in the MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri $(DEMO_STORE)"
+	@MLFLOW_TRACKING_URI=$(DEMO_STORE) $(PY) -m p2m_core.tracking.ui p2m-pseudo p2m-train
 
 clean-venv:
 	rm -rf $(VENV)

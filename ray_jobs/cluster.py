@@ -4,6 +4,10 @@
 cluster's address) means attach. Otherwise a private single-node cluster is started in this
 process with ``address="local"``: a plain ``ray.init()`` would attach to whatever cluster a
 stale ``/tmp/ray/ray_current_cluster`` names, and fails outright when that cluster is gone.
+
+The private cluster runs without token authentication (:data:`LOCAL_AUTH_MODE`) unless
+``RAY_AUTH_MODE`` is set: see :func:`connect`. An attached cluster authenticates as its owner
+set it up (``RAY_AUTH_MODE`` and the token in the user's environment); nothing is changed there.
 """
 
 from __future__ import annotations
@@ -27,10 +31,23 @@ OMP_WAIT_POLICY = "PASSIVE"
 #: Object store of an in-process cluster. Trials exchange only small configs and metrics, and
 #: Ray's default (30% of RAM, in /dev/shm) fails on small machines and containers.
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
+#: ``RAY_AUTH_MODE`` of the in-process cluster when the user did not set one (:func:`connect`).
+LOCAL_AUTH_MODE = "disabled"
 
 
 def connect() -> tuple[float, bool]:
-    """Initialise Ray once; returns ``(seconds it took, attached to an existing cluster)``."""
+    """Initialise Ray once; returns ``(seconds it took, attached to an existing cluster)``.
+
+    The in-process cluster starts with ``RAY_AUTH_MODE=disabled`` unless the environment sets
+    ``RAY_AUTH_MODE`` (an explicit value wins, ``token`` included). Since Ray 2.52 a fresh local
+    ``ray.init()`` otherwise turns token authentication on, warns about it on the console (a
+    warning nobody can act on: the cluster is ours and gone when the command ends), and writes
+    ``~/.ray/auth_token``, which a later ``ray start`` picks up, so that ``ray job submit`` to
+    that head then fails with "Missing authentication token". The cluster is private to this
+    command: its driver and workers are on this machine, no dashboard is started, and it stops
+    when the command ends. Its ports, though, listen on all interfaces (Ray's own choice, as
+    before 2.52): on a network you do not trust, set ``RAY_AUTH_MODE=token`` and it is kept.
+    """
     import ray
 
     if ray.is_initialized():
@@ -46,6 +63,8 @@ def connect() -> tuple[float, bool]:
         except ConnectionError as exc:
             raise P2MInputError(f"RAY_ADDRESS={address!r}: cannot attach to that Ray cluster: {exc}") from None
         return time.perf_counter() - start, True
+    # Set in this process's environment, which the cluster's processes inherit (Ray reads it there).
+    os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)
     # Workers' output stays in Ray's log files (/tmp/ray/session_latest/logs): the driver prints a
     # line per trial and Tune reports a failed trial's traceback itself.
     ray.init(

@@ -128,10 +128,10 @@ def open_in_mlflow(plan: SweepPlan) -> None:
 
     spec = plan.spec
     plan.experiment_id = store.ensure_experiment(plan.tracking_uri, spec.mlflow_experiment)
-    run_name = f"sweep-{spec.name}-{plan.sweep_hash[:8]}"
     plan.parent_run_id, plan.reused_parent = store.open_sweep_run(
-        plan.tracking_uri, plan.experiment_id, plan.sweep_hash, sweep_tags(plan), run_name
+        plan.tracking_uri, plan.experiment_id, plan.sweep_hash, sweep_tags(plan), sweep_run_name(plan)
     )
+    store.describe_run(plan.tracking_uri, plan.parent_run_id, sweep_note(plan))
     store.log_files(
         plan.tracking_uri, plan.parent_run_id,
         {T.SPEC_ARTIFACT: _spec_text(plan), T.TRIALS_ARTIFACT: json.dumps(trials_record(plan), indent=2)},
@@ -139,6 +139,47 @@ def open_in_mlflow(plan: SweepPlan) -> None:
     plan.killed = store.kill_orphaned_children(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
     finished = store.finished_hashes(plan.tracking_uri, plan.experiment_id, spec.stage, HASH_VERSION)
     plan.done = {t.config_hash: finished[t.config_hash] for t in plan.trials if t.config_hash in finished}
+
+
+def sweep_run_name(plan: SweepPlan) -> str:
+    """The sweep run's name in the UI: spec, grid keys and seeds, and the sweep hash that tells
+    two sweeps of one spec apart, e.g. ``table7: assignment x seeds 0,1 (1a2b3c4d)``."""
+    keys = " x ".join(key.rsplit(".", 1)[-1] for key in plan.spec.grid_keys)
+    seeds = ",".join(str(seed) for seed in plan.spec.seeds)
+    return f"{plan.spec.name}: {keys} x seeds {seeds} ({plan.sweep_hash[:8]})"
+
+
+def table_command(plan: SweepPlan) -> str:
+    """The command that renders this sweep's table from the store."""
+    import shlex
+
+    spec = plan.spec
+    return (f"python -m analysis.tables --table {shlex.quote(spec.name)} --experiment {shlex.quote(spec.mlflow_experiment)} "
+            f"--tracking-uri {shlex.quote(plan.tracking_uri)} --format md")  # fmt: skip
+
+
+def sweep_note(plan: SweepPlan) -> str:
+    """The sweep run's description (tag ``mlflow.note.content``, Markdown, on the run's page in
+    the UI): what the spec is for, what it varies, and how to get its table."""
+    from p2m_core.tracking import tags as T
+
+    spec = plan.spec
+    path = Path(spec.path)
+    shown = os.path.relpath(path) if path.is_absolute() and not os.path.relpath(path).startswith("..") else str(path)
+    settings = len(spec.settings())
+    lines = [
+        f"**{spec.name}**" + (f": {spec.description}" if spec.description else ""),
+        "",
+        f"- spec `{shown}`" + (f", paper table `{spec.paper_table}`" if spec.paper_table else "")
+        + f"; stage `{spec.stage}`, split `{spec.split}`",
+        f"- grid {', '.join(f'`{key}`' for key in spec.grid_keys)} ({settings} setting{'s' if settings != 1 else ''}) "
+        f"x seeds {', '.join(str(seed) for seed in spec.seeds)}: {len(plan.trials)} trials",
+        f"- its table: `{table_command(plan)}`; rendered when the sweep ends as the artifacts "
+        f"`{T.TABLE_MD_ARTIFACT}` and `{T.TABLE_CSV_ARTIFACT}` of this run",
+    ]
+    if plan.overrides:
+        lines.append("- overrides: " + ", ".join(f"`--set {item}`" for item in plan.overrides))
+    return "\n".join(lines) + "\n"
 
 
 def _spec_text(plan: SweepPlan) -> str:

@@ -249,9 +249,22 @@ def prepare_tracking(plans: list[SweepPlan], quiet: bool, resume: bool = False) 
         )
 
 
+def say_ui_command(plans: list[SweepPlan], quiet: bool) -> None:
+    """How to open the links printed per sweep: the command that serves each local store's UI."""
+    from p2m_core.tracking.ui import LOCAL_UI, ui_command
+
+    for uri in dict.fromkeys(plan.tracking_uri for plan in plans):
+        command = ui_command(uri)
+        if command:
+            say(f"(to serve these links at {LOCAL_UI}: {command})", quiet)
+
+
 def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_started: tuple[float, bool] | None) -> int:
     from p2m_core.tracking import store
+    from p2m_core.tracking import tags as T
+    from p2m_core.tracking.ui import experiment_url
     from ray_jobs.cluster import connect
+    from ray_jobs.sweep_table import attach_table
 
     totals = {"finished": 0, "failed": 0}
     errors: list[str] = []
@@ -280,13 +293,17 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
             }
             missing = len(plan.todo) - finished - failed
             store.close_sweep_run(plan.tracking_uri, plan.parent_run_id, counts, failed=bool(failed or missing))
+            tabled = attach_table(plan)
             totals["finished"] += finished
             totals["failed"] += failed + missing
             say(
                 f"[{plan.spec.name}] sweep run {plan.parent_run_id}: {finished} finished, {failed} failed"
-                + (f", {missing} not run" if missing else "") + f", {len(plan.done)} skipped (already finished)",
+                + (f", {missing} not run" if missing else "") + f", {len(plan.done)} skipped (already finished)"
+                + (f"; its table is the run's artifact {T.TABLE_MD_ARTIFACT}" if tabled else ""),
                 quiet,
             )
+            say(f"[{plan.spec.name}] MLflow UI: {experiment_url(plan.tracking_uri, plan.experiment_id)}", quiet)
+        say_ui_command(plans, quiet)
     finally:
         if started and not attached:
             from ray_jobs.cluster import shutdown

@@ -202,8 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from p2m_core.tracking.ui import experiment_url, ui_command
+
+    def say_ui() -> None:
+        command = ui_command(plan.tracking_uri)
+        say(f"MLflow UI: {experiment_url(plan.tracking_uri, experiment_id)}" + (f" (serve it with: {command})" if command else ""))
+
     if state == "finished":
         say(f"MLflow run {run_id} of this config (hash {plan.config_hash}) already finished; nothing to train")
+        say_ui()
         return 0
     say(f"{plan.cfg.name}: {plan.cfg.train.workers} worker(s), config hash {plan.config_hash}; "
         f"{'continuing' if state == 'resumed' else 'started'} MLflow run {run_id} in {plan.tracking_uri}")  # fmt: skip
@@ -234,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutdown()
     summary = ", ".join(f"{k} {metrics[k]:.1f}" for k in ("PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ") if k in metrics)
     say(f"finished MLflow run {run_id}" + (f": {summary}" if summary else "") + f"; model and predictions in {plan.output_dir}")
+    say_ui()
     return 0
 
 

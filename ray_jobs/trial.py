@@ -84,6 +84,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         trial_tags(context, trial), trial.config,
     )
     try:
+        run.log_datasets(trial.config, [trial.config.ablation.split])
         with tempfile.TemporaryDirectory(prefix="p2m-trial-") as out:
             result = run_pseudo_stage(trial.config, out)
             seconds = time.perf_counter() - start

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from p2m_core.config import load_config
 from p2m_core.data.panoptic_format import CocoPanoptic
 from p2m_core.data.synthetic import generate_synthetic
+from p2m_core.tracking.datasets import split_digest
 from p2m_core.tracking.trial import config_params
 from ray_jobs.spec import expand_trials, load_spec
 
@@ -84,20 +85,21 @@ def settled_runs(uri: str, quiet_for: float = 5.0, limit: float = 60.0) -> list:
 
 
 def test_sweep_logs_every_trial_and_a_rerun_retries_only_the_failed_one(tmp_path, roots):
-    ok = write_spec(tmp_path, "ok", {"pseudo.assignment": ["mc", "ot"]}, [0, 1], roots["good"])
+    # named table7, a table analysis.tables renders, so the sweep run gets its table
+    ok = write_spec(tmp_path, "table7", {"pseudo.assignment": ["mc", "ot"]}, [0, 1], roots["good"])
     bad = write_spec(tmp_path, "broken", {"ablation.max_images": [2, 3]}, [0], roots["broken"])
     proc = run(sweep_command(str(ok), str(bad)), tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "[ok] 4 trials (2 settings x 2 seeds): 0 already finished, 4 to run" in proc.stderr
+    assert "[table7] 4 trials (2 settings x 2 seeds): 0 already finished, 4 to run" in proc.stderr
     assert "1 trial(s) did not finish" in proc.stderr and "max_images=3 seed=0" in proc.stderr
     assert proc.stderr.count("] ") >= 6  # one progress line per trial
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     sweeps = {r.data.tags["p2m.spec"]: r for r in runs_of(uri, "sweep")}
-    assert set(sweeps) == {"ok", "broken"}
-    assert sweeps["ok"].info.status == "FINISHED" and sweeps["broken"].info.status == "FAILED"
-    assert sweeps["ok"].data.metrics["trials_finished"] == 4 and sweeps["broken"].data.metrics["trials_failed"] == 1
+    assert set(sweeps) == {"table7", "broken"}
+    assert sweeps["table7"].info.status == "FINISHED" and sweeps["broken"].info.status == "FAILED"
+    assert sweeps["table7"].data.metrics["trials_finished"] == 4 and sweeps["broken"].data.metrics["trials_failed"] == 1
     trials = runs_of(uri, "trial")
     assert sorted(r.info.status for r in trials) == ["FAILED"] + ["FINISHED"] * 5
 
@@ -109,7 +111,7 @@ def test_sweep_logs_every_trial_and_a_rerun_retries_only_the_failed_one(tmp_path
 
     # params = the flat resolved config, tags = hash and provenance, metrics, artifacts
     expected = {t.config_hash: t for t in expand_trials(load_spec(ok), ["ablation.overlays=1"], tmp_path)}
-    ok_runs = [r for r in trials if r.data.tags["mlflow.parentRunId"] == sweeps["ok"].info.run_id]
+    ok_runs = [r for r in trials if r.data.tags["mlflow.parentRunId"] == sweeps["table7"].info.run_id]
     assert {r.data.tags["p2m.config_hash"] for r in ok_runs} == set(expected)
     for r in ok_runs:
         trial = expected[r.data.tags["p2m.config_hash"]]
@@ -124,17 +126,41 @@ def test_sweep_logs_every_trial_and_a_rerun_retries_only_the_failed_one(tmp_path
         assert load_config(folder / "config.yaml") == trial.config
         assert json.loads((folder / "metrics.json").read_text())["config_hash"] == trial.config_hash
         assert len(list((folder / "overlays").glob("*.png"))) == 1
-    trials_json = json.loads(Path(client.download_artifacts(sweeps["ok"].info.run_id, "trials.json", str(tmp_path))).read_text())
+    trials_json = json.loads(Path(client.download_artifacts(sweeps["table7"].info.run_id, "trials.json", str(tmp_path))).read_text())
     assert [t["config_hash"] for t in trials_json["trials"]] == list(expected)
+    check_what_the_ui_shows(client, proc.stderr, sweeps["table7"], ok_runs, expected, tmp_path)
 
     # the same command again: the finished trials are skipped, the failed one is retried
     again = run(sweep_command(str(ok), str(bad)), tmp_path)
     assert again.returncode == 1
-    assert "[ok] 4 trials (2 settings x 2 seeds): 4 already finished, 0 to run" in again.stderr
+    assert "[table7] 4 trials (2 settings x 2 seeds): 4 already finished, 0 to run" in again.stderr
     assert "[broken] 2 trials (2 settings x 1 seeds): 1 already finished, 1 to run" in again.stderr
     after = runs_of(uri, "trial")
     assert len(after) == 7 and sum(r.info.status == "FINISHED" for r in after) == 5
     assert len(runs_of(uri, "sweep")) == 2  # the sweep runs were reused
+
+
+def check_what_the_ui_shows(client: MlflowClient, stderr: str, sweep, trial_runs: list, expected: dict, folder: Path) -> None:
+    """The experiment's kind, the printed link, the sweep run's name, description and table, and
+    each trial's name and dataset input (docs/TRACKING.md)."""
+    experiment_id = sweep.info.experiment_id
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"[table7] MLflow UI: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in stderr
+    assert sweep.info.run_name == f"table7: assignment x seeds 0,1 ({sweep.data.tags['p2m.sweep_hash'][:8]})"
+    note = sweep.data.tags["mlflow.note.content"]
+    assert "**table7**" in note and "`pseudo.assignment` (2 settings) x seeds 0, 1: 4 trials" in note
+    assert f"python -m analysis.tables --table table7 --experiment {EXPERIMENT}" in note
+    table_md = Path(client.download_artifacts(sweep.info.run_id, "table.md", str(folder / "table"))).read_text()
+    assert "assignment=mc" in table_md and "assignment=ot" in table_md and "PQ" in table_md
+    table_csv = Path(client.download_artifacts(sweep.info.run_id, "table.csv", str(folder / "table"))).read_text()
+    assert table_csv.splitlines()[0].startswith("setting,") and "PQ_mean" in table_csv.splitlines()[0]
+    digest = split_digest(next(iter(expected.values())).config, "val")
+    for r in trial_runs:
+        trial = expected[r.data.tags["p2m.config_hash"]]
+        assert r.info.run_name == f"assignment={trial.setting['pseudo.assignment']} seed={trial.seed}"
+        inputs = client.get_run(r.info.run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}) for i in inputs] == [
+            ("synthetic:val", digest, {"mlflow.data.context": "val"})]
 
 
 def test_killed_sweep_resumes_with_only_the_missing_trials(tmp_path, roots):

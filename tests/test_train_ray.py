@@ -66,6 +66,13 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return found
 
 
+def dataset_inputs(client: MlflowClient, run_id: str) -> list[tuple[str, str]]:
+    """(name, split context) of the run's dataset inputs; each digest must be 16 hex digits."""
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert all(len(i.dataset.digest) == 16 and int(i.dataset.digest, 16) >= 0 for i in inputs)
+    return [(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"]) for i in inputs]
+
+
 def shards(checkpoints: Path) -> dict[int, dict[int, list]]:
     """{iteration: {rank: image ids}} from every checkpoint's per-rank data record."""
     seen: dict[int, dict[int, list]] = {}
@@ -91,6 +98,9 @@ def test_two_workers_train_on_their_own_shards_and_log_to_mlflow(tmp_path, data_
     tags = run.data.tags
     assert tags["p2m.stage"] == "train" and tags["p2m.kind"] == "train" and len(tags["p2m.config_hash"]) == 16
     assert tags["p2m.git_commit"] and tags["p2m.dataset"] == f"synthetic:{data_root}"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert dataset_inputs(client, run.info.run_id) == [  # train_tiny.yaml scores the test split at the end
+        ("synthetic:train", "train"), ("synthetic:val", "val"), ("synthetic:test", "test")]
     # every step once, evaluations at 6 and 12
     assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))
     assert steps_of(client, run.info.run_id, "pseudo_share") == list(range(1, iters + 1))
@@ -321,6 +331,10 @@ def test_a_killed_sweep_driver_is_completed_by_running_it_again(tmp_path, data_r
     assert [r.info.run_id for r in after] == [before[0].info.run_id]  # the same MLflow run, continued
     run = after[0]
     assert run.info.status == "FINISHED" and run.data.tags["p2m.resumed"] == "1"
+    assert run.info.run_name == "assignment=ot seed=0"
+    assert dataset_inputs(client, run.info.run_id) == [
+        ("synthetic:train", "train"), ("synthetic:val", "val"), ("synthetic:test", "test")]
+    assert f"#/experiments/{experiment}/runs?workflowType=machine_learning" in again.stderr
     assert int(run.data.tags["p2m.resumed_at"]) % 4 == 0
     assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))  # each step exactly once
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200, check=False)

@@ -72,13 +72,19 @@ def check_reachable(uri: str) -> None:
 
 
 def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created with an explicit artifact folder if absent."""
+    """The id of experiment ``name``, created with an explicit artifact folder if absent.
+
+    The experiment carries the tag :data:`~p2m_core.tracking.tags.EXPERIMENT_KIND` =
+    ``custom_model_development``, which the MLflow UI reads as "model training" (not GenAI):
+    set at creation, and added to an experiment we reuse that lacks it (one made before, or by
+    hand)."""
     mlflow_client = client(uri)
+    kind = {T.EXPERIMENT_KIND: T.EXPERIMENT_KIND_MODEL_DEVELOPMENT}
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is None:
         location = default_artifact_root(uri, name)
         try:
-            return mlflow_client.create_experiment(name, artifact_location=location)
+            return mlflow_client.create_experiment(name, artifact_location=location, tags=kind)
         except Exception:  # another driver created it first
             experiment = mlflow_client.get_experiment_by_name(name)
             if experiment is None:
@@ -88,6 +94,8 @@ def ensure_experiment(uri: str, name: str) -> str:
             f"MLflow experiment {name!r} in {uri} is deleted; restore it (`mlflow experiments restore "
             f"--experiment-id {experiment.experiment_id}`) or choose another mlflow_experiment"
         )
+    if T.EXPERIMENT_KIND not in experiment.tags:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, T.EXPERIMENT_KIND, T.EXPERIMENT_KIND_MODEL_DEVELOPMENT)
     return experiment.experiment_id
 
 
@@ -128,6 +136,12 @@ def open_sweep_run(uri: str, experiment_id: str, sweep_hash: str, tags: Mapping[
         return previous.info.run_id, True
     run = mlflow_client.create_run(experiment_id, tags={**tags, T.KIND: T.KIND_SWEEP, T.SWEEP_HASH: sweep_hash}, run_name=run_name)
     return run.info.run_id, False
+
+
+def describe_run(uri: str, run_id: str, text: str) -> None:
+    """Set the run's description (Markdown; the tag ``mlflow.note.content`` that the UI shows on
+    the run's page and edits as its "Description")."""
+    client(uri).set_tag(run_id, T.NOTE, text)
 
 
 def kill_orphaned_children(uri: str, experiment_id: str, parent_run_id: str) -> int:

@@ -26,7 +26,18 @@ RESUMED_AT = "p2m.resumed_at"  # iterations of the checkpoints a training run's 
 CHECKPOINT_PREFIX = "p2m.checkpoint."  # p2m.checkpoint.ray, p2m.checkpoint.model: where they are
 PARENT_RUN_ID = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"  # a run's description (Markdown), shown on its page in the UI
+DATASET_CONTEXT = "mlflow.data.context"  # a dataset input's tag: the split it was used as
+
+# The experiment tag the MLflow UI reads for an experiment's kind: ours are model training, not
+# GenAI (the 3.17 UI otherwise treats an experiment as a GenAI one). Set on every experiment p2m
+# creates or reuses (p2m_core.tracking.store.ensure_experiment).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_DEVELOPMENT = "custom_model_development"
 
 TRIALS_ARTIFACT = "trials.json"
 TRIALS_FORMAT = "p2m-sweep-trials/1"
 SPEC_ARTIFACT = "spec.yaml"
+# The sweep's rendered table (python -m analysis.tables), attached to its run when it ends.
+TABLE_MD_ARTIFACT = "table.md"
+TABLE_CSV_ARTIFACT = "table.csv"

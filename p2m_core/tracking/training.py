@@ -29,6 +29,7 @@ from typing import Any
 
 from p2m_core.config import HASH_VERSION, Config, dump_yaml, resolve
 from p2m_core.tracking import tags as T
+from p2m_core.tracking.datasets import log_dataset_inputs
 from p2m_core.tracking.store import client, log_files, search_all
 from p2m_core.tracking.trial import config_params
 
@@ -80,8 +81,15 @@ def open_training_run(
     from mlflow.entities import Param
 
     mlflow_client.log_batch(run_id, params=[Param(k, v) for k, v in config_params(cfg).items()])
+    log_dataset_inputs(mlflow_client, run_id, cfg, training_splits(cfg))
     log_files(uri, run_id, {CONFIG_ARTIFACT: dump_yaml(cfg)})
     return run_id, "new"
+
+
+def training_splits(cfg: Config) -> tuple[str, ...]:
+    """The splits a training run reads: it trains on ``train``, evaluates ``val`` as it goes
+    and, when ``train.test_split`` is set, that split once at the end."""
+    return tuple(split for split in ("train", "val", cfg.train.test_split) if split)
 
 
 def end_training_run(uri: str, run_id: str, error: BaseException | str | None = None) -> None:

@@ -11,12 +11,13 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from p2m_core.config import Config, resolve
 from p2m_core.tracking import tags as T
+from p2m_core.tracking.datasets import log_dataset_inputs
 from p2m_core.tracking.store import client
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class TrialRun:
         self.run_id = self.client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
         params = [Param(k, v) for k, v in config_params(cfg).items()]
         self.client.log_batch(self.run_id, params=params)
+
+    def log_datasets(self, cfg: Config, splits: Sequence[str]) -> None:
+        """The dataset splits the trial reads, as the run's dataset inputs (name, digest, split)."""
+        log_dataset_inputs(self.client, self.run_id, cfg, splits)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
