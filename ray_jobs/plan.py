@@ -42,11 +42,12 @@ class SweepPlan:
 
 def sweep_tags(plan: SweepPlan) -> dict[str, str]:
     from p2m_core.tracking import tags as T
-    from p2m_core.tracking.provenance import git_commit
+    from p2m_core.tracking.provenance import git_commit, source_tags
 
     cfg = plan.trials[0].config
     spec = plan.spec
     return {
+        **source_tags("ray_jobs.sweep"),
         T.SPEC: spec.name,
         T.PAPER_TABLE: spec.paper_table,
         T.STAGE: spec.stage,
@@ -125,6 +126,8 @@ def open_in_mlflow(plan: SweepPlan) -> None:
     """Experiment, parent run (reused on resume), orphan clean-up and the finished hashes."""
     from p2m_core.tracking import store
     from p2m_core.tracking import tags as T
+    from p2m_core.tracking.datasets import log_dataset_inputs
+    from p2m_core.tracking.training import training_splits
 
     spec = plan.spec
     plan.experiment_id = store.ensure_experiment(plan.tracking_uri, spec.mlflow_experiment)
@@ -132,6 +135,11 @@ def open_in_mlflow(plan: SweepPlan) -> None:
         plan.tracking_uri, plan.experiment_id, plan.sweep_hash, sweep_tags(plan), sweep_run_name(plan)
     )
     store.describe_run(plan.tracking_uri, plan.parent_run_id, sweep_note(plan))
+    # The splits every trial reads, as the sweep run's own dataset inputs: the runs table shows
+    # a sweep's data on its (collapsed) parent row, not only on its trials.
+    cfg = plan.trials[0].config
+    log_dataset_inputs(store.client(plan.tracking_uri), plan.parent_run_id, cfg,
+                       training_splits(cfg) if spec.stage == "train" else [cfg.ablation.split])
     store.log_files(
         plan.tracking_uri, plan.parent_run_id,
         {T.SPEC_ARTIFACT: _spec_text(plan), T.TRIALS_ARTIFACT: json.dumps(trials_record(plan), indent=2)},

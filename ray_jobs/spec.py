@@ -55,6 +55,7 @@ from p2m_core.config import (
 )
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_yaml
+from p2m_core.tracking.provenance import in_ray_job
 from p2m_core.tracking.table_layout import MAX_DECIMALS
 
 #: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``: what a
@@ -332,9 +333,6 @@ def absolute_paths(cfg: Config, launch_dir: Path) -> Config:
     return replace(cfg, data=data, ablation=ablation, model=model)
 
 
-def in_ray_job() -> bool:
-    """True inside ``ray job submit``'s entrypoint, whose working directory is a temporary copy."""
-    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
 def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: PathLike | None = None) -> list[Trial]:

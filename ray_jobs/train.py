@@ -191,13 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = plan_training(cfg, use_gpu=args.gpu)
         from p2m_core.tracking import store
         from p2m_core.tracking import tags as T
-        from p2m_core.tracking.provenance import git_commit
+        from p2m_core.tracking.provenance import git_commit, source_tags
 
         from p2m_core.tracking.training import open_training_run
 
         store.check_reachable(plan.tracking_uri)
         experiment_id = store.ensure_experiment(plan.tracking_uri, plan.cfg.tracking.experiment)
-        tags = {T.DATASET: f"{plan.cfg.data.dataset}:{plan.cfg.data.root}", T.GIT_COMMIT: git_commit(), T.SPLIT: "val"}
+        tags = {**source_tags("ray_jobs.train"), T.DATASET: f"{plan.cfg.data.dataset}:{plan.cfg.data.root}",
+                T.GIT_COMMIT: git_commit(), T.SPLIT: "val"}
         run_id, state = open_training_run(plan.tracking_uri, experiment_id, plan.cfg, tags, plan.run_name)
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

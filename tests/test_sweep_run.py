@@ -155,12 +155,15 @@ def check_what_the_ui_shows(client: MlflowClient, stderr: str, sweep, trial_runs
     table_csv = Path(client.download_artifacts(sweep.info.run_id, "table.csv", str(folder / "table"))).read_text()
     assert table_csv.splitlines()[0].startswith("setting,") and "PQ_mean" in table_csv.splitlines()[0]
     digest = split_digest(next(iter(expected.values())).config, "val")
-    for r in trial_runs:
-        trial = expected[r.data.tags["p2m.config_hash"]]
-        assert r.info.run_name == f"assignment={trial.setting['pseudo.assignment']} seed={trial.seed}"
+    for r in [*trial_runs, sweep]:  # the sweep's row shows its trials' data and source too
         inputs = client.get_run(r.info.run_id).inputs.dataset_inputs
         assert [(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}) for i in inputs] == [
             ("synthetic:val", digest, {"mlflow.data.context": "val"})]
+        assert r.data.tags["mlflow.source.name"] == "python -m ray_jobs.sweep" and r.data.tags["mlflow.source.type"] == "LOCAL"
+        assert r.data.tags["mlflow.source.git.commit"] == r.data.tags["p2m.git_commit"].removesuffix("-dirty")
+    for r in trial_runs:
+        trial = expected[r.data.tags["p2m.config_hash"]]
+        assert r.info.run_name == f"assignment={trial.setting['pseudo.assignment']} seed={trial.seed}"
 
 
 def test_killed_sweep_resumes_with_only_the_missing_trials(tmp_path, roots):

@@ -98,6 +98,7 @@ def test_two_workers_train_on_their_own_shards_and_log_to_mlflow(tmp_path, data_
     tags = run.data.tags
     assert tags["p2m.stage"] == "train" and tags["p2m.kind"] == "train" and len(tags["p2m.config_hash"]) == 16
     assert tags["p2m.git_commit"] and tags["p2m.dataset"] == f"synthetic:{data_root}"
+    assert tags["mlflow.source.name"] == "python -m ray_jobs.train" and tags["mlflow.source.type"] == "LOCAL"
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert dataset_inputs(client, run.info.run_id) == [  # train_tiny.yaml scores the test split at the end
         ("synthetic:train", "train"), ("synthetic:val", "val"), ("synthetic:test", "test")]
