@@ -172,8 +172,11 @@ def sweep_note(plan: SweepPlan) -> str:
     from p2m_core.tracking import tags as T
 
     spec = plan.spec
-    path = Path(spec.path)
-    shown = os.path.relpath(path) if path.is_absolute() and not os.path.relpath(path).startswith("..") else str(path)
+    if spec.path is None:  # built from --grid flags: the spec.yaml artifact holds it
+        shown = "--grid flags (artifact spec.yaml)"
+    else:
+        path = Path(spec.path)
+        shown = os.path.relpath(path) if path.is_absolute() and not os.path.relpath(path).startswith("..") else str(path)
     settings = len(spec.settings())
     lines = [
         f"**{spec.name}**" + (f": {spec.description}" if spec.description else ""),

@@ -147,6 +147,8 @@ def test_the_same_sweep_from_grid_flags(ran):
     assert load_spec(saved).metrics == tuple(METRICS) and load_spec(saved).baseline == BASELINE
     df, meta = tables.build_table(ran["client"], NAME)
     assert meta["metrics"] == METRICS and list(df["n"]) == [2, 2, 2, 2]
+    note = ran["client"].get_run(meta["sweep_run_id"]).data.tags["mlflow.note.content"]
+    assert "spec `--grid flags (artifact spec.yaml)`" in note  # the flags' run describes where its spec is
 
 
 def test_bad_flags_are_refused_before_ray(tmp_path):
