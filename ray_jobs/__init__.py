@@ -2,7 +2,10 @@
 
 - ``python -m ray_jobs.train CONFIG ...`` one training run on Ray Train, logged to MLflow;
 - :mod:`ray_jobs.train_worker`            what each Ray Train worker executes;
-- ``python -m ray_jobs.sweep SPEC ...``   a Ray Tune grid over a sweep spec, logged to MLflow;
+- ``python -m ray_jobs.sweep SPEC ...``   a Ray Tune grid over a sweep spec, logged to MLflow
+                                          (or ``--base CONFIG --grid KEY=V1,V2 --name NAME``);
+- :mod:`ray_jobs.grid_flags`              a spec from those flags (``--save-spec`` writes it);
+- :mod:`ray_jobs.sweep_table`             the table attached to a sweep run when it ends;
 - ``python -m ray_jobs.pseudo ...``       one pseudo-stage setting in this process (no Ray);
 - :mod:`ray_jobs.spec`                    sweep specs and their validation;
 - :mod:`ray_jobs.plan`                    a sweep's trials and its place in MLflow (resume);
