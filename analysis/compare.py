@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from analysis import cli, runs, stats, tables, trained
+from analysis import cli, runs, stats, tables
 from p2m_core.errors import P2MInputError
 from p2m_core.tracking import table_layout
 from p2m_core.tracking import tags as T
@@ -77,26 +77,16 @@ def select_sweeps(client: MlflowClient, spec: str, experiment: str | None = None
     return sweeps[1], sweeps[0]
 
 
-def _frame(client: MlflowClient, sweep: Run) -> tuple[pd.DataFrame, dict[str, Any]]:
-    info = runs.sweep_info(sweep)
-    frame = runs.trial_frame(client, sweep)
-    if info["stage"] == trained.STAGE:
-        frame = trained.held_out_view(frame, info["split"])
-    frame = frame.assign(_setting=[tables.canonical(t["setting"]) for t in frame.attrs["trials"]["trials"]])
-    return frame, info
-
-
 def compare(client: MlflowClient, before: Run, after: Run, metrics: Sequence[str] | None = None,
             tolerance: float = 0.0) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per grid setting of either sweep: per metric the paired difference (after −
     before) with its interval, and whether the setting is identical or moved (module doc)."""
     if tolerance < 0 or not math.isfinite(tolerance):
         raise P2MInputError(f"--tolerance must be a finite number >= 0, got {tolerance!r}")
-    old, old_info = _frame(client, before)
-    new, new_info = _frame(client, after)
+    old, old_info = tables.reported_frame(client, before)
+    new, new_info = tables.reported_frame(client, after)
     if metrics is None:
-        asked, declared = table_layout.metrics_of(new.attrs["trials"], new_info["stage"])
-        metrics = asked if declared else [m for m in asked if m in new.columns or m in old.columns] or asked
+        metrics, _ = tables.table_metrics(new.attrs["trials"], new_info["stage"], {*new.columns, *old.columns})
     metrics = list(metrics)
     labels: dict[str, str] = {}
     for frame in (new, old):
@@ -115,11 +105,11 @@ def compare(client: MlflowClient, before: Run, after: Run, metrics: Sequence[str
             a, b = tables.per_seed(mine, m), tables.per_seed(theirs, m)
             differences = [a[s] - b[s] for s in a if s in b]
             interval = stats.paired_interval(differences)
-            _, std, _ = stats.mean_std_n(differences)
             p = f"delta_{m}_"
+            columns = tables.delta_columns(m, differences)
+            columns.pop(f"{p}paper")  # two measured sweeps: no paper difference
             record.update({f"before_{m}_mean": stats.mean_std_n(b.values())[0], f"after_{m}_mean": stats.mean_std_n(a.values())[0],
-                           f"{p}mean": interval.mean, f"{p}std": std, f"{p}n": interval.n, f"{p}ci_low": interval.low,
-                           f"{p}ci_high": interval.high, f"{p}significant": interval.significant})
+                           **columns})
             beyond = interval.n > 0 and abs(interval.mean) > tolerance
             metric_moved = beyond and (interval.significant if interval.n >= 2 else True)
             record[f"{p}moved"] = metric_moved

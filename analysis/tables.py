@@ -25,7 +25,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,8 +92,9 @@ def per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
     return {seed: float(v) for seed, v in done.groupby("seed", sort=False, dropna=False)[metric].mean().items()}
 
 
-def _delta_columns(metric: str, differences: Sequence[float], paper_delta: float) -> dict[str, Any]:
-    """The ``delta_<m>_*`` columns of one row from its per-seed differences to the baseline.
+def delta_columns(metric: str, differences: Sequence[float], paper_delta: float = math.nan) -> dict[str, Any]:
+    """The ``delta_<m>_*`` columns of one row from its per-seed differences (to the baseline, or
+    between two sweeps in :mod:`analysis.compare`).
 
     ``_ci_low``/``_ci_high`` bound the t interval at :data:`analysis.stats.CONFIDENCE` (NaN for
     fewer than two pairs) and ``_significant`` says whether it excludes 0 (False without one).
@@ -137,6 +138,34 @@ def build_table(client: MlflowClient, table: str, experiment: str | None = None)
     return trained.add_pseudo_stage(df, meta, stage_df, stage_meta)
 
 
+def reported_frame(client: MlflowClient, sweep: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The sweep's trial frame as its table reads it (a training sweep's held-out metrics in place
+    of val's), with a ``_setting`` column (:func:`canonical`), and the sweep's tags."""
+    info = runs.sweep_info(sweep)
+    frame = runs.trial_frame(client, sweep)
+    if info["stage"] == trained.STAGE:
+        frame = trained.held_out_view(frame, info["split"])
+    keyed = frame.assign(_setting=[canonical(t["setting"]) for t in frame.attrs["trials"]["trials"]])
+    keyed.attrs = dict(frame.attrs)
+    return keyed, info
+
+
+def table_metrics(trials_doc: Mapping[str, Any], stage: str, logged: Iterable[str] | None) -> tuple[tuple[str, ...], list[str]]:
+    """The columns a sweep's table shows, and the declared ones no trial logged.
+
+    Declared columns (``metrics:``) all stay, and are named when no trial logged them (a
+    misspelt metric shows, not a silently narrower table); of the stage's defaults only those
+    the trials logged. ``logged`` is None when no trial finished (then nothing is filtered).
+    """
+    asked, declared = table_layout.metrics_of(trials_doc, stage)
+    if logged is None:
+        return tuple(asked), []
+    logged = set(logged)
+    if declared:
+        return tuple(asked), [m for m in asked if m not in logged]
+    return tuple(m for m in asked if m in logged) or tuple(asked), []
+
+
 def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """:func:`build_table` of one sweep run (``table``: its spec name); ``metrics`` replaces the
     columns its ``trials.json`` asks for.
@@ -144,19 +173,11 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
     ``meta`` also holds ``settings`` (each row's setting, as in trials.json) and, for a training
     sweep, ``frame`` (the trial frame: its header reads the trials' iterations).
     """
-    info = runs.sweep_info(sweep)
-    frame = runs.trial_frame(client, sweep)
-    if info["stage"] == trained.STAGE:
-        frame = trained.held_out_view(frame, info["split"])
+    frame, info = reported_frame(client, sweep)
     trials_doc = frame.attrs["trials"]
     unlogged: list[str] = []
     if metrics is None:
-        asked, declared = table_layout.metrics_of(trials_doc, info["stage"])
-        logged = [m for m in asked if m in frame.columns]
-        # The stage's defaults: only those the trials logged. Declared columns all stay, and a
-        # note names those no trial logged (a misspelt metric shows, not a silently narrower table).
-        metrics = tuple(asked) if declared or not logged else tuple(logged)
-        unlogged = [m for m in asked if m not in frame.columns] if declared and frame["run_id"].notna().any() else []
+        metrics, unlogged = table_metrics(trials_doc, info["stage"], frame.columns if frame["run_id"].notna().any() else None)
     metrics = tuple(metrics)
     paper_key = info["paper_table"]
     paper_columns: list[str] = []
@@ -164,7 +185,6 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
         paper_columns = [str(c) for c in paper.paper_table(paper_key).get("columns", [])]
 
     settings = [t["setting"] for t in trials_doc["trials"]]
-    frame = frame.assign(_setting=[canonical(s) for s in settings])
     order: list[str] = list(dict.fromkeys(frame["_setting"]))
     by_key = {canonical(s): s for s in settings}
     grid_keys = list(frame.attrs["grid_keys"])
@@ -195,12 +215,12 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
             record[f"{m}_paper"] = row_paper.get(m, math.nan) if row_paper else math.nan
         for m in metrics:
             if key == baseline_key:
-                record.update(_delta_columns(m, [], math.nan))
+                record.update(delta_columns(m, [], math.nan))
             else:
                 mine, base = per_seed(rows, m), per_seed(baseline_rows, m)
                 has_paper = row_paper and baseline_paper and m in row_paper and m in baseline_paper
                 d_paper = round(row_paper[m] - baseline_paper[m], 6) if has_paper else math.nan
-                record.update(_delta_columns(m, [mine[s] - base[s] for s in mine if s in base], d_paper))
+                record.update(delta_columns(m, [mine[s] - base[s] for s in mine if s in base], d_paper))
         records.append(record)
     df = pd.DataFrame.from_records(records)
 

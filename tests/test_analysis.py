@@ -79,8 +79,9 @@ class Writer:
         run_id = run.info.run_id
         doc = {"format": "p2m-sweep-trials/1", "spec": spec, "paper_table": paper_table,
                "grid_keys": grid_keys, "seed_keys": SEED_KEYS, "trials": trials}
-        if declared_layout(spec) is not None:  # as the sweep driver records a shipped spec's table
-            doc["table"] = declared_layout(spec)
+        layout = declared_layout(spec)
+        if layout is not None:  # as the sweep driver records a shipped spec's table
+            doc["table"] = layout
         self.client.log_text(run_id, json.dumps(doc), "trials.json")
         self.client.log_text(run_id, yaml.safe_dump({"name": spec, "grid": grid_keys}), "spec.yaml")
         counts = {"trials_total": len(trials), "trials_skipped": 0, "trials_finished": len(trials), "trials_failed": 0}

@@ -70,8 +70,9 @@ class Store:
         run_id = self.client.create_run(experiment, start_time=start, tags=tags).info.run_id
         doc = {"format": "p2m-sweep-trials/1", "spec": spec, "paper_table": paper_table,
                "grid_keys": list(trials[0]["setting"]), "seed_keys": ["seed", "data.point_seed"], "trials": trials}
-        if declared_layout(spec) is not None:  # as the sweep driver records a shipped spec's table
-            doc["table"] = declared_layout(spec)
+        layout = declared_layout(spec)
+        if layout is not None:  # as the sweep driver records a shipped spec's table
+            doc["table"] = layout
         self.client.log_text(run_id, json.dumps(doc), "trials.json")
         self.client.set_terminated(run_id, "FINISHED", end_time=start + 1)
         return run_id
