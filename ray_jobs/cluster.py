@@ -12,9 +12,13 @@ set it up (``RAY_AUTH_MODE`` and the token in the user's environment); nothing i
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
+import threading
 import time
+from typing import NoReturn
 
 from p2m_core.errors import P2MInputError
 
@@ -95,3 +99,32 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def shutdown_in_background() -> threading.Thread:
+    """Start :func:`shutdown` on a thread and return it (``join`` it before the process ends).
+
+    Stopping the in-process cluster takes 1.2-1.4 s on 2 cores (its processes are signalled
+    and waited for), leaving an attached one 0.8 s; a sweep spends that time closing its MLflow
+    runs and rendering its tables, which need no Ray."""
+    thread = threading.Thread(target=shutdown, name="p2m-ray-shutdown")
+    thread.start()
+    return thread
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a command whose work is done and recorded, skipping the interpreter's finalisation.
+
+    After a Ray driver, Python's own teardown (the modules of Ray, Tune and MLflow, and Ray's
+    core-worker threads) took 1.2-1.9 s per command on 2 cores, for nothing a finished command
+    needs. What a normal exit does that matters still happens: the ``atexit`` handlers run
+    (logging is flushed and closed, MLflow ends an active run, Ray shuts down if it is still
+    up), then both console streams are flushed. Files we write are closed by then (each is
+    written to a temporary name and renamed)."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)

@@ -247,5 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from ray_jobs.cluster import exit_process
+
     logging.basicConfig(level=logging.WARNING)
-    sys.exit(main())
+    exit_process(main())

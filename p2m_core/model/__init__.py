@@ -16,19 +16,30 @@ the caller's job. Nothing here calls ``.cuda()``: tensors follow the inputs' dev
 
 from __future__ import annotations
 
-from p2m_core.model.backbone import FrozenBatchNorm2d, ResNet, load_pretrained
-from p2m_core.model.deformable import MSDeformAttn
-from p2m_core.model.neck import DeformableEncoder, DeformableEncoderLayer, EncoderNeck, NeckOutput
-from p2m_core.model.position import sine_position_encoding
+import importlib
+from typing import Any
 
-__all__ = [
-    "DeformableEncoder",
-    "DeformableEncoderLayer",
-    "EncoderNeck",
-    "FrozenBatchNorm2d",
-    "MSDeformAttn",
-    "NeckOutput",
-    "ResNet",
-    "load_pretrained",
-    "sine_position_encoding",
-]
+#: Public name -> the module that defines it. Imported on first use (PEP 562): the sweep driver
+#: reads ``p2m_core.model.pretrained`` to check configs, and importing the network here would
+#: pull torch into it (about 1 s of its start, and more at its exit) for nothing.
+_EXPORTS = {
+    "FrozenBatchNorm2d": "backbone",
+    "ResNet": "backbone",
+    "load_pretrained": "backbone",
+    "MSDeformAttn": "deformable",
+    "DeformableEncoder": "neck",
+    "DeformableEncoderLayer": "neck",
+    "EncoderNeck": "neck",
+    "NeckOutput": "neck",
+    "sine_position_encoding": "position",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

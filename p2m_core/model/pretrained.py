@@ -61,11 +61,12 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from p2m_core.errors import P2MInputError
-from p2m_core.model.backbone import FrozenBatchNorm2d, load_pretrained
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -296,6 +297,10 @@ def init_backbone(
     """Load ``model.pretrained`` (``value``) into ``backbone`` (a :class:`~p2m_core.model.backbone.ResNet`
     built for ``backbone_name``); return the file it came from, None for random initialisation,
     which logs a WARNING when the backbone's batch norm is frozen."""
+    # Here, not at the top: the sweep driver checks ``model.pretrained`` with this module and
+    # needs no torch (importing it costs the driver about 1 s at start and more at exit).
+    from p2m_core.model.backbone import FrozenBatchNorm2d, load_pretrained
+
     path = resolve_pretrained(value, backbone_name, backbone.width, registry, cache_dir)
     if path is None:
         if any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules()):
