@@ -12,6 +12,7 @@
 - :mod:`ray_jobs.trial`                   the Tune trials (pseudo stage; training: launches a TorchTrainer);
 - :mod:`ray_jobs.tune_progress`           one console line per finished trial;
 - :mod:`ray_jobs.cluster`                 starting or attaching to Ray;
+- ``python -m ray_jobs.cluster_auth ...`` the AWS cluster's Ray token and MLflow login (cluster.yaml);
 - ``runtime_env.yaml``                    for ``ray job submit``.
 
 Only this package imports Ray.

@@ -116,6 +116,17 @@ def worker_resources(num_workers: int, use_gpu: bool, cpus_per_worker: float | N
     return resources
 
 
+def placement_strategy(use_gpu: bool) -> str:
+    """How Ray places a run's workers: on GPUs all on one node (``STRICT_PACK``), else ``PACK``.
+
+    Why: with ``PACK`` the cluster's autoscaler sees each worker's GPU as a separate demand and
+    covers four of them with four 1-GPU machines (it prefers the node type it fills best), so
+    DDP's gradients would cross the network; one bundle asks for one machine with all the GPUs,
+    which is how the paper's runs were laid out (docs/SCALING.md, "Which node a config needs").
+    """
+    return "STRICT_PACK" if use_gpu else "PACK"
+
+
 def fit(
     plan: TrainPlan, run_id: str, num_workers: int, resources: dict[str, float],
     callbacks: Sequence[Any] = (),
@@ -129,7 +140,10 @@ def fit(
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config(plan.cfg, plan.tracking_uri, run_id, plan.output_dir, plan.checkpoints),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=plan.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=plan.use_gpu, resources_per_worker=resources,
+            placement_strategy=placement_strategy(plan.use_gpu),
+        ),
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         run_config=RunConfig(
             name=plan.ray_name,

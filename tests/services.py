@@ -30,13 +30,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url}: the service exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, timeout=2, headers=headers).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -63,21 +63,29 @@ def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
 
 
 @contextmanager
-def running(cmd: list[str], log: Path, health_url: str, timeout: float, env: dict[str, str] | None = None) -> Iterator[None]:
-    """Start ``cmd`` in a new process group (output to ``log``), wait for ``health_url``, and
-    stop the whole group on exit."""
+def running(
+    cmd: list[str], log: Path, health_url: str, timeout: float, env: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """Start ``cmd`` in a new process group (output to ``log``), wait for ``health_url`` (sent
+    with ``headers``), and stop the whole group on exit."""
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_for(health_url, process, log, timeout)
+        wait_for(health_url, process, log, timeout, headers)
         yield
     finally:
         stop_group(process)
 
 
 @contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """``mlflow server`` with a sqlite backend and proxied artifacts; yields its URL."""
+def mlflow_server(folder: Path, auth_env: dict[str, str] | None = None) -> Iterator[str]:
+    """``mlflow server`` with a sqlite backend and proxied artifacts; yields its URL.
+
+    ``auth_env``: run MLflow's basic-auth app with these variables (``MLFLOW_AUTH_CONFIG_PATH``,
+    ``MLFLOW_FLASK_SERVER_SECRET_KEY``: :func:`ray_jobs.cluster_auth.environment` with
+    ``server=True``), as ``cluster.yaml`` runs it. Its ``/health`` answers without a login.
+    """
     port = free_port()
     log = folder / "mlflow_server.log"
     cmd = [
@@ -85,17 +93,24 @@ def mlflow_server(folder: Path) -> Iterator[str]:
         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+    env = None
+    if auth_env is not None:
+        cmd += ["--app-name", "basic-auth"]
+        env = {**os.environ, **auth_env}
     url = f"http://127.0.0.1:{port}"
-    with running(cmd, log, f"{url}/health", timeout=90):
+    with running(cmd, log, f"{url}/health", timeout=90, env=env):
         yield url
 
 
 @contextmanager
-def ray_head(folder: Path) -> Iterator[str]:
+def ray_head(folder: Path, token_path: Path | None = None) -> Iterator[str]:
     """``ray start --head --block`` with the dashboard (job server) on 127.0.0.1; yields its URL.
 
     The head has its own short temp folder (removed afterwards); `ray start --block` stops every
-    process it started when its group gets SIGTERM.
+    process it started when its group gets SIGTERM. Without ``token_path`` it runs with token
+    authentication off; with it, in token mode with that token file (``RAY_AUTH_TOKEN_PATH``, as
+    ``cluster.yaml`` starts it) and with ``folder`` as its HOME, so nothing reads or writes
+    ``~/.ray`` of the user running the tests.
     """
     dashboard = free_port()
     temp_dir = Path("/tmp") / f"p2m-ray-{secrets.token_hex(3)}"
@@ -103,6 +118,11 @@ def ray_head(folder: Path) -> Iterator[str]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
+    headers = None
+    if token_path is not None:
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), HOME=str(folder))
+        env.pop("RAY_AUTH_TOKEN", None)
+        headers = {"Authorization": f"Bearer {token_path.read_text().strip()}"}  # /api/version needs it
     cmd = [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--object-store-memory=100000000",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
@@ -110,7 +130,7 @@ def ray_head(folder: Path) -> Iterator[str]:
     ]  # fmt: skip
     url = f"http://127.0.0.1:{dashboard}"
     try:
-        with running(cmd, log, f"{url}/api/version", timeout=120, env=env):
+        with running(cmd, log, f"{url}/api/version", timeout=120, env=env, headers=headers):
             yield url
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)

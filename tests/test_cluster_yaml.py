@@ -227,8 +227,47 @@ def test_tracking_uri_reaches_the_server_from_head_and_workers(config):
     assert exported(worker_start, "MLFLOW_TRACKING_URI", "ray start") == "http://$RAY_HEAD_IP:5000"
     assert command_args(worker_start, "ray start")["--address"] == "$RAY_HEAD_IP:6379"
     assert command_args(head_start, "ray start")["--port"] == "6379"
-    # Every node in the same auth mode (a stray ~/.ray/auth_token must not flip only the head).
-    assert exported(head_start, "RAY_AUTH_MODE", "ray start") == exported(worker_start, "RAY_AUTH_MODE", "ray start")
+
+
+def auth_env_dir(command: str, before: str, server: bool = False) -> str:
+    """The folder of ``eval "$(... ray_jobs.cluster_auth env DIR)"`` in ``command``, which must
+    come before ``before`` (and exit when the secrets cannot be read)."""
+    flag = r" --server" if server else ""
+    match = re.search(rf"AUTH=\$\(~/venv/bin/python -m ray_jobs\.cluster_auth env (\S+){flag}\) \|\| exit 1; eval \"\$AUTH\";", command)
+    assert match, f"cluster_auth env{flag} is not exported (or a failure does not stop) in {command!r}"
+    assert match.start() < command.index(before), f"the credentials are exported after {before!r} in {command!r}"
+    return match.group(1)
+
+
+def test_every_node_runs_ray_with_token_auth_and_mlflow_with_logins(config, tmp_path):
+    from ray_jobs import cluster_auth
+
+    head_commands = config["head_start_ray_commands"]
+    init_index, init = find_command(head_commands, "ray_jobs.cluster_auth init")
+    head_index, head_start = find_command(head_commands, "ray start --head")
+    mlflow_index, mlflow = find_command(head_commands, "mlflow server")
+    assert init_index < head_index < mlflow_index, "the secrets must exist before Ray and MLflow start"
+    _, worker_start = find_command(config["worker_start_ray_commands"], "ray start --address")
+    init_args = shlex.split(init.split("cluster_auth init", 1)[1])
+    secrets_dir, auth_db = init_args[0], init_args[init_args.index("--auth-db") + 1]
+    # Workers read the head's token: the folder must be on the shared disk, and the same everywhere.
+    assert secrets_dir.startswith(f"{SHARED}/"), secrets_dir
+    assert auth_env_dir(head_start, "ray start") == secrets_dir
+    assert auth_env_dir(worker_start, "ray start") == secrets_dir
+    assert auth_env_dir(mlflow, "/mlflow server", server=True) == secrets_dir
+    assert auth_db == f"sqlite:///{SHARED}/mlflow/basic_auth.db", "MLflow's users must outlive the head"
+    assert command_args(mlflow, "mlflow server").get("--app-name") == "basic-auth", mlflow
+    for command in (head_start, worker_start):
+        assert "RAY_AUTH_MODE=disabled" not in command, command
+    # What those commands export, from files made by the same code in a temporary folder.
+    folder = tmp_path / "secrets"
+    cluster_auth.init(folder, auth_db)
+    env = cluster_auth.environment(folder, server=True)
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(folder / cluster_auth.RAY_TOKEN)
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH"} <= env.keys()
+    # The shells of `ray exec` / `ray attach` get the same variables (reading the files, not copying them).
+    bashrc = "\n".join(c for c in config["setup_commands"] if "bashrc" in c)
+    assert f"ray_jobs.cluster_auth env {secrets_dir}" in bashrc, "ray exec 'ray status' would have no token"
 
 
 def test_setup_installs_the_cuda_torch_build_before_the_pinned_requirements(config):
@@ -360,3 +399,69 @@ def test_validator_rejects_a_node_type_without_node_config(config, validator):
     del broken["available_node_types"][name]["node_config"]
     errors = schema_errors(validator, broken)
     assert any("'node_config' is a required property" in e for e in errors), errors
+
+
+# --------------------------------------------------------------------------------------------
+# (d) node types: the instances they name, and the configs that need them
+
+#: vCPUs and GPUs of each EC2 instance type cluster.yaml names (AWS's instance-type facts; the
+#: one place this test knows them from).
+INSTANCES = {"m5.2xlarge": {"CPU": 8, "GPU": 0}, "g5.xlarge": {"CPU": 4, "GPU": 1},
+             "g5.12xlarge": {"CPU": 48, "GPU": 4}, "g5.48xlarge": {"CPU": 192, "GPU": 8}}  # fmt: skip
+
+
+def test_each_worker_type_advertises_its_instances_cpus_and_gpus(config):
+    for name, node_type in worker_types(config).items():
+        instance = node_type["node_config"]["InstanceType"]
+        assert instance in INSTANCES, f"{name}: instance type {instance} missing from this test's INSTANCES"
+        assert node_type["resources"] == INSTANCES[instance], (
+            f"{name}: resources {node_type['resources']} do not match {instance} {INSTANCES[instance]}"
+        )
+        assert node_type.get("min_workers", 0) == 0, f"{name}: min_workers {node_type['min_workers']} pays for idle GPUs"
+    assert config["max_workers"] == sum(t["max_workers"] for t in worker_types(config).values()), (
+        "the cluster's max_workers must let every type reach its own max_workers"
+    )
+
+
+def scaling_doc_node_types() -> dict[str, str]:
+    """``{config path: node type}`` from docs/SCALING.md's table "Which node a config needs"."""
+    doc = (REPO_ROOT / "docs" / "SCALING.md").read_text(encoding="utf-8")
+    section = doc.split("## Which node a config needs", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(experiments/[\w/.-]+\.yaml)` \| `(\w+)`", section, re.MULTILINE)
+    assert rows, "docs/SCALING.md has no table of configs and node types"
+    return dict(rows)
+
+
+@pytest.mark.parametrize("config_path", ["experiments/voc.yaml", "experiments/coco.yaml", "experiments/train_tiny.yaml"])
+def test_a_training_run_of_each_config_gets_one_node_of_the_documented_type(config, config_path):
+    """Ray's own autoscaler, given the run's demand, launches exactly one node of the type the
+    docs name: the run's GPUs (train.workers, one GPU each as ray_jobs.train asks) in one bundle."""
+    from functools import partial
+
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+
+    from p2m_core.config import load_config
+    from ray_jobs.train import placement_strategy, worker_resources
+
+    node_type = scaling_doc_node_types().get(config_path)
+    assert node_type in worker_types(config), f"docs/SCALING.md names {node_type!r} for {config_path}"
+    workers = load_config(REPO_ROOT / config_path).train.workers
+    per_worker = worker_resources(workers, use_gpu=True, cpus_per_worker=1.0)
+    bundles = [per_worker] * workers
+    if placement_strategy(use_gpu=True) == "STRICT_PACK":  # the autoscaler merges such a group
+        bundles = [{k: sum(b[k] for b in bundles) for k in per_worker}]
+    scorer = partial(_default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary({}))
+    launched, unmet = get_nodes_for(
+        config["available_node_types"], {}, config["head_node_type"], config["max_workers"], bundles, scorer,
+    )  # fmt: skip
+    assert not unmet, f"{config_path}: {workers} workers cannot be placed: {unmet}"
+    assert dict(launched) == {node_type: 1}, f"{config_path} ({workers} GPU workers) launches {dict(launched)}"
+
+
+def test_every_node_reads_the_pretrained_weights_from_the_shared_disk(config):
+    _, head_start = find_command(config["head_start_ray_commands"], "ray start --head")
+    _, worker_start = find_command(config["worker_start_ray_commands"], "ray start --address")
+    folder = exported(head_start, "P2M_WEIGHTS_DIR", "ray start")
+    assert exported(worker_start, "P2M_WEIGHTS_DIR", "ray start") == folder
+    assert folder.startswith(f"{SHARED}/") and folder in "\n".join(config["initialization_commands"]), folder
