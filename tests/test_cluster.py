@@ -51,3 +51,22 @@ def test_the_local_cluster_runs_without_token_auth_unless_the_user_asks(tmp_path
     else:  # the user's explicit value wins
         assert state == {"attached": False, "env": "token", "token": True}
         assert (tmp_path / ".ray" / "auth_token").is_file()
+
+
+# A command that ends through exit_process: an atexit handler and a large buffered stdout.
+EXIT = """
+import atexit, sys
+from ray_jobs.cluster import exit_process
+atexit.register(lambda: open(sys.argv[1], "w").write("atexit ran"))
+sys.stdout.write("x" * 200_000)  # more than one buffer: the tail is lost unless flushed
+exit_process(3)
+"""
+
+
+def test_exit_process_keeps_the_exit_status_the_atexit_handlers_and_the_output(tmp_path) -> None:
+    marker = tmp_path / "marker.txt"
+    proc = subprocess.run([sys.executable, "-c", EXIT, str(marker)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == "x" * 200_000
+    assert marker.read_text() == "atexit ran"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +220,21 @@ def test_training_trials_fit_the_machine_side_by_side():
     assert [threads_for(c) for c in (one["CPU"], 0.3, 1.99, 2.0, 4.0)] == [1, 1, 2, 2, 4]
     with pytest.raises(P2MInputError, match="leaves nothing for a training worker"):
         training_worker_resources({"CPU": 0.01}, workers=1)
+
+
+# Plans a sweep as the driver does, then says whether torch was imported on the way.
+PLAN_ONLY = """
+import sys
+from ray_jobs.spec import expand_trials, load_spec
+trials = expand_trials(load_spec(sys.argv[1]))
+print(len(trials), "torch" in sys.modules)
+"""
+
+
+def test_planning_a_sweep_does_not_import_torch(tmp_path, data_root):
+    """The driver only checks configs; torch in it cost ~1 s at start and more at exit."""
+    spec = write_spec(tmp_path, set={"data.root": str(data_root)}, seeds=[0, 1])
+    proc = subprocess.run([sys.executable, "-c", PLAN_ONLY, str(spec)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["4", "False"]
