@@ -360,6 +360,14 @@ def solver_rows(problem: dict[str, Tensor], cfg: PseudoConfig, repeats: int) -> 
     return rows, same
 
 
+def benchmark_config(mask_stride: int = 4) -> PseudoConfig:
+    """The pseudo-label settings of the issue's setting (module docstring), in one place so that
+    the GPU check (benchmarks/gpu_labels_match.py) times and compares exactly what this
+    benchmark times."""
+    return PseudoConfig(graph_stride=16, mask_stride=mask_stride, k_scheme="nearest_centroid", assignment="ot",
+                        sinkhorn_mode="reference", sinkhorn_iters=80, geodesic_backend="torch")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -374,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = PseudoConfig(graph_stride=16, mask_stride=4, k_scheme="nearest_centroid", assignment="ot",
-                       sinkhorn_mode="reference", sinkhorn_iters=80, geodesic_backend="torch")  # fmt: skip
+    cfg = benchmark_config()
     maps, points = make_batch(args.batch, args.mask_size, args.things, args.stuff, args.seed)
     B = args.batch
     print(f"pseudo labels: batch {B}, input {4 * args.mask_size}^2, masks {args.mask_size}^2, "

@@ -8,13 +8,16 @@ network's own maps (no gradient), every loss term, backward, AdamW. Settings:
   pixels (``--batch``, ``--size``), with its pseudo-label strides;
 - ``r50`` (``--model r50``, meant for a GPU): the paper's network (ResNet-50, 6-layer encoder,
   300 queries) on a batch of 2 images of 512x512, masks at stride 4, graph at 1/16, in fp32
-  and, with ``--amp``, under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA).
+  and, with ``--amp``, under ``torch.autocast`` in ``--amp-dtype`` (default bfloat16, what the
+  training loop's ``train.amp`` uses on CUDA, :func:`p2m_core.engine.step.autocast`; float16
+  runs without a loss scaler, so it times the step but is not how the loop trains).
 
 Times are the median of ``--steps`` steps after ``--warmup`` steps, synchronised on CUDA. The
 batch carries its low-level edge maps, as the training loop's batches do (the dataset computes
 them once per image, :class:`~p2m_core.data.dataset.EdgeCache`).
 
-    .venv/bin/python benchmarks/train_step.py [--model tiny|r50] [--config YAML] [--device cpu|cuda] [--steps 10] [--amp] [--set k=v]
+    .venv/bin/python benchmarks/train_step.py [--model tiny|r50] [--config YAML] [--device cpu|cuda] [--steps 10]
+                                              [--amp [--amp-dtype bfloat16|float16]] [--set k=v]
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                        help="autocast dtype with --amp (%(default)s: the training loop's)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--config", default=str(REPO / "experiments" / "train_tiny.yaml"),
                         help="the config whose network, losses and pseudo labels are timed (%(default)s)")
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic)).to(device)
     optimizer = build_optimizer(model, cfg)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    amp_dtype = getattr(torch, args.amp_dtype)
     steps, pseudo = [], []
     for i in range(args.warmup + args.steps):
         if device.type == "cuda":
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train step: model {args.model} ({params:.2f} M parameters), batch {batch_size} x {size}^2, "
           f"masks at stride {cfg.pseudo.mask_stride}, graph at 1/{cfg.pseudo.graph_stride}, "
           f"device {device}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, "
-          f"{'AMP' if args.amp else 'fp32'}, torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"{'AMP ' + args.amp_dtype if args.amp else 'fp32'}, torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"median step {step:.3f} s ({1000 * step / batch_size:.1f} ms per image), pseudo labels {100 * share:.1f} % "
           f"of the step ({1000 * statistics.median(pseudo):.1f} ms){memory}")  # fmt: skip
     return 0

@@ -43,6 +43,18 @@ os.environ.pop("RAY_ADDRESS", None)
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` on a machine without CUDA. One marker both skips them here
+    and selects them on a GPU (``pytest -m cuda``, run by benchmarks/gpu_check.sh), so a CUDA
+    test cannot be left out of the GPU check by being marked only with a ``skipif``."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marker cuda)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server_url(tmp_path_factory) -> str:
     """A real `mlflow server` (sqlite backend) on 127.0.0.1, shared by the session's tests."""

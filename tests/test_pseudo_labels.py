@@ -457,7 +457,7 @@ def test_semantic_cost_map_matches_loop_oracle() -> None:
         semantic_cost_map(logits, points, dilation=4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_matches_cpu() -> None:
     rng = np.random.default_rng(10)
     maps = random_maps(rng, 2, 3, 32, 32)
