@@ -47,8 +47,23 @@ def test_changed_bytes_a_missing_file_and_a_missing_manifest_are_named(tmp_path)
     unlisted = write_checkpoint(tmp_path / "checkpoint_c")
     (unlisted / "manifest-rank1.json").unlink()  # rank 1 died before its part was complete
     assert check_folder(unlisted).file == "manifest-rank1.json" and "missing" in check_folder(unlisted).reason
-    (unlisted / "manifest-rank0.json").unlink()  # a checkpoint from before manifests, or a half-written one
-    assert check_folder(unlisted).file == "manifest-rank0.json"
+    (unlisted / "manifest-rank0.json").unlink()  # no manifest at all: a checkpoint of an older p2m
+
+
+def test_a_checkpoint_from_before_manifests_resumes_when_its_files_load(tmp_path, caplog) -> None:
+    old = write_checkpoint(tmp_path / "checkpoint_a")
+    for manifest in old.glob("manifest-rank*.json"):
+        manifest.unlink()
+    with caplog.at_level("WARNING", logger="p2m_core.engine.checkpoint_check"):
+        assert check_folder(old) is None
+    assert "no manifest" in caplog.text and str(old) in caplog.text
+    data = (old / "state.pt").read_bytes()
+    (old / "state.pt").write_bytes(data[: len(data) // 2])
+    damage = check_folder(old)
+    assert damage.file == "state.pt" and damage.reason.startswith("torch.load fails")
+    empty = tmp_path / "checkpoint_b"
+    empty.mkdir()
+    assert check_folder(empty).file == "manifest-rank0.json"
 
 
 def test_a_file_torch_cannot_read_is_damaged_even_when_it_matches_its_manifest(tmp_path) -> None:

@@ -7,7 +7,10 @@ checkpoint with :data:`MANIFEST` (written last and atomically: it exists only wh
 lists are complete), naming each file with its size and SHA-256; rank 0's also records the
 number of workers. :func:`check_folder` says what is wrong with a folder, naming the file, or
 that it is good: every rank's manifest present, every listed file present with its size and
-digest, and each ``.pt`` file readable by ``torch.load``.
+digest, and each ``.pt`` file readable by ``torch.load``. A folder with no manifest at all was
+written before checkpoints carried them (a run started on an older p2m): it counts as good when
+every ``.pt`` file in it loads, with a warning that its completeness cannot be verified, so that
+upgrading p2m does not strand the runs in flight.
 
 :func:`choose_checkpoint` picks the folder to resume from: the one Ray Train hands back when it is
 good, else the newest good one written before it in the run's checkpoint directory (Ray keeps
@@ -23,9 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest-rank{rank}.json"
 MANIFEST_FORMAT = "p2m-checkpoint-manifest/1"
@@ -109,9 +115,28 @@ def _check_file(folder: Path, name: str, expected: dict) -> Damage | None:
     return None
 
 
+def _check_unlisted(folder: Path) -> Damage | None:
+    """A checkpoint from before manifests: its ``.pt`` files must load (module docstring)."""
+    files = sorted(folder.glob("*.pt"))
+    if not files:
+        return Damage(folder, MANIFEST.format(rank=0), "missing, and no checkpoint file either")
+    for path in files:
+        try:
+            import torch
+
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:
+            return Damage(folder, path.name, f"torch.load fails: {type(exc).__name__}: {exc}")
+    log.warning("checkpoint %s has no manifest (written before p2m checked checkpoints): its files load, "
+                "but whether each is complete cannot be verified", folder)  # fmt: skip
+    return None
+
+
 def check_folder(folder: str | Path) -> Damage | None:
     """None when ``folder`` is a whole checkpoint (module docstring), else its first problem."""
     folder = Path(folder)
+    if not any(folder.glob(MANIFEST.format(rank="*"))):
+        return _check_unlisted(folder)
     first = _read_manifest(folder, 0)
     if isinstance(first, Damage):
         return first
