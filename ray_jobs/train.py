@@ -15,7 +15,9 @@ up to ``train.max_failures`` times from its last checkpoint.
 ``<tracking.output_dir>/ray``; an ``s3://`` or other pyarrow URI on a multi-node cluster), in a
 folder named after the run name and the config hash. Running the same command again after a
 crash, a kill or Ctrl-C continues from the last checkpoint in the same MLflow run; a run that
-already FINISHED is not trained again. The model file and the val predictions go to
+already FINISHED is not trained again. A damaged latest checkpoint (a truncated, missing or
+changed file) is passed over for the previous good one, with a warning naming the file
+(:mod:`p2m_core.engine.checkpoint_check`). The model file and the val predictions go to
 ``<tracking.output_dir>/<run folder>/``.
 
 Ray: in-process by default; an existing cluster when ``RAY_ADDRESS`` is set (``ray job
@@ -239,8 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_fits({k: v * plan.cfg.train.workers for k, v in resources.items()}, attached, f"config {args.config_path}")
         from ray_jobs.train_progress import MlflowProgress
 
+        from p2m_core.tracking.training import damaged_checkpoints
+
+        damaged_before = len(damaged_checkpoints(plan.tracking_uri, run_id))
         with MlflowProgress(plan.tracking_uri, run_id, plan.cfg.train, say, enabled=not args.quiet):
             metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
+        for line in damaged_checkpoints(plan.tracking_uri, run_id)[damaged_before:]:  # the workers' warnings stay in Ray's logs
+            print(f"warning: damaged checkpoint file {line}; resumed from the previous good checkpoint", file=sys.stderr)
     except P2MInputError as exc:
         from p2m_core.tracking.training import end_training_run
 

@@ -4,7 +4,8 @@ Ray Train starts the workers, initialises the torch process group (gloo on CPU, 
 and calls :func:`train_loop` on each with the same ``loop_config`` (:func:`loop_config`). The
 worker builds its :class:`~p2m_core.engine.run.TrainingRun` (its shard of the train split), resumes
 from ``ray.train.get_checkpoint()`` when Ray restarted the group after a failure (or the launcher
-was run again), and trains. At each checkpoint iteration rank 0 evaluates (when due) and logs to
+was run again; a damaged checkpoint is passed over for the previous good one,
+:func:`agreed_checkpoint`), and trains. At each checkpoint iteration rank 0 evaluates (when due) and logs to
 MLflow, every worker writes its part of the state into one folder, and all report it together
 (``ray.train.report`` is a barrier). After the last iteration rank 0 scores the held-out split
 (``train.test_split``, once: metrics ``<split>/PQ`` ...), writes the model file and its
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from p2m_core.config import Config, from_dict, to_dict
+from p2m_core.engine.checkpoint_check import Choice
 from p2m_core.engine.run import RunHooks
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,39 @@ class WorkerHooks(RunHooks):
             ray.train.report({"iteration": iteration, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
+def agreed_checkpoint(handed: Path, checkpoints: str, rank: int, world_size: int) -> Choice:
+    """The checkpoint folder every worker resumes from: rank 0 checks ``handed`` (Ray's latest)
+    and, when it is damaged, the earlier ones
+    (:func:`~p2m_core.engine.checkpoint_check.choose_checkpoint`), warns naming each damaged
+    file, and sends its choice to the others, so that they cannot diverge (a worker reading a
+    file differently on a flaky mount). When there is no good one every worker raises its
+    error. ``handed`` in the choice stands for each worker's own copy of Ray's checkpoint (a
+    download of its own with a URI storage path)."""
+    from p2m_core.engine.checkpoint_check import DamagedCheckpointError, choose_checkpoint
+
+    decision: tuple[str, list[Any], str] = ("", [], "")
+    if rank == 0:
+        try:
+            chosen = choose_checkpoint(handed, checkpoints)
+            decision = ("" if chosen.folder == handed else str(chosen.folder), chosen.damaged, "")
+        except DamagedCheckpointError as exc:
+            decision = ("", [], str(exc))
+    if world_size > 1:
+        import torch.distributed as dist
+
+        box: list[Any] = [decision]
+        dist.broadcast_object_list(box, src=0)
+        decision = box[0]
+    folder, damaged, error = decision
+    if error:
+        raise DamagedCheckpointError(error)
+    choice = Choice(Path(folder) if folder else handed, damaged)
+    if rank == 0:
+        for damage in damaged:
+            log.warning("damaged checkpoint file %s; resuming from %s instead", damage, choice.folder)
+    return choice
+
+
 def _device() -> Any:
     import ray.train.torch
 
@@ -115,14 +150,16 @@ def train_loop(config: dict[str, Any]) -> None:
     cfg = from_dict(config["config"], {}, Config)
     run = TrainingRun(cfg, rank, world_size, _device())
     checkpoint = ray.train.get_checkpoint()
+    choice = None
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run.load_state(folder)
+        with checkpoint.as_directory() as handed:
+            choice = agreed_checkpoint(Path(handed), config["checkpoints"], rank, world_size)
+            run.load_state(choice.folder)
     log.info("rank %d/%d (pid %d): %d train images, iteration %d of %d on %s, %d torch threads", rank, world_size,
              os.getpid(), len(run.train_set), run.iteration, run.max_iters, run.device, torch.get_num_threads())  # fmt: skip
     tracking = TrainingLog(config["tracking_uri"], config["run_id"], cfg.train.log_every) if rank == 0 else None
-    if tracking is not None and checkpoint is not None:
-        tracking.resumed_at(run.iteration)
+    if tracking is not None and choice is not None:
+        tracking.resumed_at(run.iteration, choice.folder.name, [str(damage) for damage in choice.damaged])
     run.train(WorkerHooks(run, tracking, cfg))
     if tracking is None:
         return

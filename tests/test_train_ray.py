@@ -6,6 +6,8 @@
   (to float32 rounding: the workers share their loss normalisers);
 - a training worker killed by its PID mid-run: Ray restarts the group from the last checkpoint,
   the run finishes, and every step is in MLflow exactly once;
+- a damaged latest checkpoint (a truncated or a missing file): the run resumes from the
+  previous good one, warns naming the file, records it in MLflow and logs every step once;
 - bad input (missing or empty data, a wrong class count, an unreachable tracking server) is
   refused before Ray starts.
 """
@@ -253,6 +255,34 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_logs_every_step_once(tm
     assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))  # each step exactly once
     assert steps_of(client, run.info.run_id, "PQ") == [iters]
     assert Path(run.data.tags["p2m.checkpoint.model"]).is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])  # changed bytes: tests/test_checkpoint_check.py
+def test_a_damaged_latest_checkpoint_is_passed_over_for_the_previous_good_one(tmp_path, data_root, damage, capsys) -> None:
+    iters = 6
+    args = [str(CONFIG), "--num-workers", "2", "--quiet",
+            *settings(data_root, tmp_path, f"train.iters={iters}", "train.checkpoint_every=2")]  # fmt: skip
+    assert train_main(args) == 0
+    client, run = only_run(tmp_path)
+    # the launcher "was killed" after its last checkpoint: the run is unfinished, Ray keeps 4 and 6
+    client.set_terminated(run.info.run_id, status="KILLED")
+    previous, latest = sorted(p for p in Path(run.data.tags["p2m.checkpoint.ray"]).glob("checkpoint_*") if p.is_dir())
+    if damage == "truncated":
+        bad = latest / "state.pt"
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    else:
+        bad = latest / "rng-rank1.pt"  # rank 1's part: rank 0 checks every worker's files
+        bad.unlink()
+    capsys.readouterr()
+    assert train_main(args) == 0
+    assert f"warning: damaged checkpoint file {bad}: " in capsys.readouterr().err
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["p2m.damaged_checkpoint"].startswith(f"{bad}: ")
+    assert (tags["p2m.resumed_at"], tags["p2m.resumed_from"]) == ("4", previous.name)  # not from scratch
+    assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))  # each step exactly once
+    assert steps_of(client, run.info.run_id, "PQ") == [iters] and steps_of(client, run.info.run_id, "test/PQ") == [iters]
 
 
 @pytest.mark.parametrize("problem", ["missing", "empty", "classes", "server"])

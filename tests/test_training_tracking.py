@@ -1,6 +1,6 @@
 """A training run in a real sqlite MLflow store, without Ray: which run a launcher continues,
-that a restarted writer logs no step twice and loses none it recomputes, and the launcher's
-progress line."""
+that a restarted writer logs no step twice and loses none it recomputes, what a resume past a
+damaged checkpoint records, and the launcher's progress line."""
 
 from __future__ import annotations
 
@@ -113,3 +113,19 @@ def test_a_training_sweep_reports_its_running_trials(tmp_path) -> None:
     progress = SweepProgress(uri, experiment, parent, 20, print, enabled=False)
     assert progress.lines() == ["assignment=ot seed=0: iteration 5/20, loss 1.000"]
     assert progress.lines() == []
+
+
+def test_a_resume_past_a_damaged_checkpoint_is_recorded_on_the_run(tmp_path) -> None:
+    from p2m_core.tracking.training import damaged_checkpoints
+
+    uri, experiment, cfg = setup(tmp_path)
+    run_id, _ = open_training_run(uri, experiment, cfg, {}, "train-a")
+    writer = TrainingLog(uri, run_id)
+    writer.resumed_at(8, "checkpoint_b")  # a good latest checkpoint: nothing damaged
+    assert damaged_checkpoints(uri, run_id) == []
+    writer.resumed_at(4, "checkpoint_a", ["/ray/checkpoint_c/state.pt: 10 bytes, the manifest says 20"])
+    writer.resumed_at(6, "checkpoint_d", ["/ray/checkpoint_e/rng-rank1.pt: missing"])
+    tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    assert (tags["p2m.resumed_at"], tags["p2m.resumed_from"]) == ("8,4,6", "checkpoint_d")
+    assert damaged_checkpoints(uri, run_id) == [
+        "/ray/checkpoint_c/state.pt: 10 bytes, the manifest says 20", "/ray/checkpoint_e/rng-rank1.pt: missing"]

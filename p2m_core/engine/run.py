@@ -18,6 +18,8 @@ schedule, iteration; written by rank 0) and one :data:`RNG_FILE` per rank (each 
 random states). Both are plain tensors and values, read with ``weights_only=True``. Each rank
 also writes :data:`DATA_FILE`, the image ids it trained on at each iteration since the previous
 checkpoint: a record of the sharding, for audits and tests.
+Each rank's part ends with a manifest of its files (sizes, SHA-256), so that a damaged checkpoint
+is found before it is loaded (:mod:`p2m_core.engine.checkpoint_check`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, Subset
 from p2m_core.config import Config
 from p2m_core.data.dataset import PointPanopticDataset, collate_points
 from p2m_core.engine.checkpoint import save_checkpoint
+from p2m_core.engine.checkpoint_check import write_manifest
 from p2m_core.engine.device import resolve_device
 from p2m_core.engine.evaluate import NetworkEvaluator
 from p2m_core.engine.loop import Trainer, batch_to_device
@@ -193,16 +196,21 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ resume state
     def save_state(self, folder: str | Path) -> None:
-        """This worker's part of a checkpoint: :data:`STATE_FILE` on rank 0, its RNG file on all."""
+        """This worker's part of a checkpoint: :data:`STATE_FILE` on rank 0, its RNG and data
+        files on all, and last its manifest (:mod:`p2m_core.engine.checkpoint_check`), which
+        marks the part complete."""
         folder = Path(folder)
+        names = [RNG_FILE.format(rank=self.rank), DATA_FILE.format(rank=self.rank)]
         if self.rank == 0:
             state = self.trainer.state_dict()
             state.pop("rng")
             with atomic_open(folder / STATE_FILE) as handle:
                 torch.save(state, handle)
-        with atomic_open(folder / RNG_FILE.format(rank=self.rank)) as handle:
+            names.append(STATE_FILE)
+        with atomic_open(folder / names[0]) as handle:
             torch.save(self.trainer.rng_state(), handle)
-        atomic_write_json(folder / DATA_FILE.format(rank=self.rank), {"rank": self.rank, "iterations": self._seen})
+        atomic_write_json(folder / names[1], {"rank": self.rank, "iterations": self._seen})
+        write_manifest(folder, names, self.rank, self.world_size)
         self._seen = []
 
     def load_state(self, folder: str | Path) -> None:

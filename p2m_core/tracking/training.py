@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ STEP_KEY = "loss/total"
 EVAL_KEY = "PQ"
 CONFIG_ARTIFACT = "config.yaml"
 CHECKPOINT_ARTIFACT = "checkpoint.txt"
+#: The longest tag value p2m writes (MLflow refuses longer ones).
+MAX_TAG_CHARS = 5000
 
 
 def open_training_run(
@@ -98,10 +100,16 @@ def end_training_run(uri: str, run_id: str, error: BaseException | str | None = 
     try:
         if error is not None:
             message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-            mlflow_client.set_tag(run_id, T.ERROR, message[:5000])
+            mlflow_client.set_tag(run_id, T.ERROR, message[:MAX_TAG_CHARS])
         mlflow_client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
     except Exception:
         log.exception("could not end MLflow run %s", run_id)
+
+
+def damaged_checkpoints(uri: str, run_id: str) -> list[str]:
+    """The damaged checkpoint files the run's workers passed over when they resumed (oldest
+    first; :meth:`TrainingLog.resumed_at`)."""
+    return [line for line in client(uri).get_run(run_id).data.tags.get(T.DAMAGED_CHECKPOINT, "").splitlines() if line]
 
 
 def last_logged_step(uri: str, run_id: str, key: str) -> int:
@@ -180,11 +188,19 @@ class TrainingLog:
             chunk, self._pending = self._pending[:1000], self._pending[1000:]
             self.client.log_batch(self.run_id, metrics=chunk)
 
-    def resumed_at(self, iteration: int) -> None:
+    def resumed_at(self, iteration: int, folder: str = "", damaged: Sequence[str] = ()) -> None:
         """Record that the worker group restarted from the checkpoint of ``iteration``: the
-        tag ``p2m.resumed_at`` lists every such iteration, in order."""
-        previous = self.client.get_run(self.run_id).data.tags.get(T.RESUMED_AT, "")
+        tag ``p2m.resumed_at`` lists every such iteration, in order; ``p2m.resumed_from`` names
+        the last ``folder``, and ``p2m.damaged_checkpoint`` gains a line per ``damaged`` file
+        passed over to get there, so the store, not only a worker's log, keeps the fact."""
+        tags = self.client.get_run(self.run_id).data.tags
+        previous = tags.get(T.RESUMED_AT, "")
         self.client.set_tag(self.run_id, T.RESUMED_AT, f"{previous},{iteration}" if previous else str(iteration))
+        if folder:
+            self.client.set_tag(self.run_id, T.RESUMED_FROM, folder)
+        if damaged:
+            lines = [line for line in tags.get(T.DAMAGED_CHECKPOINT, "").splitlines() if line] + list(damaged)
+            self.client.set_tag(self.run_id, T.DAMAGED_CHECKPOINT, "\n".join(lines)[-MAX_TAG_CHARS:])
 
     def artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
