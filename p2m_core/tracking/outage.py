@@ -108,8 +108,9 @@ class Outage:
         down_s = time.monotonic() - self.since
         if down_s >= self.limit_s:
             raise TrackingOutageError(
-                f"MLflow tracking server {self.uri} unreachable for {down_s:.0f} s, longer than tracking.outage_limit_s "
-                f"= {self.limit_s:g} s (last error: {_short(self.last_error)}); nothing logged was lost: start the server "
+                # short, the URI included: Ray shows the end of a worker's error only
+                f"MLflow tracking server {self.uri} unreachable for {down_s:.0f} s ({type(self.last_error).__name__}), "
+                f"longer than tracking.outage_limit_s = {self.limit_s:g} s; nothing logged was lost: start the server "
                 "again and re-run the same command to resume from the last checkpoint"
             ) from self.last_error
 
