@@ -428,6 +428,14 @@ class TrackingConfig:
     experiment: str = "p2m"
     run_name: str = ""
     output_dir: str = "runs"
+    # Seconds a tracking server may stay unreachable (connection refused, timeouts, HTTP 5xx)
+    # before a training run or trial fails; until then metrics are queued and retried
+    # (docs/TRACKING.md, "When the tracking server goes away"). A failed run resumes from its
+    # checkpoint when its command is run again.
+    outage_limit_s: float = 600.0
+
+    def invalid_fields(self) -> list[tuple[str, str]]:
+        return [] if self.outage_limit_s > 0 else [("outage_limit_s", "a number of seconds > 0")]
 
 
 @dataclass

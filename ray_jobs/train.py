@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from p2m_core.tracking.outage import bound_client_retries
+
+    bound_client_retries()  # a launcher ending a run after an outage reports it in seconds, not minutes
     args = build_parser().parse_args(argv)
     if args.config is not None:
         print("error: give the config as the positional CONFIG, not --config", file=sys.stderr)

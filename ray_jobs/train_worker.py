@@ -89,6 +89,8 @@ class WorkerHooks(RunHooks):
         import ray.train
 
         if self.tracking is not None:
+            # waits out an outage (up to tracking.outage_limit_s): Ray must not hold a checkpoint
+            # whose steps are not in the store, or a resume from it would never log them
             self.tracking.flush()
         with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
             self.run.save_state(folder)
@@ -140,11 +142,13 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
 
     from p2m_core.engine.run import MODEL_FILE, TrainingRun
+    from p2m_core.tracking.outage import bound_client_retries
     from p2m_core.tracking.training import TrainingLog
     from ray_jobs.trial import limit_threads, setup_worker_logging
 
     setup_worker_logging()
     limit_threads()
+    bound_client_retries()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     cfg = from_dict(config["config"], {}, Config)
@@ -157,7 +161,9 @@ def train_loop(config: dict[str, Any]) -> None:
             run.load_state(choice.folder)
     log.info("rank %d/%d (pid %d): %d train images, iteration %d of %d on %s, %d torch threads", rank, world_size,
              os.getpid(), len(run.train_set), run.iteration, run.max_iters, run.device, torch.get_num_threads())  # fmt: skip
-    tracking = TrainingLog(config["tracking_uri"], config["run_id"], cfg.train.log_every) if rank == 0 else None
+    tracking = None
+    if rank == 0:
+        tracking = TrainingLog(config["tracking_uri"], config["run_id"], cfg.train.log_every, cfg.tracking.outage_limit_s)
     if tracking is not None and choice is not None:
         tracking.resumed_at(run.iteration, choice.folder.name, [str(damage) for damage in choice.damaged])
     run.train(WorkerHooks(run, tracking, cfg))

@@ -73,10 +73,12 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
 
     from p2m_core.ablation import run_pseudo_stage
+    from p2m_core.tracking.outage import bound_client_retries
     from p2m_core.tracking.trial import TrialRun
 
     setup_worker_logging()
     limit_threads()
+    bound_client_retries()
     trial = context.trials[int(config["trial"])]
     start = time.perf_counter()
     run = TrialRun(

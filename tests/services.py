@@ -78,28 +78,65 @@ def running(
         stop_group(process)
 
 
-@contextmanager
-def mlflow_server(folder: Path, auth_env: dict[str, str] | None = None) -> Iterator[str]:
-    """``mlflow server`` with a sqlite backend and proxied artifacts; yields its URL.
+class MlflowServer:
+    """``mlflow server`` with a sqlite backend and proxied artifacts under ``folder``, on a fixed
+    free port, that a test can :meth:`stop` and :meth:`start` again on the same port and store:
+    a real outage, seen by clients as a refused connection.
 
     ``auth_env``: run MLflow's basic-auth app with these variables (``MLFLOW_AUTH_CONFIG_PATH``,
     ``MLFLOW_FLASK_SERVER_SECRET_KEY``: :func:`ray_jobs.cluster_auth.environment` with
     ``server=True``), as ``cluster.yaml`` runs it. Its ``/health`` answers without a login.
     """
-    port = free_port()
-    log = folder / "mlflow_server.log"
-    cmd = [
-        str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1",
-    ]  # fmt: skip
-    env = None
-    if auth_env is not None:
-        cmd += ["--app-name", "basic-auth"]
-        env = {**os.environ, **auth_env}
-    url = f"http://127.0.0.1:{port}"
-    with running(cmd, log, f"{url}/health", timeout=90, env=env):
-        yield url
+
+    def __init__(self, folder: Path, auth_env: dict[str, str] | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = folder / "mlflow_server.log"
+        self.cmd = [
+            str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1",
+        ]  # fmt: skip
+        self.env = None
+        if auth_env is not None:
+            self.cmd += ["--app-name", "basic-auth"]
+            self.env = {**os.environ, **auth_env}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        """Start the server (its output appended to ``log``) and wait for ``/health``."""
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        try:
+            wait_for(f"{self.url}/health", self.process, self.log, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the server's whole process group (a no-op when it is not running)."""
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
+
+
+@contextmanager
+def mlflow_server(folder: Path, auth_env: dict[str, str] | None = None) -> Iterator[str]:
+    """A started :class:`MlflowServer`; yields its URL and stops it on exit."""
+    with restartable_mlflow_server(folder, auth_env) as server:
+        yield server.url
+
+
+@contextmanager
+def restartable_mlflow_server(folder: Path, auth_env: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    """A started :class:`MlflowServer`, stopped on exit; yields the server itself."""
+    server = MlflowServer(folder, auth_env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager

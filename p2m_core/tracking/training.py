@@ -17,6 +17,15 @@ checkpoint of step 30 recomputes steps 31-40 (the resume is exact, so with the s
 metrics (:data:`STEP_KEY`) and for the evaluation metrics (:data:`EVAL_KEY`) and drops anything
 at or before it. Metrics are buffered and flushed before every checkpoint, so nothing that a
 resume does not recompute can be lost.
+
+**A tracking server that goes away** (:mod:`p2m_core.tracking.outage`): a step's flush that
+fails keeps its metrics queued and training goes on; the queue is tried again with backoff, and
+before each retry the store is asked what it already has, so a batch that reached the server
+before the connection broke is not logged twice. At most :data:`MAX_QUEUED_STEPS` steps are
+queued; then, and at each checkpoint and evaluation, training waits for the server. After
+``tracking.outage_limit_s`` without it the worker fails with
+:class:`~p2m_core.tracking.outage.TrackingOutageError`, before Ray is told of the checkpoint
+whose metrics are not stored.
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from p2m_core.config import HASH_VERSION, Config, dump_yaml, resolve
+from dataclasses import dataclass
+
+from p2m_core.config import HASH_VERSION, Config, TrackingConfig, dump_yaml, resolve
 from p2m_core.tracking import tags as T
 from p2m_core.tracking.datasets import log_dataset_inputs
+from p2m_core.tracking.outage import Outage
 from p2m_core.tracking.store import client, log_files, search_all
 from p2m_core.tracking.trial import config_params
 
@@ -43,6 +55,12 @@ CONFIG_ARTIFACT = "config.yaml"
 CHECKPOINT_ARTIFACT = "checkpoint.txt"
 #: The longest tag value p2m writes (MLflow refuses longer ones).
 MAX_TAG_CHARS = 5000
+#: Steps queued while the server is unreachable before training waits for it instead of going
+#: on: the bound on the queue's memory (~20 metrics of ~100 bytes a step: a few MB). Waiting,
+#: not dropping, because every step must reach the store once.
+MAX_QUEUED_STEPS = 2000
+#: MLflow takes at most this many metrics per ``log_batch``.
+BATCH_METRICS = 1000
 
 
 def open_training_run(
@@ -118,18 +136,31 @@ def last_logged_step(uri: str, run_id: str, key: str) -> int:
     return max((metric.step for metric in history), default=-1)
 
 
-class TrainingLog:
-    """Rank 0's writer into an open training run (module docstring: exactly once)."""
+@dataclass
+class _Entry:
+    """One step's (or evaluation's) metrics, sent whole in one batch; ``marker`` goes last, so
+    the store having it at ``step`` means it has all of them."""
 
-    def __init__(self, uri: str, run_id: str, flush_every: int = 10) -> None:
+    marker: str
+    step: int
+    metrics: list[Any]
+
+
+class TrainingLog:
+    """Rank 0's writer into an open training run (module docstring: exactly once, outages)."""
+
+    def __init__(self, uri: str, run_id: str, flush_every: int = 10,
+                 outage_limit_s: float = TrackingConfig.outage_limit_s) -> None:  # fmt: skip
         self.uri = uri
         self.run_id = run_id
         self.client = client(uri)
         self.flush_every = max(1, int(flush_every))
-        self.steps_done = last_logged_step(uri, run_id, STEP_KEY)
-        self.evals_done = last_logged_step(uri, run_id, EVAL_KEY)
-        self._pending: list[Any] = []
+        self.outage = Outage(uri, outage_limit_s)
+        self.steps_done = self.outage.call(lambda: last_logged_step(uri, run_id, STEP_KEY))
+        self.evals_done = self.outage.call(lambda: last_logged_step(uri, run_id, EVAL_KEY))
+        self._pending: list[_Entry] = []
         self._pending_steps = 0  # steps queued since the last flush
+        self._unsure = False  # a failed send may have reached the store: ask it before sending again
         if self.steps_done >= 0:
             log.info("MLflow run %s already has steps up to %d; those are not logged again", run_id, self.steps_done)
 
@@ -137,11 +168,11 @@ class TrainingLog:
         """Queue one step's metrics (dropped when the run already has this step)."""
         if iteration <= self.steps_done:
             return
-        self._queue(iteration, metrics)
+        self._queue(iteration, metrics, STEP_KEY)
         self.steps_done = iteration
         self._pending_steps += 1
         if self._pending_steps >= self.flush_every:
-            self.flush()
+            self.flush(wait=self.queued_steps() >= MAX_QUEUED_STEPS)
 
     def evaluation(self, iteration: int, metrics: Mapping[str, float], overlays: Mapping[str, Any] | None = None) -> bool:
         """Log one evaluation (metrics at step ``iteration``, overlays as PNG artifacts under
@@ -152,12 +183,8 @@ class TrainingLog:
             from p2m_core.io import png_bytes
 
             files = {f"{name}.png": png_bytes(image) for name, image in overlays.items()}
-            log_files(self.uri, self.run_id, files, f"overlays/iter_{iteration:06d}")
-        # The key that marks the evaluation as done goes last, in the same batch as the rest.
-        ordered = {k: v for k, v in metrics.items() if k != EVAL_KEY}
-        if EVAL_KEY in metrics:
-            ordered[EVAL_KEY] = metrics[EVAL_KEY]
-        self._queue(iteration, ordered)
+            self.outage.call(lambda: log_files(self.uri, self.run_id, files, f"overlays/iter_{iteration:06d}"))
+        self._queue(iteration, metrics, EVAL_KEY)
         self.flush()
         self.evals_done = iteration
         return True
@@ -165,34 +192,83 @@ class TrainingLog:
     def held_out_done(self, split: str, iteration: int) -> bool:
         """Whether the run already has the held-out split's metrics of ``iteration`` (the
         launcher was run again after the end): then they are neither computed nor logged again."""
-        return last_logged_step(self.uri, self.run_id, f"{split}/{EVAL_KEY}") >= iteration
+        return self.outage.call(lambda: last_logged_step(self.uri, self.run_id, f"{split}/{EVAL_KEY}")) >= iteration
 
     def held_out(self, iteration: int, split: str, metrics: Mapping[str, float]) -> None:
         """Log the held-out split's metrics as ``<split>/<metric>`` at step ``iteration``
-        (``<split>/PQ`` last, in the same batch: it marks them done)."""
-        keys = {f"{split}/{key}": value for key, value in metrics.items() if key != EVAL_KEY}
-        keys[f"{split}/{EVAL_KEY}"] = metrics[EVAL_KEY]
-        self._queue(iteration, keys)
+        (``<split>/PQ`` marks them done)."""
+        self._queue(iteration, {f"{split}/{key}": value for key, value in metrics.items()}, f"{split}/{EVAL_KEY}")
         self.flush()
 
-    def _queue(self, iteration: int, metrics: Mapping[str, float]) -> None:
+    def _queue(self, iteration: int, metrics: Mapping[str, float], marker: str) -> None:
+        """Queue ``metrics`` at step ``iteration`` as one entry, ``marker`` last (it must be one of them)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(key, float(value), now, iteration) for key, value in metrics.items())
+        ordered = [key for key in metrics if key != marker] + [marker]
+        self._pending.append(_Entry(marker, iteration, [Metric(key, float(metrics[key]), now, iteration) for key in ordered]))
 
-    def flush(self) -> None:
-        """Send the queued metrics (MLflow takes at most 1000 per batch)."""
+    def queued_steps(self) -> int:
+        """Steps queued and not yet stored."""
+        return sum(1 for entry in self._pending if entry.marker == STEP_KEY)
+
+    def _describe_queue(self) -> str:
+        return f"{self.queued_steps()} steps" if self._pending else ""
+
+    def flush(self, wait: bool = True) -> None:
+        """Send the queued metrics. ``wait``: while the server is unreachable, retry until it
+        answers or ``tracking.outage_limit_s`` has passed (then
+        :class:`~p2m_core.tracking.outage.TrackingOutageError`); else keep them queued for the
+        next flush (which raises that error too once the limit has passed)."""
         self._pending_steps = 0
+        if not self._pending:
+            return
+        if wait:
+            self.outage.call(self._send, self._describe_queue)
+            return
+        if not self.outage.due():
+            self.outage.check_limit()
+            return
+        before = self._describe_queue()
+        try:
+            self._send()
+        except Exception as exc:
+            self.outage.failed(exc, before)
+            return
+        self.outage.recovered(before)
+
+    def _send(self) -> None:
+        """Send the queue in batches of whole entries; after a failed send, first drop the
+        entries the store already has (their marker is there at their step)."""
+        if self._unsure:
+            stored = {marker: last_logged_step(self.uri, self.run_id, marker) for marker in {e.marker for e in self._pending}}
+            kept = [entry for entry in self._pending if entry.step > stored[entry.marker]]
+            if len(kept) < len(self._pending):
+                log.info("the store already had %d of the queued entries (sent before the connection broke); "
+                         "not logging them again", len(self._pending) - len(kept))  # fmt: skip
+            self._pending = kept
+            self._unsure = False
         while self._pending:
-            chunk, self._pending = self._pending[:1000], self._pending[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            count = size = 0
+            for entry in self._pending:
+                if count and size + len(entry.metrics) > BATCH_METRICS:
+                    break
+                count, size = count + 1, size + len(entry.metrics)
+            try:
+                self.client.log_batch(self.run_id, metrics=[m for entry in self._pending[:count] for m in entry.metrics])
+            except Exception:
+                self._unsure = True
+                raise
+            del self._pending[:count]
 
     def resumed_at(self, iteration: int, folder: str = "", damaged: Sequence[str] = ()) -> None:
         """Record that the worker group restarted from the checkpoint of ``iteration``: the
         tag ``p2m.resumed_at`` lists every such iteration, in order; ``p2m.resumed_from`` names
         the last ``folder``, and ``p2m.damaged_checkpoint`` gains a line per ``damaged`` file
         passed over to get there, so the store, not only a worker's log, keeps the fact."""
+        self.outage.call(lambda: self._resumed_at(iteration, folder, damaged))
+
+    def _resumed_at(self, iteration: int, folder: str, damaged: Sequence[str]) -> None:
         tags = self.client.get_run(self.run_id).data.tags
         previous = tags.get(T.RESUMED_AT, "")
         self.client.set_tag(self.run_id, T.RESUMED_AT, f"{previous},{iteration}" if previous else str(iteration))
@@ -203,11 +279,16 @@ class TrainingLog:
             self.client.set_tag(self.run_id, T.DAMAGED_CHECKPOINT, "\n".join(lines)[-MAX_TAG_CHARS:])
 
     def artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        """Log a folder's files (the same names again on a retry: nothing doubles)."""
+        self.outage.call(lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
 
     def checkpoint_location(self, lines: Mapping[str, str]) -> None:
         """Where the run's checkpoints are: a text artifact and one tag per entry."""
-        for key, value in lines.items():
-            self.client.set_tag(self.run_id, f"{T.CHECKPOINT_PREFIX}{key}", value)
         text = "".join(f"{key}: {value}\n" for key, value in lines.items())
-        log_files(self.uri, self.run_id, {CHECKPOINT_ARTIFACT: text})
+
+        def write() -> None:
+            for key, value in lines.items():
+                self.client.set_tag(self.run_id, f"{T.CHECKPOINT_PREFIX}{key}", value)
+            log_files(self.uri, self.run_id, {CHECKPOINT_ARTIFACT: text})
+
+        self.outage.call(write)

@@ -3,6 +3,10 @@
 Used inside Ray workers, so it holds no global MLflow state (no ``mlflow.start_run``): each
 :class:`TrialRun` talks to its store through its own client, and a worker that Ray Tune reuses
 for the next trial starts clean. What is written is specified in docs/TRACKING.md.
+
+A trial is short, so while its tracking server is unreachable each of its MLflow calls simply
+waits and retries, up to ``tracking.outage_limit_s`` (:class:`~p2m_core.tracking.outage.Outage`);
+a trial failed by a longer outage is run again by running the sweep again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from p2m_core.config import Config, resolve
 from p2m_core.tracking import tags as T
 from p2m_core.tracking.datasets import log_dataset_inputs
+from p2m_core.tracking.outage import Outage
 from p2m_core.tracking.store import client
 
 log = logging.getLogger(__name__)
@@ -64,28 +69,42 @@ class TrialRun:
 
         self.uri = uri
         self.client = client(uri)
+        self.outage = Outage(uri, cfg.tracking.outage_limit_s)
         run_tags = {**tags, T.KIND: T.KIND_TRIAL, T.PARENT_RUN_ID: parent_run_id}
-        self.run_id = self.client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
+        self.run_id = self.outage.call(lambda: self._create(experiment_id, run_tags, run_name))
         params = [Param(k, v) for k, v in config_params(cfg).items()]
-        self.client.log_batch(self.run_id, params=params)
+        self.outage.call(lambda: self.client.log_batch(self.run_id, params=params))  # same values again: no error
+
+    def _create(self, experiment_id: str, run_tags: Mapping[str, str], run_name: str) -> str:
+        """A new RUNNING run; on a retry during an outage, the one the failed request may have
+        created (same parent, same name, RUNNING: the driver marked any older one KILLED before
+        scheduling this trial), so that the trial has one run."""
+        if self.outage.down:
+            query = (f"tags.`{T.PARENT_RUN_ID}` = '{run_tags[T.PARENT_RUN_ID]}' and tags.`{T.RUN_NAME}` = '{run_name}' "
+                     "and attributes.status = 'RUNNING'")  # fmt: skip
+            found = self.client.search_runs([experiment_id], filter_string=query, max_results=1)
+            if found:
+                return found[0].info.run_id
+        return self.client.create_run(experiment_id, tags=dict(run_tags), run_name=run_name).info.run_id
 
     def log_datasets(self, cfg: Config, splits: Sequence[str]) -> None:
         """The dataset splits the trial reads, as the run's dataset inputs (name, digest, split)."""
-        log_dataset_inputs(self.client, self.run_id, cfg, splits)
+        self.outage.call(lambda: log_dataset_inputs(self.client, self.run_id, cfg, splits))
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        batch = [Metric(k, v, now, 0) for k, v in metrics.items()]
+        self.outage.call(lambda: self.client.log_batch(self.run_id, metrics=batch))  # an exact repeat is one row in a SQL store
 
     def log_result(self, result: Mapping[str, Any], out_dir: str | Path, extra: Mapping[str, float] | None = None) -> None:
         """Metrics of a stage result, and every file the stage wrote under ``out_dir``."""
         self.log_metrics({**stage_metrics(result), **(extra or {})})
-        self.client.log_artifacts(self.run_id, str(out_dir))
+        self.outage.call(lambda: self.client.log_artifacts(self.run_id, str(out_dir)))
 
     def finish(self) -> None:
-        self.client.set_terminated(self.run_id, status="FINISHED")
+        self.outage.call(lambda: self.client.set_terminated(self.run_id, status="FINISHED"))
 
     def fail(self, exc: BaseException) -> None:
         """FAILED, with the error as a tag and the traceback as ``error.txt``; never raises."""
