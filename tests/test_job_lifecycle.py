@@ -34,8 +34,17 @@ RESOURCES = (
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
+    """Small images: training steps of a fraction of a second."""
     root = tmp_path_factory.mktemp("lifecycle_data")
-    generate_synthetic(root, num_train=4, num_val=8, size=64, seed=5, progress=False)
+    generate_synthetic(root, num_train=4, num_val=2, size=64, seed=5, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_val_root(tmp_path_factory) -> Path:
+    """A val split whose pseudo trials take a few seconds each, so a job can be stopped mid-sweep."""
+    root = tmp_path_factory.mktemp("lifecycle_val")
+    generate_synthetic(root, num_train=0, num_val=8, size=192, seed=5, progress=False)
     return root
 
 
@@ -52,7 +61,12 @@ def submit(url: str, *entrypoint: str, wait: bool = True, submission_id: str = "
     cmd = [RAY, "job", "submit", "--address", url, "--working-dir", str(REPO),
            "--runtime-env", str(REPO / "ray_jobs" / "runtime_env.yaml")]  # fmt: skip
     cmd += (["--submission-id", submission_id] if submission_id else []) + ([] if wait else ["--no-wait"])
-    return subprocess.run([*cmd, "--", *entrypoint], capture_output=True, text=True, timeout=400, check=False, cwd=REPO)
+    deadline = time.monotonic() + 90
+    while True:  # a fresh head's job agent may not be up yet; Ray says so and asks to retry
+        proc = subprocess.run([*cmd, "--", *entrypoint], capture_output=True, text=True, timeout=400, check=False, cwd=REPO)
+        if "No available agent to submit job" not in proc.stderr or time.monotonic() > deadline:
+            return proc
+        time.sleep(2)
 
 
 def stop_when(url: str, submission_id: str, ready, what: str, limit: float = 240) -> None:
@@ -83,10 +97,10 @@ def runs(uri: str, kind: str, view=ViewType.ACTIVE_ONLY) -> list:
 
 
 @pytest.mark.slow
-def test_a_stopped_sweep_job_ends_killed_and_resubmitting_completes_it(tmp_path, data_root, ray_head_url):
+def test_a_stopped_sweep_job_ends_killed_and_resubmitting_completes_it(tmp_path, slow_val_root, ray_head_url):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert runs(uri, "trial") == []  # the schema exists before the job and this test read it at once
-    spec = write_spec(tmp_path, data_root, ["equal_division", "nearest_point", "nearest_centroid"], [0, 1])
+    spec = write_spec(tmp_path, slow_val_root, ["equal_division", "nearest_point", "nearest_centroid"], [0, 1])
     sweep = ["python", "-m", "ray_jobs.sweep", str(spec), "--max-concurrent", "1", "--set", f"tracking.tracking_uri={uri}"]
     job = f"sweep-{uuid.uuid4().hex[:8]}"
     assert submit(ray_head_url, *sweep, wait=False, submission_id=job).returncode == 0
