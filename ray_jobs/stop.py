@@ -78,8 +78,13 @@ class OpenRuns:
 open_runs = OpenRuns()
 
 
+#: The handler :func:`install` set, for :func:`reinstall`.
+_installed: Callable[[int, object], None] | None = None
+
+
 def install(open_runs: OpenRuns, say: Callable[[str], None]) -> None:
     """Handle SIGTERM and SIGINT in this (the main) thread: end ``open_runs`` and exit (module docstring)."""
+    global _installed
     stopping = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
@@ -97,8 +102,18 @@ def install(open_runs: OpenRuns, say: Callable[[str], None]) -> None:
             say(f"the store did not answer within {STOP_BUDGET_S:.0f} s; the next run of the same command ends what is left")
         exit_process(128 + signum)
 
+    _installed = handler
+    reinstall()
+
+
+def reinstall() -> None:
+    """Put :func:`install`'s handler back (no-op without one). ``ray.init`` replaces the SIGTERM
+    handler with its own (``sys.exit``), so :func:`ray_jobs.cluster.connect` calls this after it:
+    otherwise ``ray job stop`` would end the launcher with its runs left RUNNING."""
+    if _installed is None or threading.current_thread() is not threading.main_thread():
+        return
     for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
+        signal.signal(sig, _installed)
 
 
 def _end_logged(open_runs: OpenRuns, reason: str, say: Callable[[str], None]) -> None:

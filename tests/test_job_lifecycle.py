@@ -36,7 +36,7 @@ RESOURCES = (
 def data_root(tmp_path_factory) -> Path:
     """Small images: training steps of a fraction of a second."""
     root = tmp_path_factory.mktemp("lifecycle_data")
-    generate_synthetic(root, num_train=4, num_val=2, size=64, seed=5, progress=False)
+    generate_synthetic(root, num_train=4, num_val=2, size=64, seed=5, progress=False, num_test=2)
     return root
 
 
@@ -72,8 +72,20 @@ def submit(url: str, *entrypoint: str, wait: bool = True, submission_id: str = "
 def stop_when(url: str, submission_id: str, ready, what: str, limit: float = 240) -> None:
     """``ray job stop`` the job once ``ready()`` holds."""
     deadline = time.monotonic() + limit
+    checked = time.monotonic()
     while not ready():
-        assert time.monotonic() < deadline, f"{what} did not happen within {limit:.0f} s"
+        if time.monotonic() - checked > 5:  # a job that already ended will never get there: say why
+            checked = time.monotonic()
+            status = subprocess.run([RAY, "job", "status", "--address", url, submission_id],
+                                    capture_output=True, text=True, timeout=60, check=False).stdout  # fmt: skip
+            if any(word in status.upper() for word in ("FAILED", "SUCCEEDED", "STOPPED")):
+                logs = subprocess.run([RAY, "job", "logs", "--address", url, submission_id],
+                                      capture_output=True, text=True, timeout=60, check=False).stdout  # fmt: skip
+                raise AssertionError(f"the job ended before {what}: {status[-500:]}\n{logs[-4000:]}")
+        if time.monotonic() > deadline:
+            logs = subprocess.run([RAY, "job", "logs", "--address", url, submission_id],
+                                  capture_output=True, text=True, timeout=60, check=False).stdout  # fmt: skip
+            raise AssertionError(f"{what} did not happen within {limit:.0f} s; the job's log:\n{logs[-4000:]}")
         time.sleep(0.3)
     stopped = subprocess.run([RAY, "job", "stop", "--address", url, submission_id],
                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
@@ -113,9 +125,10 @@ def test_a_stopped_sweep_job_ends_killed_and_resubmitting_completes_it(tmp_path,
     [sweep_run] = runs(uri, "sweep")
     assert sweep_run.info.status == "KILLED" and sweep_run.data.tags["p2m.end_reason"] == STOPPED
     before = runs(uri, "trial")
-    killed = [r for r in before if r.info.status == "KILLED"]
-    assert killed and all(r.data.tags["p2m.end_reason"] == STOPPED for r in killed)
-    assert not [r for r in before if r.info.status == "RUNNING"]
+    # The trial that was computing ends KILLED with the reason, or FINISHED when its worker
+    # completed it in the seconds before Ray ended the job's workers; none stays RUNNING.
+    assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}
+    assert all(r.data.tags["p2m.end_reason"] == STOPPED for r in before if r.info.status == "KILLED")
     assert_resources_released(ray_head_url)
 
     again = submit(ray_head_url, *sweep)
@@ -135,7 +148,7 @@ def test_a_stopped_training_job_ends_killed_and_resubmitting_resumes_it(tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     assert client.search_experiments()  # the schema first
-    iters = 24
+    iters = 120  # ~0.1-0.2 s each: the job is still training when it is stopped
     train = ["python", "-m", "ray_jobs.train", str(REPO / "experiments" / "train_tiny.yaml"), "--set", f"data.root={data_root}",
              "--set", f"tracking.tracking_uri={uri}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
              "--set", f"train.iters={iters}", "--set", "train.checkpoint_every=4", "--set", "train.batch_size=2",
