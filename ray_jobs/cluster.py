@@ -21,6 +21,7 @@ import time
 from typing import NoReturn
 
 from p2m_core.errors import P2MInputError
+from ray_jobs.stop import reinstall
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def connect() -> tuple[float, bool]:
             ray.init(address=address, log_to_driver=True, **quiet)
         except ConnectionError as exc:
             raise P2MInputError(f"RAY_ADDRESS={address!r}: cannot attach to that Ray cluster: {exc}") from None
+        reinstall()  # ray.init replaced the launcher's SIGTERM handler
         return time.perf_counter() - start, True
     # Set in this process's environment, which the cluster's processes inherit (Ray reads it there).
     os.environ.setdefault("RAY_AUTH_MODE", LOCAL_AUTH_MODE)
@@ -75,6 +77,7 @@ def connect() -> tuple[float, bool]:
         address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
         log_to_driver=False, **quiet,
     )
+    reinstall()  # ray.init replaced the launcher's SIGTERM handler
     return time.perf_counter() - start, False
 
 

@@ -74,6 +74,7 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
 
     from p2m_core.tracking import tags as T
     from ray_jobs.cluster import check_fits
+    from ray_jobs.stop import owner_id
     from ray_jobs.trial import SweepContext, run_train_trial, run_trial
     from ray_jobs.tune_progress import TrialProgress
 
@@ -85,7 +86,7 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
     check_fits(need, attached, plan.spec.where)
     context = SweepContext(
         plan.tracking_uri, plan.experiment_id, plan.parent_run_id,
-        {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash}, tuple(plan.trials),
+        {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash, T.OWNER: owner_id()}, tuple(plan.trials),
         launch_dir=os.getcwd(), worker_resources=training_worker_resources(resources, workers) if training else None,
     )
     progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
@@ -163,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # MLflow is the record; Tune's own CSV/JSON/TensorBoard loggers would only duplicate it (and
     # TensorBoard's import pulls torch into the driver: ~2 s).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # SIGINT ends the sweep like SIGTERM (ray_jobs/stop.py), not through Tune's own handler, which
+    # saves Tune's state (MLflow is the record) and leaves the runs RUNNING.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     args = build_parser().parse_args(argv)
     if args.config is not None:
         print("error: --config does not apply to sweeps (each spec names its base config)", file=sys.stderr)
@@ -239,8 +243,11 @@ def _flag_spec(args: argparse.Namespace, seeds: tuple[int, ...] | None):
 
 def prepare_tracking(plans: list[SweepPlan], quiet: bool, resume: bool = False) -> None:
     """Open every plan in MLflow and say what will run."""
+    from ray_jobs.stop import open_runs
+
     for plan in plans:
         open_in_mlflow(plan)
+        open_runs.add(plan.tracking_uri, plan.parent_run_id, plan.experiment_id)
         if resume and not plan.reused_parent:
             say(f"[{plan.spec.name}] --resume: no earlier run of this sweep in {plan.tracking_uri}; starting it", quiet)
         say(
@@ -267,6 +274,7 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
     from p2m_core.tracking import tags as T
     from p2m_core.tracking.ui import experiment_url
     from ray_jobs.cluster import connect, shutdown, shutdown_in_background
+    from ray_jobs.stop import open_runs
     from ray_jobs.sweep_table import attach_table
 
     totals = {"finished": 0, "failed": 0}
@@ -290,6 +298,7 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
                 except P2MInputError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     store.close_sweep_run(plan.tracking_uri, plan.parent_run_id, {"trials_total": len(plan.trials)}, failed=True)
+                    open_runs.discard(plan.parent_run_id)
                     return 2
                 errors.extend(f"[{plan.spec.name}] {line}" for line in lines)
             if index >= last_with_trials and started and stopping is None:
@@ -302,6 +311,7 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
             }
             missing = len(plan.todo) - finished - failed
             store.close_sweep_run(plan.tracking_uri, plan.parent_run_id, counts, failed=bool(failed or missing))
+            open_runs.discard(plan.parent_run_id)
             tabled = attach_table(plan)
             totals["finished"] += finished
             totals["failed"] += failed + missing
@@ -328,6 +338,8 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
 
 
 if __name__ == "__main__":
+    from ray_jobs import stop
     from ray_jobs.cluster import exit_process
 
+    stop.install(stop.open_runs, lambda line: say(f"[sweep] {line}"))  # the command only: not a caller's process
     exit_process(main())

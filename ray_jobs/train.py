@@ -164,12 +164,15 @@ def train_and_end(
     """:func:`fit`, then end the MLflow run FINISHED, or FAILED (and re-raise) when fitting
     failed. Returns the final evaluation's metrics."""
     from p2m_core.tracking.training import end_training_run
+    from ray_jobs.stop import open_runs
 
     try:
         result = fit(plan, run_id, num_workers, resources, callbacks)
     except BaseException as exc:
+        open_runs.discard(run_id)  # ended here: a stop signal from now on must not overwrite it
         end_training_run(plan.tracking_uri, run_id, exc)
         raise
+    open_runs.discard(run_id)
     end_training_run(plan.tracking_uri, run_id)
     return dict(result.metrics or {})
 
@@ -219,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tags = {**source_tags("ray_jobs.train"), T.DATASET: f"{plan.cfg.data.dataset}:{plan.cfg.data.root}",
                 T.GIT_COMMIT: git_commit(), T.SPLIT: "val"}
         run_id, state = open_training_run(plan.tracking_uri, experiment_id, plan.cfg, tags, plan.run_name)
+        if state != "finished":
+            from ray_jobs.stop import open_runs
+
+            open_runs.add(plan.tracking_uri, run_id)
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -271,7 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from ray_jobs import stop
     from ray_jobs.cluster import exit_process
 
     logging.basicConfig(level=logging.WARNING)
+    # SIGTERM (ray job stop) ends the run KILLED; SIGINT too, except while Ray Train's fit runs,
+    # which installs its own SIGINT handler (a graceful abort: the run then ends FAILED).
+    stop.install(stop.open_runs, lambda line: print(f"[train] {line}", file=sys.stderr, flush=True))
     exit_process(main())

@@ -69,10 +69,16 @@ def setup_worker_logging() -> None:
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Tune function trainable: ``config['trial']`` is the index into ``context.trials``."""
+    """Tune function trainable: ``config['trial']`` is the index into ``context.trials``.
+
+    Before computing, the trial claims its config hash (:mod:`p2m_core.tracking.claims`): when
+    another sweep computes the same trial, this one waits for it and reports its run instead."""
     from ray import tune
 
     from p2m_core.ablation import run_pseudo_stage
+    from p2m_core.config import HASH_VERSION
+    from p2m_core.tracking import tags as T
+    from p2m_core.tracking.claims import claim, claim_tags, heartbeat
     from p2m_core.tracking.outage import bound_client_retries
     from p2m_core.tracking.trial import TrialRun
 
@@ -83,15 +89,25 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     start = time.perf_counter()
     run = TrialRun(
         context.tracking_uri, context.experiment_id, context.parent_run_id, trial.run_name,
-        trial_tags(context, trial), trial.config,
+        {**trial_tags(context, trial), **claim_tags()}, trial.config,
     )
     try:
-        run.log_datasets(trial.config, [trial.config.ablation.split])
-        with tempfile.TemporaryDirectory(prefix="p2m-trial-") as out:
-            result = run_pseudo_stage(trial.config, out)
-            seconds = time.perf_counter() - start
-            run.log_result(result, out, extra={"trial_seconds": seconds})
-        run.finish()
+        with heartbeat(context.tracking_uri, run.run_id):
+            outcome = claim(context.tracking_uri, context.experiment_id, run.run_id, trial.config_hash, context.tags[T.STAGE],
+                           HASH_VERSION)
+            if not outcome.mine:
+                run.abandon(outcome.winner)
+                log.info("trial %s (%s): computed by run %s; not computed here", trial.index, trial.run_name, outcome.winner)
+                metrics = run.client.get_run(outcome.winner).data.metrics
+                tune.report({"PQ": metrics.get("PQ", float("nan")), "PQ_th": metrics.get("PQ_th", float("nan")),
+                             "trial_seconds": time.perf_counter() - start, "run_id": outcome.winner})  # fmt: skip
+                return
+            run.log_datasets(trial.config, [trial.config.ablation.split])
+            with tempfile.TemporaryDirectory(prefix="p2m-trial-") as out:
+                result = run_pseudo_stage(trial.config, out)
+                seconds = time.perf_counter() - start
+                run.log_result(result, out, extra={"trial_seconds": seconds})
+            run.finish()
     except BaseException as exc:
         run.fail(exc)
         log.error("trial %s (%s) failed: %s: %s", trial.index, trial.run_name, type(exc).__name__, exc)
@@ -154,8 +170,17 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
     if state == "finished":
         metrics: dict[str, Any] = {}
     else:
+        from mlflow.entities import RunTag
+
+        from p2m_core.tracking.claims import heartbeat
+        from p2m_core.tracking.store import client
+
+        # a resumed run is this driver's now: its stop signal ends it, its heartbeat keeps it alive
+        owned = {T.OWNER: tags.get(T.OWNER, ""), T.HEARTBEAT: f"{time.time():.1f}"}
+        client(context.tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in owned.items()])
         log.info("trial %s: %s MLflow run %s, checkpoints in %s", trial.run_name, state, run_id, plan.checkpoints)
-        metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
+        with heartbeat(context.tracking_uri, run_id):
+            metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
     seconds = time.perf_counter() - start
     tune.report({"PQ": metrics.get("PQ", float("nan")), "PQ_th": metrics.get("PQ_th", float("nan")),
                  "trial_seconds": seconds, "run_id": run_id})  # fmt: skip

@@ -166,7 +166,9 @@ def check_what_the_ui_shows(client: MlflowClient, stderr: str, sweep, trial_runs
         assert r.info.run_name == f"assignment={trial.setting['pseudo.assignment']} seed={trial.seed}"
 
 
-def test_killed_sweep_resumes_with_only_the_missing_trials(tmp_path, roots):
+def test_killed_sweep_resumes_with_only_the_missing_trials(tmp_path, roots, monkeypatch):
+    # the killed trials' claims expire within seconds, not the default minute (docs/TRACKING.md, "Claims")
+    monkeypatch.setenv("P2M_HEARTBEAT_STALE_S", "4")
     spec = write_spec(tmp_path, "resume", {"pseudo.k_scheme": ["equal_division", "nearest_point", "nearest_centroid"]},
                       [0, 1], roots["good"])  # fmt: skip
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

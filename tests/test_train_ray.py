@@ -312,7 +312,9 @@ def test_bad_input_is_refused_before_any_worker_starts(tmp_path, data_root, prob
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_killed_sweep_driver_is_completed_by_running_it_again(tmp_path, data_root) -> None:
+def test_a_killed_sweep_driver_is_completed_by_running_it_again(tmp_path, data_root, monkeypatch) -> None:
+    # the killed trial's run is stale within seconds, not the default minute (docs/TRACKING.md, "Claims")
+    monkeypatch.setenv("P2M_HEARTBEAT_STALE_S", "4")
     import yaml
 
     iters = 40

@@ -145,17 +145,35 @@ def describe_run(uri: str, run_id: str, text: str) -> None:
 
 
 def kill_orphaned_children(uri: str, experiment_id: str, parent_run_id: str) -> int:
-    """Mark the sweep's trial runs still RUNNING as KILLED (their driver is gone); returns how many.
+    """Mark the sweep's trial runs still RUNNING whose heartbeat is stale as KILLED (their
+    driver is gone); returns how many.
 
-    Call it only from the one driver of this sweep, before it schedules trials.
+    A child with a fresh heartbeat belongs to a driver of the same sweep still running (two
+    identical sweeps share the sweep run): it is left alone, and the claims decide
+    (:mod:`p2m_core.tracking.claims`).
     """
-    mlflow_client = client(uri)
+    from p2m_core.tracking.claims import expire, is_stale
+
     query = f"tags.`{T.PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    stale = list(search_all(mlflow_client, experiment_id, query))
+    stale = [run for run in search_all(client(uri), experiment_id, query) if is_stale(run)]
     for run in stale:
-        mlflow_client.set_tag(run.info.run_id, T.ERROR, "driver stopped while this trial ran; marked KILLED on resume")
-        mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+        expire(uri, run)
     return len(stale)
+
+
+def kill_runs(uri: str, run_ids: list[str], reason: str) -> None:
+    """End these runs KILLED with ``reason`` as :data:`~p2m_core.tracking.tags.END_REASON`."""
+    mlflow_client = client(uri)
+    for run_id in run_ids:
+        mlflow_client.set_tag(run_id, T.END_REASON, reason)
+        mlflow_client.set_terminated(run_id, status="KILLED")
+
+
+def running_children(uri: str, experiment_id: str, parent_run_id: str, owner: str) -> list[str]:
+    """The RUNNING child runs of ``parent_run_id`` that ``owner`` (tag ``p2m.owner``) opened."""
+    query = (f"tags.`{T.PARENT_RUN_ID}` = '{parent_run_id}' and tags.`{T.OWNER}` = '{owner}' "
+             "and attributes.status = 'RUNNING'")  # fmt: skip
+    return [run.info.run_id for run in search_all(client(uri), experiment_id, query)]
 
 
 def log_files(uri: str, run_id: str, files: Mapping[str, str | bytes], artifact_path: str | None = None) -> None:

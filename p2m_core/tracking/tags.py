@@ -46,3 +46,12 @@ SPEC_ARTIFACT = "spec.yaml"
 # The sweep's rendered table (python -m analysis.tables), attached to its run when it ends.
 TABLE_MD_ARTIFACT = "table.md"
 TABLE_CSV_ARTIFACT = "table.csv"
+
+# Ending runs on purpose (docs/TRACKING.md, "Stopping a job" and "Claims").
+END_REASON = "p2m.end_reason"  # why a run ended KILLED
+REASON_STOPPED = "stopped"  # the prefix of END_REASON for a run whose launcher got a stop signal
+REASON_STALE = "claim expired"  # ... for a RUNNING run whose owner stopped writing its heartbeat
+OWNER = "p2m.owner"  # the launcher process (host:pid:start) that opened a run: who may end it on a signal
+CLAIM = "p2m.claim"  # a trial's claim on its config hash: "choosing" or its bakery ticket (p2m_core.tracking.claims)
+HEARTBEAT = "p2m.heartbeat"  # seconds since the epoch, rewritten while the run's owner is alive
+CLAIMED_BY = "p2m.claimed_by"  # on a deleted trial run: the run that computed its config hash instead

@@ -106,6 +106,14 @@ class TrialRun:
     def finish(self) -> None:
         self.outage.call(lambda: self.client.set_terminated(self.run_id, status="FINISHED"))
 
+    def abandon(self, winner: str) -> None:
+        """Give the config hash up to ``winner`` (the run that computed it): KILLED, tagged
+        ``p2m.claimed_by``, and deleted, so each hash keeps one run (docs/TRACKING.md, "Claims")."""
+        self.client.set_tag(self.run_id, T.CLAIMED_BY, winner)
+        self.client.set_tag(self.run_id, T.END_REASON, f"claimed by {winner}")
+        self.client.set_terminated(self.run_id, status="KILLED")
+        self.client.delete_run(self.run_id)
+
     def fail(self, exc: BaseException) -> None:
         """FAILED, with the error as a tag and the traceback as ``error.txt``; never raises."""
         try:
