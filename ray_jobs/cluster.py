@@ -16,7 +16,6 @@ import atexit
 import logging
 import os
 import sys
-import threading
 import time
 from typing import NoReturn
 
@@ -102,17 +101,6 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def shutdown_in_background() -> threading.Thread:
-    """Start :func:`shutdown` on a thread and return it (``join`` it before the process ends).
-
-    Stopping the in-process cluster takes 1.2-1.4 s on 2 cores (its processes are signalled
-    and waited for), leaving an attached one 0.8 s; a sweep spends that time closing its MLflow
-    runs and rendering its tables, which need no Ray."""
-    thread = threading.Thread(target=shutdown, name="p2m-ray-shutdown")
-    thread.start()
-    return thread
 
 
 def exit_process(code: int) -> NoReturn:

@@ -273,7 +273,7 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
     from p2m_core.tracking import store
     from p2m_core.tracking import tags as T
     from p2m_core.tracking.ui import experiment_url
-    from ray_jobs.cluster import connect, shutdown, shutdown_in_background
+    from ray_jobs.cluster import connect, shutdown
     from ray_jobs.stop import open_runs
     from ray_jobs.sweep_table import attach_table
 
@@ -281,12 +281,10 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
     errors: list[str] = []
     attached = bool(ray_started and ray_started[1])
     started = ray_started is not None
-    stopping = None  # Ray's shutdown (or detach), started once no plan needs Ray any more
-    last_with_trials = max((i for i, plan in enumerate(plans) if plan.todo), default=-1)
     if started:
         say(f"Ray {'attached' if attached else 'started in-process'} in {ray_started[0]:.1f} s", quiet)
     try:
-        for index, plan in enumerate(plans):
+        for plan in plans:
             finished = failed = 0
             if plan.todo:
                 if not started:
@@ -301,10 +299,6 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
                     open_runs.discard(plan.parent_run_id)
                     return 2
                 errors.extend(f"[{plan.spec.name}] {line}" for line in lines)
-            if index >= last_with_trials and started and stopping is None:
-                # Ray is done: stop the in-process cluster (or leave an attached one) while the
-                # runs are closed and the tables rendered
-                stopping = shutdown_in_background()
             counts = {
                 "trials_total": len(plan.trials), "trials_skipped": len(plan.done),
                 "trials_finished": finished, "trials_failed": failed,
@@ -324,9 +318,7 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
             say(f"[{plan.spec.name}] MLflow UI: {experiment_url(plan.tracking_uri, plan.experiment_id)}", quiet)
         say_ui_command(plans, quiet)
     finally:
-        if stopping is not None:
-            stopping.join()
-        elif started:
+        if started and not attached:
             shutdown()
     if totals["failed"]:
         print(f"{totals['failed']} trial(s) did not finish:", file=sys.stderr)
