@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,5 +89,29 @@ def log_dataset_inputs(mlflow_client: Any, run_id: str, cfg: Config, splits: Seq
             continue
         logged.append(split)
     if logged:
-        mlflow_client.log_inputs(run_id, datasets=[dataset_input(cfg, split) for split in logged])
+        _log_inputs(mlflow_client, run_id, [dataset_input(cfg, split) for split in logged])
     return logged
+
+
+#: Tries of one ``log_inputs`` call that lost a race to create the same dataset record.
+_INPUT_TRIES = 3
+
+
+def _log_inputs(mlflow_client: Any, run_id: str, datasets: list[Any]) -> None:
+    """``log_inputs``, tried again when another process created the same dataset record first.
+
+    MLflow's SQL store looks a dataset up and inserts it when missing, in two steps: two sweeps
+    started at once on one store (the claims of docs/TRACKING.md let them) both insert, and one
+    fails on the store's uniqueness rule ("UNIQUE constraint failed" in sqlite, "violates unique
+    constraint" in PostgreSQL). Tried again, the lookup finds the record and only links it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, _INPUT_TRIES + 1):
+        try:
+            mlflow_client.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as exc:
+            if "unique constraint" not in str(exc).lower() or attempt == _INPUT_TRIES:
+                raise
+            log.info("run %s: a dataset record was created by another process at the same time; logging again", run_id)
+            time.sleep(0.2 * attempt)
