@@ -94,11 +94,11 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     try:
         with heartbeat(context.tracking_uri, run.run_id):
             outcome = claim(context.tracking_uri, context.experiment_id, run.run_id, trial.config_hash, context.tags[T.STAGE],
-                           HASH_VERSION)
+                           HASH_VERSION, run.outage)
             if not outcome.mine:
                 run.abandon(outcome.winner)
                 log.info("trial %s (%s): computed by run %s; not computed here", trial.index, trial.run_name, outcome.winner)
-                metrics = run.client.get_run(outcome.winner).data.metrics
+                metrics = run.winner_metrics(outcome.winner)
                 tune.report({"PQ": metrics.get("PQ", float("nan")), "PQ_th": metrics.get("PQ_th", float("nan")),
                              "trial_seconds": time.perf_counter() - start, "run_id": outcome.winner})  # fmt: skip
                 return

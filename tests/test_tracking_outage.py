@@ -85,6 +85,41 @@ def test_a_store_unreachable_past_the_limit_fails_naming_it() -> None:
     assert uri in message and "tracking.outage_limit_s = 3 s" in message and "re-run the same command" in message
 
 
+def test_a_trial_claims_and_gives_up_its_hash_through_an_outage(tmp_path, server) -> None:
+    """The claim's reads and writes wait for the server like the trial's others (a sweep in CI
+    failed a trial on the claim's first write while the server restarted)."""
+    from p2m_core.tracking import tags as T
+    from p2m_core.tracking.claims import claim, claim_tags
+    from p2m_core.tracking.trial import TrialRun
+
+    cfg = load_config(None, ["tracking.outage_limit_s=120"])
+    experiment = store.ensure_experiment(server.url, "outage-claims")
+    tags = {**claim_tags(), T.STAGE: "pseudo", T.HASH_VERSION: "1", T.CONFIG_HASH: "abc"}
+    first = TrialRun(server.url, experiment, "p" * 32, "first", tags, cfg)
+    server.stop()
+    restart = threading.Timer(3.0, server.start)
+    restart.start()
+    try:
+        outcome = claim(server.url, experiment, first.run_id, "abc", "pseudo", 1, first.outage)
+    finally:
+        restart.join()
+    assert outcome.mine and outcome.winner == first.run_id
+    first.finish()
+    second = TrialRun(server.url, experiment, "p" * 32, "second", tags, cfg)
+    server.stop()
+    restart = threading.Timer(3.0, server.start)
+    restart.start()
+    try:
+        outcome = claim(server.url, experiment, second.run_id, "abc", "pseudo", 1, second.outage)
+        second.abandon(outcome.winner)
+    finally:
+        restart.join()
+    assert not outcome.mine and outcome.winner == first.run_id
+    gone = MlflowClient(tracking_uri=server.url).get_run(second.run_id)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert gone.data.tags[T.CLAIMED_BY] == first.run_id
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("outage_data")

@@ -25,12 +25,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from p2m_core.tracking import tags as T
+from p2m_core.tracking.outage import Outage
 from p2m_core.tracking.store import client, search_all
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def _ticket(run: Any) -> int | None:
 
 
 def _peers(uri: str, experiment_id: str, run_id: str, config_hash: str, stage: str, hash_version: int) -> tuple[list[Any], str]:
-    """The other live claims of the hash, and a FINISHED run of it ('' when none); stale ones are expired."""
+    """The other live claims of the hash, and a FINISHED run of it ('' when none); stale ones are
+    expired. Safe to repeat after a broken connection: expiring a run twice changes nothing."""
     query = (
         f"tags.`{T.KIND}` = '{T.KIND_TRIAL}' and tags.`{T.STAGE}` = '{stage}' and tags.`{T.HASH_VERSION}` = '{hash_version}' "
         f"and tags.`{T.CONFIG_HASH}` = '{config_hash}'"
@@ -128,18 +130,24 @@ def _peers(uri: str, experiment_id: str, run_id: str, config_hash: str, stage: s
     return live, finished
 
 
-def claim(uri: str, experiment_id: str, run_id: str, config_hash: str, stage: str, hash_version: int) -> Claim:
+def claim(
+    uri: str, experiment_id: str, run_id: str, config_hash: str, stage: str, hash_version: int, outage: Outage | None = None
+) -> Claim:
     """Take part in the bakery for ``config_hash`` until this run may compute it, or another run
-    of it FINISHED (module docstring). Blocks while another live claim goes first."""
+    of it FINISHED (module docstring). Blocks while another live claim goes first.
+
+    With ``outage`` (the trial run's), every read and write waits through a tracking server that
+    is down, up to its limit, like the trial's other calls; without it, the first failure raises."""
+    call: Callable[[Callable[[], Any]], Any] = outage.call if outage is not None else (lambda fn: fn())
     key = (uri, experiment_id, run_id, config_hash, stage, hash_version)
-    live, finished = _peers(*key)
+    live, finished = call(lambda: _peers(*key))
     if finished:
         return Claim(finished, False)
     ticket = 1 + max((t for t in map(_ticket, live) if t is not None), default=0)
-    client(uri).set_tag(run_id, T.CLAIM, str(ticket))
+    call(lambda: client(uri).set_tag(run_id, T.CLAIM, str(ticket)))  # the same value again: no change
     waiting_on = ""
     while True:
-        live, finished = _peers(*key)
+        live, finished = call(lambda: _peers(*key))
         if finished:
             return Claim(finished, False)
         if not any(_ticket(run) is None for run in live):

@@ -107,12 +107,23 @@ class TrialRun:
         self.outage.call(lambda: self.client.set_terminated(self.run_id, status="FINISHED"))
 
     def abandon(self, winner: str) -> None:
+        from mlflow.entities import RunTag
+
         """Give the config hash up to ``winner`` (the run that computed it): KILLED, tagged
         ``p2m.claimed_by``, and deleted, so each hash keeps one run (docs/TRACKING.md, "Claims")."""
-        self.client.set_tag(self.run_id, T.CLAIMED_BY, winner)
-        self.client.set_tag(self.run_id, T.END_REASON, f"claimed by {winner}")
-        self.client.set_terminated(self.run_id, status="KILLED")
-        self.client.delete_run(self.run_id)
+        tags = [RunTag(T.CLAIMED_BY, winner), RunTag(T.END_REASON, f"claimed by {winner}")]
+        self.outage.call(lambda: self.client.log_batch(self.run_id, tags=tags))
+        self.outage.call(lambda: self.client.set_terminated(self.run_id, status="KILLED"))
+        self.outage.call(self._delete)
+
+    def _delete(self) -> None:
+        """Delete the run; a retry after the request got through finds it deleted already."""
+        if self.client.get_run(self.run_id).info.lifecycle_stage != "deleted":
+            self.client.delete_run(self.run_id)
+
+    def winner_metrics(self, winner: str) -> dict[str, float]:
+        """The metrics of the run that computed this trial's config hash."""
+        return dict(self.outage.call(lambda: self.client.get_run(winner)).data.metrics)
 
     def fail(self, exc: BaseException) -> None:
         """FAILED, with the error as a tag and the traceback as ``error.txt``; never raises."""
