@@ -127,11 +127,11 @@ numbers_ray_train() {
 # 0.1-0.5 s on an H100-class GPU, so 200 of them fit the part's limit with Ray's start), 16
 # training images, 2 validation images scored once at the end.
 TRAIN_ITERS=200
-# The launcher's own checks of that config and data (ray_jobs.train.plan_training), without Ray
+# The launcher's own checks of that config and data (ray_jobs.training.plan_training), without Ray
 # or MLflow: what the CPU run does in place of the training. Arguments: --set KEY=VALUE pairs.
 PLAN_CHECK='import sys
 from p2m_core.config import load_config
-from ray_jobs.train import plan_training
+from ray_jobs.training import plan_training
 plan = plan_training(load_config("experiments/base.yaml", sys.argv[2::2]))
 cfg = plan.cfg
 print(f"launcher checks passed: {cfg.model.backbone}, {cfg.model.num_queries} queries, "

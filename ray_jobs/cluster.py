@@ -12,12 +12,9 @@ set it up (``RAY_AUTH_MODE`` and the token in the user's environment); nothing i
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import sys
 import time
-from typing import NoReturn
 
 from p2m_core.errors import P2MInputError
 from ray_jobs.stop import reinstall
@@ -52,7 +49,7 @@ def connect() -> tuple[float, bool]:
     when the command ends. Its ports, though, listen on all interfaces (Ray's own choice, as
     before 2.52): on a network you do not trust, set ``RAY_AUTH_MODE=token`` and it is kept.
     """
-    import ray
+    import ray  # Ray's imports only when a command needs the cluster (not for --help, bad input, a dry run)
 
     if ray.is_initialized():
         return 0.0, bool(os.environ.get("RAY_ADDRESS"))
@@ -83,7 +80,7 @@ def connect() -> tuple[float, bool]:
 def check_fits(resources: dict[str, float], attached: bool, where: str) -> None:
     """Refuse a trial that can never be scheduled on this in-process cluster (Tune would wait
     forever). On an attached cluster an autoscaler may add nodes, so there it only warns."""
-    import ray
+    import ray  # as in connect
 
     total = ray.cluster_resources()
     short = {k: v for k, v in resources.items() if v > total.get(k, 0.0)}
@@ -97,25 +94,7 @@ def check_fits(resources: dict[str, float], attached: bool, where: str) -> None:
 
 
 def shutdown() -> None:
-    import ray
+    import ray  # as in connect
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def exit_process(code: int) -> NoReturn:
-    """End a command whose work is done and recorded, skipping the interpreter's finalisation.
-
-    After a Ray driver, Python's own teardown (the modules of Ray, Tune and MLflow, and Ray's
-    core-worker threads) took 1.2-1.9 s per command on 2 cores, for nothing a finished command
-    needs. What a normal exit does that matters still happens: the ``atexit`` handlers run
-    (logging is flushed and closed, MLflow ends an active run, Ray shuts down if it is still
-    up), then both console streams are flushed. Files we write are closed by then (each is
-    written to a temporary name and renamed)."""
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
-            pass
-    os._exit(code)

@@ -10,14 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from p2m_core.config import HASH_VERSION
-from p2m_core.errors import P2MInputError
-from ray_jobs.spec import SweepSpec, Trial, expand_trials, in_ray_job, load_spec, sweep_hash
+from p2m_core.tracking import store
+from p2m_core.tracking import tags as T
+from p2m_core.tracking.datasets import log_dataset_inputs
+from p2m_core.tracking.provenance import git_commit, source_tags
+from p2m_core.tracking.table_layout import RECORD_KEY, layout_record
+from p2m_core.tracking.training import training_splits
+from p2m_core.tracking.uri import sqlite_path
+from ray_jobs.job_paths import job_tracking_uri
+from ray_jobs.spec import SweepSpec, Trial, expand_trials, load_spec, sweep_hash
 
 
 @dataclass
@@ -41,9 +51,6 @@ class SweepPlan:
 
 
 def sweep_tags(plan: SweepPlan) -> dict[str, str]:
-    from p2m_core.tracking import tags as T
-    from p2m_core.tracking.provenance import git_commit, source_tags
-
     cfg = plan.trials[0].config
     spec = plan.spec
     return {
@@ -63,9 +70,6 @@ def sweep_tags(plan: SweepPlan) -> dict[str, str]:
 def trials_record(plan: SweepPlan) -> dict[str, Any]:
     """The sweep's ``trials.json`` (docs/TRACKING.md): its trials in grid order and what its table
     shows (``table``: columns, baseline grid point, decimals), so the table needs only the store."""
-    from p2m_core.tracking import tags as T
-    from p2m_core.tracking.table_layout import RECORD_KEY, layout_record
-
     spec = plan.spec
     return {
         "format": T.TRIALS_FORMAT,
@@ -86,8 +90,6 @@ def plan_sweep(spec: str | SweepSpec, overrides: Sequence[str], seeds: Sequence[
     ``seeds`` replaces the spec's seeds (a quick look with one seed is a different sweep);
     ``experiment`` its MLflow experiment (a second copy of a sweep, e.g. after a code change,
     to compare with ``analysis.compare``: in the same experiment nothing would be recomputed)."""
-    from dataclasses import replace
-
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     if seeds is not None:
@@ -99,36 +101,8 @@ def plan_sweep(spec: str | SweepSpec, overrides: Sequence[str], seeds: Sequence[
     return SweepPlan(spec, trials, sweep_hash(spec, trials), uri, tuple(overrides))
 
 
-def job_tracking_uri(configured: str) -> str:
-    """:func:`~p2m_core.tracking.uri.resolve_tracking_uri`, refusing inside a Ray job a store
-    that would live in the job's temporary working directory (Ray deletes it)."""
-    from p2m_core.tracking.uri import resolve_tracking_uri, sqlite_path
-
-    if in_ray_job() and not configured and not os.environ.get("MLFLOW_TRACKING_URI"):
-        raise P2MInputError(
-            "this runs as a Ray job, whose working directory is a temporary copy that Ray deletes: the default "
-            "sqlite store there would be lost; set MLFLOW_TRACKING_URI (e.g. the head's `mlflow server`) or "
-            "--set tracking.tracking_uri=sqlite:////absolute/path/mlflow.db"
-        )
-    uri = resolve_tracking_uri(configured)
-    if sqlite_path(uri) is not None:
-        refuse_job_temporary(sqlite_path(uri), f"tracking store {uri}")
-    return uri
-
-
-def refuse_job_temporary(path: Path, what: str) -> None:
-    """Inside a Ray job, refuse ``path`` when it lies in the job's temporary working directory."""
-    if in_ray_job() and Path.cwd().resolve() in Path(path).resolve().parents:
-        raise P2MInputError(f"{what} lies inside the Ray job's temporary working directory, which Ray deletes; use an absolute path outside it")
-
-
 def open_in_mlflow(plan: SweepPlan) -> None:
     """Experiment, parent run (reused on resume), orphan clean-up and the finished hashes."""
-    from p2m_core.tracking import store
-    from p2m_core.tracking import tags as T
-    from p2m_core.tracking.datasets import log_dataset_inputs
-    from p2m_core.tracking.training import training_splits
-
     spec = plan.spec
     plan.experiment_id = store.ensure_experiment(plan.tracking_uri, spec.mlflow_experiment)
     plan.parent_run_id, plan.reused_parent = store.open_sweep_run(
@@ -159,8 +133,6 @@ def sweep_run_name(plan: SweepPlan) -> str:
 
 def table_command(plan: SweepPlan) -> str:
     """The command that renders this sweep's table from the store."""
-    import shlex
-
     spec = plan.spec
     return (f"python -m analysis.tables --table {shlex.quote(spec.name)} --experiment {shlex.quote(spec.mlflow_experiment)} "
             f"--tracking-uri {shlex.quote(plan.tracking_uri)} --format md")  # fmt: skip
@@ -169,8 +141,6 @@ def table_command(plan: SweepPlan) -> str:
 def sweep_note(plan: SweepPlan) -> str:
     """The sweep run's description (tag ``mlflow.note.content``, Markdown, on the run's page in
     the UI): what the spec is for, what it varies, and how to get its table."""
-    from p2m_core.tracking import tags as T
-
     spec = plan.spec
     if spec.path is None:  # built from --grid flags: the spec.yaml artifact holds it
         shown = "--grid flags (artifact spec.yaml)"
@@ -196,14 +166,10 @@ def sweep_note(plan: SweepPlan) -> str:
 def _spec_text(plan: SweepPlan) -> str:
     """The spec as loaded, with the command line's ``--set`` overrides (each trial's full
     resolved config is its own ``config.yaml`` artifact)."""
-    import yaml
-
     lines = [f"# {plan.spec.where}", f"# --set overrides: {json.dumps(list(plan.overrides))}"]
     return "\n".join(lines) + "\n" + yaml.safe_dump(plan.spec.raw, sort_keys=False)
 
 
 def is_new_store(uri: str) -> bool:
-    from p2m_core.tracking.uri import sqlite_path
-
     path = sqlite_path(uri)
     return path is not None and not path.exists()

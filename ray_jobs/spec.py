@@ -53,10 +53,14 @@ from p2m_core.config import (
     parse_override,
     stage_hash,
 )
+from p2m_core.ablation import check_pseudo_config
+from p2m_core.data.splits import require_split
+from p2m_core.engine.inputs import check_training_data
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_yaml
-from p2m_core.tracking.provenance import in_ray_job
+from p2m_core.model.pretrained import check_pretrained
 from p2m_core.tracking.table_layout import MAX_DECIMALS
+from ray_jobs.job_paths import absolute_paths, refuse_relative_data_root
 
 #: Where each seed of ``seeds`` is written, per stage, unless the spec says ``seed_keys``: what a
 #: seed varies. pseudo: the sampled points and the corruption of the maps. train: the points
@@ -66,10 +70,6 @@ DEFAULT_SEED_KEYS: dict[str, tuple[str, ...]] = {
     "pseudo": ("data.point_seed", "ablation.corruption.seed"),
     "train": ("seed", "data.point_seed"),
 }
-#: Config keys holding paths, made absolute against the launch directory (Ray workers run in
-#: their own working directories); a weights name in ``model.pretrained`` (``torchvision...``) is
-#: not a path and is kept.
-PATH_KEYS = ("data.root", "data.edge_model", "ablation.checkpoint", "model.pretrained")
 SPEC_FIELDS = (
     "name", "description", "paper_table", "base", "stage", "split", "set", "grid", "seeds", "seed_keys",
     "resources", "mlflow_experiment", "metrics", "baseline", "decimals",
@@ -318,23 +318,6 @@ def setting_label(setting: dict[str, Any], short: dict[str, str]) -> str:
     return ", ".join(f"{short[k]}={_format_value(v)}" for k, v in setting.items())
 
 
-def absolute_paths(cfg: Config, launch_dir: Path) -> Config:
-    """``cfg`` with :data:`PATH_KEYS` made absolute against ``launch_dir`` (empty stays empty, and so
-    does a weights name in ``model.pretrained``)."""
-    from p2m_core.model.pretrained import is_weights_name
-
-    def absolute(value: str) -> str:
-        return value if not value or Path(value).is_absolute() else str((launch_dir / value).resolve())
-
-    data = replace(cfg.data, root=absolute(cfg.data.root), edge_model=absolute(cfg.data.edge_model))
-    ablation = replace(cfg.ablation, checkpoint=absolute(cfg.ablation.checkpoint))
-    pretrained = cfg.model.pretrained
-    model = replace(cfg.model, pretrained=pretrained if is_weights_name(pretrained) else absolute(pretrained))
-    return replace(cfg, data=data, ablation=ablation, model=model)
-
-
-
-
 def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: PathLike | None = None) -> list[Trial]:
     """Every trial of the sweep (grid order, then seeds), each config built and checked.
 
@@ -344,10 +327,6 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
     inside a Ray job a relative ``data.root`` is refused, since it would point into the job's
     temporary copy of the working directory.
     """
-    from p2m_core.ablation import check_pseudo_config
-    from p2m_core.data.splits import require_split
-    from p2m_core.model.pretrained import check_pretrained
-
     launch = Path(launch_dir if launch_dir is not None else os.getcwd()).resolve()
     where = spec.where
     protected = set(spec.grid_keys) | set(spec.seed_keys)
@@ -374,11 +353,7 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
             raw = apply_values(copy.deepcopy(base_raw), setting, trial_sources, f"{where}, key 'grid' ({label})")
             raw = apply_values(raw, {k: seed for k in spec.seed_keys}, trial_sources, f"{where}, key 'seeds' ({seed})")
             cfg = from_dict(raw, trial_sources)
-            if in_ray_job() and not Path(cfg.data.root).is_absolute():
-                raise P2MInputError(
-                    f"{where}: key 'data.root' is the relative path {cfg.data.root!r}, but this runs as a Ray job whose "
-                    "working directory is a temporary copy without data; pass --set data.root=/absolute/path"
-                )
+            refuse_relative_data_root(cfg, where)
             cfg = absolute_paths(cfg, launch)
             if spec.stage == "pseudo":
                 check_pseudo_config(cfg, f"{where} ({label})")
@@ -397,8 +372,6 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
             trials.append(Trial(len(trials), label, dict(setting), seed, cfg, config_hash))
     try:
         if spec.stage == "train":
-            from p2m_core.engine.inputs import check_training_data
-
             check_training_data(trials[0].config)
         else:
             require_split(trials[0].config.data, spec.split)

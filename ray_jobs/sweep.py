@@ -26,30 +26,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 
 from p2m_core.config import SPLITS, STAGES, add_config_arguments
 from p2m_core.errors import P2MInputError
-from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep, sweep_tags
-
-
-#: CPUs a training trial holds while its TorchTrainer's workers train (Ray refuses 0).
-TRAIN_TRIAL_CPU = 0.01
-
-
-def training_worker_resources(per_worker: dict[str, float], workers: int) -> dict[str, float]:
-    """Each training worker's Ray resources: the spec's per-worker share less the worker's part
-    of the trial's own :data:`TRAIN_TRIAL_CPU`, so that a trial holds exactly what the spec
-    says (``resources.cpu`` x workers) and ``N`` such trials fit on ``N`` x that many CPUs: with
-    ``cpu: 1`` two single-worker trials train side by side on 2 cores (at 1 + 0.01 each, one did)."""
-    cpu = per_worker.get("CPU", 1.0)
-    if cpu <= TRAIN_TRIAL_CPU:
-        raise P2MInputError(f"resources.cpu {cpu} leaves nothing for a training worker; give each worker more than {TRAIN_TRIAL_CPU}")
-    return {**per_worker, "CPU": cpu - TRAIN_TRIAL_CPU / workers}
+from p2m_core.tracking import store
+from p2m_core.tracking import tags as T
+from p2m_core.tracking.ui import LOCAL_UI, experiment_url, ui_command
+from ray_jobs import stop
+from ray_jobs.stop import exit_process
+from ray_jobs.cluster import connect, shutdown
+from ray_jobs.grid_flags import save_spec, spec_from_flags, spec_mapping
+from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep
+from ray_jobs.sweep_table import attach_table
 
 
 def say(message: str, quiet: bool = False) -> None:
@@ -66,67 +58,6 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise P2MInputError(f"--seeds {text!r}: expected distinct non-negative integers")
     return seeds
-
-
-def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | None, attached: bool, quiet: bool) -> tuple[int, int, list[str]]:
-    """Hand the plan's missing trials to Ray Tune; returns ``(finished, failed, error lines)``."""
-    from ray import tune
-
-    from p2m_core.tracking import tags as T
-    from ray_jobs.cluster import check_fits
-    from ray_jobs.stop import owner_id
-    from ray_jobs.trial import SweepContext, run_train_trial, run_trial
-    from ray_jobs.tune_progress import TrialProgress
-
-    todo = plan.todo
-    training = plan.spec.stage == "train"
-    resources = plan.spec.resources.as_ray()
-    workers = max(t.config.train.workers for t in todo) if training else 1
-    need = {k: v * workers for k, v in resources.items()}
-    check_fits(need, attached, plan.spec.where)
-    context = SweepContext(
-        plan.tracking_uri, plan.experiment_id, plan.parent_run_id,
-        {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash, T.OWNER: owner_id()}, tuple(plan.trials),
-        launch_dir=os.getcwd(), worker_resources=training_worker_resources(resources, workers) if training else None,
-    )
-    progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
-    if training:
-        # The trial only launches and waits for its TorchTrainer, whose workers hold the spec's
-        # resources; a trial holding a whole CPU too would deadlock a 2-CPU machine.
-        trainable = tune.with_resources(tune.with_parameters(run_train_trial, context=context), {"CPU": TRAIN_TRIAL_CPU})
-        if max_concurrent is None:
-            import ray
-
-            total = ray.cluster_resources()
-            max_concurrent = max(1, int(min(total.get(k, 0.0) / v for k, v in need.items() if v > 0)))
-    else:
-        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-    run_config = tune.RunConfig(
-        name=f"{plan.spec.name}-{plan.sweep_hash[:8]}-{int(time.time())}",
-        storage_path=storage_path,
-        verbose=0,
-        callbacks=[progress],
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search([t.index for t in todo])},
-        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=max_concurrent),
-        run_config=run_config,
-    )
-    # With Tune's file loggers off (MLflow is the record) its result grid warns that it found no
-    # result files; the grid is not used.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    if training:
-        from ray_jobs.train_progress import SweepProgress
-
-        iters = max(t.config.train.iters for t in todo)
-        with SweepProgress(plan.tracking_uri, plan.experiment_id, plan.parent_run_id, iters,
-                           lambda line: say(f"[{plan.spec.name}] {line}", quiet), enabled=not quiet):  # fmt: skip
-            tuner.fit()
-    else:
-        tuner.fit()
-    return progress.finished, progress.failed, progress.errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,8 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             plans = [plan_sweep(path, args.overrides, seeds, args.experiment) for path in args.specs]
         else:
             raise P2MInputError("nothing to run: give sweep spec files, or --base CONFIG --grid KEY=V1,V2 ... --name NAME")
-        from p2m_core.tracking import store
-
         for uri in dict.fromkeys(p.tracking_uri for p in plans):
             store.check_reachable(uri)
     except P2MInputError as exc:
@@ -196,10 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ray_started: tuple[float, bool] | None = None
     try:
         if overlap:
-            from concurrent.futures import ThreadPoolExecutor
-
-            from ray_jobs.cluster import connect
-
             with ThreadPoolExecutor(max_workers=1) as pool:
                 pending = pool.submit(prepare_tracking, plans, quiet, args.resume)
                 ray_started = connect()
@@ -211,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if ray_started is not None:
-            from ray_jobs.cluster import shutdown
-
             shutdown()
         return 2
     if args.dry_run:
@@ -225,8 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _flag_spec(args: argparse.Namespace, seeds: tuple[int, ...] | None):
     """The spec the ``--grid`` flags describe (checked like a file; saved when asked)."""
-    from ray_jobs.grid_flags import save_spec, spec_from_flags, spec_mapping
-
     if args.specs:
         raise P2MInputError(f"give either spec files ({' '.join(args.specs)}) or --grid flags, not both")
     if not args.base:
@@ -243,11 +164,9 @@ def _flag_spec(args: argparse.Namespace, seeds: tuple[int, ...] | None):
 
 def prepare_tracking(plans: list[SweepPlan], quiet: bool, resume: bool = False) -> None:
     """Open every plan in MLflow and say what will run."""
-    from ray_jobs.stop import open_runs
-
     for plan in plans:
         open_in_mlflow(plan)
-        open_runs.add(plan.tracking_uri, plan.parent_run_id, plan.experiment_id)
+        stop.open_runs.add(plan.tracking_uri, plan.parent_run_id, plan.experiment_id)
         if resume and not plan.reused_parent:
             say(f"[{plan.spec.name}] --resume: no earlier run of this sweep in {plan.tracking_uri}; starting it", quiet)
         say(
@@ -261,8 +180,6 @@ def prepare_tracking(plans: list[SweepPlan], quiet: bool, resume: bool = False) 
 
 def say_ui_command(plans: list[SweepPlan], quiet: bool) -> None:
     """How to open the links printed per sweep: the command that serves each local store's UI."""
-    from p2m_core.tracking.ui import LOCAL_UI, ui_command
-
     for uri in dict.fromkeys(plan.tracking_uri for plan in plans):
         command = ui_command(uri)
         if command:
@@ -270,13 +187,6 @@ def say_ui_command(plans: list[SweepPlan], quiet: bool) -> None:
 
 
 def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_started: tuple[float, bool] | None) -> int:
-    from p2m_core.tracking import store
-    from p2m_core.tracking import tags as T
-    from p2m_core.tracking.ui import experiment_url
-    from ray_jobs.cluster import connect, shutdown
-    from ray_jobs.stop import open_runs
-    from ray_jobs.sweep_table import attach_table
-
     totals = {"finished": 0, "failed": 0}
     errors: list[str] = []
     attached = bool(ray_started and ray_started[1])
@@ -291,12 +201,16 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
                     seconds, attached = connect()
                     started = True
                     say(f"Ray {'attached' if attached else 'started in-process'} in {seconds:.1f} s", quiet)
+                # Ray Tune's imports (a second) only once trials are to run: not for a dry run,
+                # bad input or a finished sweep
+                from ray_jobs.tuning import run_plan
+
                 try:
                     finished, failed, lines = run_plan(plan, args.max_concurrent, args.storage_path, attached, quiet)
                 except P2MInputError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     store.close_sweep_run(plan.tracking_uri, plan.parent_run_id, {"trials_total": len(plan.trials)}, failed=True)
-                    open_runs.discard(plan.parent_run_id)
+                    stop.open_runs.discard(plan.parent_run_id)
                     return 2
                 errors.extend(f"[{plan.spec.name}] {line}" for line in lines)
             counts = {
@@ -305,7 +219,7 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
             }
             missing = len(plan.todo) - finished - failed
             store.close_sweep_run(plan.tracking_uri, plan.parent_run_id, counts, failed=bool(failed or missing))
-            open_runs.discard(plan.parent_run_id)
+            stop.open_runs.discard(plan.parent_run_id)
             tabled = attach_table(plan)
             totals["finished"] += finished
             totals["failed"] += failed + missing
@@ -330,8 +244,5 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
 
 
 if __name__ == "__main__":
-    from ray_jobs import stop
-    from ray_jobs.cluster import exit_process
-
     stop.install(stop.open_runs, lambda line: say(f"[sweep] {line}"))  # the command only: not a caller's process
     exit_process(main())

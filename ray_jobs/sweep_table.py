@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from p2m_core.tracking import store
+from p2m_core.tracking import tags as T
 from ray_jobs.plan import SweepPlan
 
 log = logging.getLogger(__name__)
@@ -21,9 +23,7 @@ def attach_table(plan: SweepPlan) -> bool:
     The table of a spec is that of its latest sweep in the experiment; when that is another
     sweep run (a sweep of the same spec with other seeds or ``--set`` started later), nothing is
     attached: this run's table would show the other's numbers. Returns whether it was attached."""
-    from analysis import tables
-    from p2m_core.tracking import store
-    from p2m_core.tracking import tags as T
+    from analysis import tables  # pandas and MLflow (a second) only when a sweep ends, not at its start
 
     name, experiment = plan.spec.name, plan.spec.mlflow_experiment
     try:

@@ -16,6 +16,10 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+from p2m_core.tracking import tags as T
+from p2m_core.tracking.store import client
+from p2m_core.tracking.training import EVAL_KEY, STEP_KEY
+
 log = logging.getLogger(__name__)
 
 #: Seconds between polls of the store.
@@ -45,9 +49,6 @@ class MlflowProgress:
 
     def line(self) -> str | None:
         """The progress line when the run moved on since the last one, else None."""
-        from p2m_core.tracking.store import client
-        from p2m_core.tracking.training import EVAL_KEY, STEP_KEY
-
         mlflow_client = client(self.uri)
         steps = mlflow_client.get_metric_history(self.run_id, STEP_KEY)
         evals = mlflow_client.get_metric_history(self.run_id, EVAL_KEY)
@@ -93,9 +94,6 @@ class SweepProgress(MlflowProgress):
         self._runs: dict[str, MlflowProgress] = {}
 
     def lines(self) -> list[str]:
-        from p2m_core.tracking import tags as T
-        from p2m_core.tracking.store import client
-
         query = f"tags.`{T.PARENT_RUN_ID}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'"
         out = []
         for run in client(self.uri).search_runs([self.experiment_id], filter_string=query, max_results=100):

@@ -21,9 +21,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
 from p2m_core.config import Config, from_dict, to_dict
-from p2m_core.engine.checkpoint_check import Choice
-from p2m_core.engine.run import RunHooks
+from p2m_core.engine.checkpoint_check import Choice, DamagedCheckpointError, choose_checkpoint
+from p2m_core.engine.run import MODEL_FILE, RunHooks, TrainingRun
+from p2m_core.engine.step import solver_metrics
+from p2m_core.tracking.training import TrainingLog
+from ray_jobs.worker_setup import prepare_worker
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +49,6 @@ def step_metrics(result: Any) -> dict[str, float]:
     """Per-step metrics of a :class:`~p2m_core.engine.step.StepResult`: each loss term, the
     total, the learning rate, the step's seconds and the pseudo labels' share of them, and the
     transport solver's diagnostics."""
-    from p2m_core.engine.step import solver_metrics
-
     metrics = {f"loss/{name}": value for name, value in result.losses.items()}
     metrics.update({
         "loss/total": result.total, "lr": result.lr, "step_seconds": result.step_seconds,
@@ -86,8 +92,6 @@ class WorkerHooks(RunHooks):
                  metrics["PQ"], metrics["PQ_th"], metrics["PQ_st"], metrics["mIoU"], metrics["pseudo_PQ"])  # fmt: skip
 
     def checkpoint(self, iteration: int, metrics: dict[str, float]) -> None:
-        import ray.train
-
         if self.tracking is not None:
             # waits out an outage (up to tracking.outage_limit_s): Ray must not hold a checkpoint
             # whose steps are not in the store, or a resume from it would never log them
@@ -105,8 +109,6 @@ def agreed_checkpoint(handed: Path, checkpoints: str, rank: int, world_size: int
     file differently on a flaky mount). When there is no good one every worker raises its
     error. ``handed`` in the choice stands for each worker's own copy of Ray's checkpoint (a
     download of its own with a URI storage path)."""
-    from p2m_core.engine.checkpoint_check import DamagedCheckpointError, choose_checkpoint
-
     decision: tuple[str, list[Any], str] = ("", [], "")
     if rank == 0:
         try:
@@ -115,8 +117,6 @@ def agreed_checkpoint(handed: Path, checkpoints: str, rank: int, world_size: int
         except DamagedCheckpointError as exc:
             decision = ("", [], str(exc))
     if world_size > 1:
-        import torch.distributed as dist
-
         box: list[Any] = [decision]
         dist.broadcast_object_list(box, src=0)
         decision = box[0]
@@ -131,24 +131,12 @@ def agreed_checkpoint(handed: Path, checkpoints: str, rank: int, world_size: int
 
 
 def _device() -> Any:
-    import ray.train.torch
-
     return ray.train.torch.get_device()
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function (module docstring)."""
-    import ray.train
-    import torch
-
-    from p2m_core.engine.run import MODEL_FILE, TrainingRun
-    from p2m_core.tracking.outage import bound_client_retries
-    from p2m_core.tracking.training import TrainingLog
-    from ray_jobs.trial import limit_threads, setup_worker_logging
-
-    setup_worker_logging()
-    limit_threads()
-    bound_client_retries()
+    prepare_worker()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     cfg = from_dict(config["config"], {}, Config)

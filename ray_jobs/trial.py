@@ -14,14 +14,25 @@ FAILED with the error, and the exception goes on to Tune so the driver counts it
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from ray import tune
+
+from p2m_core.ablation import run_pseudo_stage
+from p2m_core.config import HASH_VERSION
+from p2m_core.tracking import store
+from p2m_core.tracking import tags as T
+from p2m_core.tracking.claims import claim, claim_tags, heartbeat
+from p2m_core.tracking.training import open_training_run
+from p2m_core.tracking.trial import TrialRun
 from ray_jobs.spec import Trial
+from ray_jobs.training import plan_training, train_and_end
+from ray_jobs.worker_setup import prepare_worker, setup_worker_logging
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +51,6 @@ class SweepContext:
 
 
 def trial_tags(context: SweepContext, trial: Trial) -> dict[str, str]:
-    import json
-
-    from p2m_core.config import HASH_VERSION
-    from p2m_core.tracking import tags as T
-
     return {
         **context.tags,
         T.CONFIG_HASH: trial.config_hash,
@@ -54,37 +60,12 @@ def trial_tags(context: SweepContext, trial: Trial) -> dict[str, str]:
     }
 
 
-def setup_worker_logging() -> None:
-    """INFO lines of p2m's loggers on the worker's stderr: Ray's worker log files, the dashboard
-    and, on an attached cluster, the job's log (an in-process sweep keeps its console to one
-    line per trial, printed by the driver)."""
-    for name in ("p2m_core", "ray_jobs"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
-            logger.propagate = False
-
-
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Tune function trainable: ``config['trial']`` is the index into ``context.trials``.
 
     Before computing, the trial claims its config hash (:mod:`p2m_core.tracking.claims`): when
     another sweep computes the same trial, this one waits for it and reports its run instead."""
-    from ray import tune
-
-    from p2m_core.ablation import run_pseudo_stage
-    from p2m_core.config import HASH_VERSION
-    from p2m_core.tracking import tags as T
-    from p2m_core.tracking.claims import claim, claim_tags, heartbeat
-    from p2m_core.tracking.outage import bound_client_retries
-    from p2m_core.tracking.trial import TrialRun
-
-    setup_worker_logging()
-    limit_threads()
-    bound_client_retries()
+    prepare_worker()
     trial = context.trials[int(config["trial"])]
     start = time.perf_counter()
     run = TrialRun(
@@ -116,33 +97,6 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     tune.report({"PQ": metrics["PQ"], "PQ_th": metrics["PQ_th"], "trial_seconds": seconds, "run_id": run.run_id})
 
 
-def threads_for(cpus: float) -> int:
-    """Torch intra-op threads for a worker holding ``cpus`` of Ray's CPUs: rounded, at least 1
-    (0.99 of a CPU runs one thread, 2 run two)."""
-    return max(1, round(cpus))
-
-
-def limit_threads() -> None:
-    """Torch intra-op threads = the CPUs Ray assigned this worker (:func:`threads_for`).
-    Concurrent trials then never oversubscribe the cores (OpenMP threads waiting on each other
-    made a step 50x slower), and a lone trial given the machine uses all of it."""
-    import torch
-
-    cpus = 0.0
-    try:
-        import ray
-
-        if ray.is_initialized():
-            cpus = float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
-    except Exception:  # outside a Ray worker: keep OMP_NUM_THREADS's rule
-        cpus = 0.0
-    if cpus <= 0:
-        threads = os.environ.get("OMP_NUM_THREADS")
-        cpus = float(threads) if threads and threads.isdigit() else 0.0
-    if cpus > 0:
-        torch.set_num_threads(threads_for(cpus))
-
-
 def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Tune function trainable of a ``stage: train`` sweep: train one setting on Ray Train.
 
@@ -151,12 +105,6 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
     re-run after its driver was killed finds both, continues the same MLflow run (marked KILLED
     by the new driver, RUNNING again here) from the last checkpoint, and logs no step twice.
     """
-    from ray import tune
-
-    from p2m_core.tracking import tags as T
-    from p2m_core.tracking.training import open_training_run
-    from ray_jobs.train import plan_training, train_and_end
-
     setup_worker_logging()
     trial = context.trials[int(config["trial"])]
     start = time.perf_counter()
@@ -170,14 +118,9 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
     if state == "finished":
         metrics: dict[str, Any] = {}
     else:
-        from mlflow.entities import RunTag
-
-        from p2m_core.tracking.claims import heartbeat
-        from p2m_core.tracking.store import client
-
         # a resumed run is this driver's now: its stop signal ends it, its heartbeat keeps it alive
         owned = {T.OWNER: tags.get(T.OWNER, ""), T.HEARTBEAT: f"{time.time():.1f}"}
-        client(context.tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in owned.items()])
+        store.set_tags(context.tracking_uri, run_id, owned)
         log.info("trial %s: %s MLflow run %s, checkpoints in %s", trial.run_name, state, run_id, plan.checkpoints)
         with heartbeat(context.tracking_uri, run_id):
             metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)

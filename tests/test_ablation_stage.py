@@ -23,8 +23,8 @@ from p2m_core.data.panoptic_format import CocoPanoptic
 from p2m_core.data.points import sample_points, write_points
 from p2m_core.data.synthetic import generate_synthetic
 from p2m_core.errors import P2MInputError
-from ray_jobs.pseudo import main as pseudo_main
-from ray_jobs.pseudo import result_table
+from p2m_core.ablation.cli import main as pseudo_main
+from p2m_core.ablation.cli import result_table
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITY = {"PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "pixel_acc"}
@@ -169,7 +169,7 @@ def test_stage_on_real_coco_sample(coco_sample, tmp_path):
 def test_cli_end_to_end(synthetic, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "ray_jobs.pseudo", "--out", str(out), "--set", f"data.root={synthetic}",
+        [sys.executable, "-m", "p2m_core.ablation", "--out", str(out), "--set", f"data.root={synthetic}",
          "--set", "pseudo.mask_stride=2", "--set", "pseudo.graph_stride=4", "--set", "ablation.overlays=2",
          "--set", "ablation.corruption.semantic_blur_sigma=1.5"],
         check=False, capture_output=True, text=True, cwd=REPO, timeout=120,

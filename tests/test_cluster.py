@@ -56,7 +56,7 @@ def test_the_local_cluster_runs_without_token_auth_unless_the_user_asks(tmp_path
 # A command that ends through exit_process: an atexit handler and a large buffered stdout.
 EXIT = """
 import atexit, sys
-from ray_jobs.cluster import exit_process
+from ray_jobs.stop import exit_process
 atexit.register(lambda: open(sys.argv[1], "w").write("atexit ran"))
 sys.stdout.write("x" * 200_000)  # more than one buffer: the tail is lost unless flushed
 exit_process(3)

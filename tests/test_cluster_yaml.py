@@ -442,7 +442,7 @@ def test_a_training_run_of_each_config_gets_one_node_of_the_documented_type(conf
     from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
 
     from p2m_core.config import load_config
-    from ray_jobs.train import placement_strategy, worker_resources
+    from ray_jobs.training import placement_strategy, worker_resources
 
     node_type = scaling_doc_node_types().get(config_path)
     assert node_type in worker_types(config), f"docs/SCALING.md names {node_type!r} for {config_path}"

@@ -210,8 +210,8 @@ def test_training_trials_fit_the_machine_side_by_side():
     """A training trial's own 0.01 CPU comes out of its workers' share: with cpu 1 per worker
     a one-worker trial holds exactly 1 CPU, so 2 run at once on 2 cores (at 1.01, one did), and
     each worker runs as many torch threads as CPUs it holds."""
-    from ray_jobs.sweep import TRAIN_TRIAL_CPU, training_worker_resources
-    from ray_jobs.trial import threads_for
+    from ray_jobs.tuning import TRAIN_TRIAL_CPU, training_worker_resources
+    from ray_jobs.worker_setup import threads_for
 
     one = training_worker_resources({"CPU": 1.0}, workers=1)
     assert one["CPU"] + TRAIN_TRIAL_CPU == pytest.approx(1.0) and int(2.0 / (one["CPU"] + TRAIN_TRIAL_CPU)) == 2

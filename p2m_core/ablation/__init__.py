@@ -4,7 +4,8 @@
 - :mod:`~p2m_core.ablation.network`  the ``checkpoint`` source's frozen network, batch by batch;
 - :mod:`~p2m_core.ablation.prepare`  images, points and maps of a split, in batches;
 - :mod:`~p2m_core.ablation.scoring`  PQ / mIoU of pseudo masks and solver diagnostics;
-- :mod:`~p2m_core.ablation.stage`    :func:`run_pseudo_stage`: one setting over one split.
+- :mod:`~p2m_core.ablation.stage`    :func:`run_pseudo_stage`: one setting over one split;
+- :mod:`~p2m_core.ablation.cli`      ``python -m p2m_core.ablation``: that, from the command line, without Ray.
 
 It takes :class:`~p2m_core.config.Config` objects only; sweeps over settings live in
 ``ray_jobs`` (docs/METHOD.md, "The pseudo-label ablation stage").

@@ -144,6 +144,13 @@ def describe_run(uri: str, run_id: str, text: str) -> None:
     client(uri).set_tag(run_id, T.NOTE, text)
 
 
+def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set several tags of a run in one request (all or none of them are written)."""
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
+
 def kill_orphaned_children(uri: str, experiment_id: str, parent_run_id: str) -> int:
     """Mark the sweep's trial runs still RUNNING whose heartbeat is stale as KILLED (their
     driver is gone); returns how many.

@@ -1,6 +1,6 @@
 """Run one pseudo-stage setting in this process: no Ray, no MLflow; files and a table row.
 
-    python -m ray_jobs.pseudo --config experiments/ablation_synthetic.yaml --out runs/one \\
+    python -m p2m_core.ablation --config experiments/ablation_synthetic.yaml --out runs/one \\
         [--set data.root=data/synthetic] [--set pseudo.assignment=mc] [--quiet]
 
 For trying a setting or debugging one before sweeping it. Writes ``OUT/metrics.json``,
@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from p2m_core.ablation.stage import run_pseudo_stage
 from p2m_core.config import add_config_arguments, load_config
 from p2m_core.errors import P2MInputError
 
@@ -40,7 +41,7 @@ def result_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ray_jobs.pseudo",
+        prog="python -m p2m_core.ablation",
         description="Score the pseudo labels of one setting against the ground truth (no training, no Ray).",
     )
     add_config_arguments(parser, default_config="experiments/ablation_synthetic.yaml")
@@ -53,8 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        from p2m_core.ablation import run_pseudo_stage
-
         result = run_pseudo_stage(cfg, args.out, progress=not args.quiet)
     except P2MInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -63,7 +62,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(result_table({label: result}))
     print(f"\nwrote {Path(args.out) / 'metrics.json'} (config hash {result['config_hash']})", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
