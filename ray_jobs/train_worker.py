@@ -69,6 +69,7 @@ class WorkerHooks(RunHooks):
         self.run, self.tracking, self.cfg = run, tracking, cfg
         self.started = time.perf_counter()
         self.window: list[Any] = []
+        self.reported: dict[str, float] = {}  # what the last checkpoint reported (the run's result)
 
     def step(self, iteration: int, result: Any) -> None:
         if self.tracking is None:
@@ -93,12 +94,18 @@ class WorkerHooks(RunHooks):
 
     def checkpoint(self, iteration: int, metrics: dict[str, float]) -> None:
         if self.tracking is not None:
-            # waits out an outage (up to tracking.outage_limit_s): Ray must not hold a checkpoint
+            # waits out an outage (up to tracking.outage_limit_s): a checkpoint must not be kept
             # whose steps are not in the store, or a resume from it would never log them
             self.tracking.flush()
         with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
             self.run.save_state(folder)
-            ray.train.report({"iteration": iteration, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            self.keep(iteration, metrics, Path(folder))
+        self.reported = {"iteration": iteration, **metrics}
+
+    def keep(self, iteration: int, metrics: dict[str, float], folder: Path) -> None:
+        """Hand the checkpoint in ``folder`` (deleted afterwards) to Ray Train, which copies it to
+        the run's storage; every worker reports it (``ray.train.report`` is a barrier)."""
+        ray.train.report({"iteration": iteration, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
 
 def agreed_checkpoint(handed: Path, checkpoints: str, rank: int, world_size: int) -> Choice:
@@ -155,8 +162,15 @@ def train_loop(config: dict[str, Any]) -> None:
     if tracking is not None and choice is not None:
         tracking.resumed_at(run.iteration, choice.folder.name, [str(damage) for damage in choice.damaged])
     run.train(WorkerHooks(run, tracking, cfg))
-    if tracking is None:
-        return
+    if tracking is not None:
+        finish_run(run, tracking, config)
+
+
+def finish_run(run: TrainingRun, tracking: TrainingLog, config: dict[str, Any]) -> None:
+    """Rank 0 after the last iteration: the held-out split scored (once, however often the run
+    was resumed), the model file and its val predictions written and logged, and where the
+    model and the checkpoints are."""
+    cfg = run.cfg
     tracking.flush()
     split = cfg.train.test_split
     if split and not tracking.held_out_done(split, run.iteration):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from p2m_core.config import Config, resolve
 from p2m_core.engine.inputs import check_training_data
 from p2m_core.errors import P2MInputError
 from p2m_core.tracking.training import end_training_run
-from ray_jobs.job_paths import absolute_paths, checkpoint_storage, job_tracking_uri, output_root
+from ray_jobs.job_paths import absolute_paths, checkpoint_storage, is_uri, job_tracking_uri, output_root
 from ray_jobs.stop import open_runs
 
 #: Checkpoints Ray keeps per run (the newest; resume needs one, a spare covers a bad write).
@@ -70,6 +70,12 @@ def plan_training(
     ray_name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{run_name}-{config_hash[:12]}")
     uri = tracking_uri or job_tracking_uri(cfg.tracking.tracking_uri)
     return TrainPlan(cfg, uri, run_name, ray_name, storage, outputs / ray_name, use_gpu)
+
+
+def trains_in_trial(cfg: Config) -> bool:
+    """Whether a sweep trains this run in its trial (:mod:`ray_jobs.train_in_trial`): one worker,
+    and checkpoints on a folder."""
+    return cfg.train.workers == 1 and not is_uri(cfg.train.storage_path)
 
 
 def worker_resources(num_workers: int, use_gpu: bool, cpus_per_worker: float | None) -> dict[str, float]:
@@ -132,14 +138,18 @@ def fit(
 def train_and_end(
     plan: TrainPlan, run_id: str, num_workers: int, resources: dict[str, float], callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """:func:`fit`, then end the MLflow run FINISHED, or FAILED (and re-raise) when fitting
-    failed. Returns the final evaluation's metrics."""
+    """:func:`fit`, then the MLflow run ended (:func:`end_after`). Returns the final evaluation's metrics."""
+    return end_after(plan, run_id, lambda: dict(fit(plan, run_id, num_workers, resources, callbacks).metrics or {}))
+
+
+def end_after(plan: TrainPlan, run_id: str, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``train()``, then end the MLflow run FINISHED, or FAILED (and re-raise) when it raised."""
     try:
-        result = fit(plan, run_id, num_workers, resources, callbacks)
+        metrics = train()
     except BaseException as exc:
         open_runs.discard(run_id)  # ended here: a stop signal from now on must not overwrite it
         end_training_run(plan.tracking_uri, run_id, exc)
         raise
     open_runs.discard(run_id)
     end_training_run(plan.tracking_uri, run_id)
-    return dict(result.metrics or {})
+    return metrics

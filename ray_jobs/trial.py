@@ -31,7 +31,7 @@ from p2m_core.tracking.claims import claim, claim_tags, heartbeat
 from p2m_core.tracking.training import open_training_run
 from p2m_core.tracking.trial import TrialRun
 from ray_jobs.spec import Trial
-from ray_jobs.training import plan_training, train_and_end
+from ray_jobs.training import end_after, plan_training, train_and_end, trains_in_trial
 from ray_jobs.worker_setup import prepare_worker, setup_worker_logging
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,13 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
         store.set_tags(context.tracking_uri, run_id, owned)
         log.info("trial %s: %s MLflow run %s, checkpoints in %s", trial.run_name, state, run_id, plan.checkpoints)
         with heartbeat(context.tracking_uri, run_id):
-            metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
+            if trains_in_trial(plan.cfg):
+                # torch only in the trial's process, never in the sweep driver that imports this module
+                from ray_jobs.train_in_trial import train_in_trial
+
+                metrics = end_after(plan, run_id, lambda: train_in_trial(plan, run_id))
+            else:
+                metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
     seconds = time.perf_counter() - start
     tune.report({"PQ": metrics.get("PQ", float("nan")), "PQ_th": metrics.get("PQ_th", float("nan")),
                  "trial_seconds": seconds, "run_id": run_id})  # fmt: skip

@@ -21,6 +21,7 @@ from ray_jobs.cluster import check_fits
 from ray_jobs.plan import SweepPlan, sweep_tags
 from ray_jobs.stop import owner_id
 from ray_jobs.train_progress import SweepProgress
+from ray_jobs.training import trains_in_trial
 from ray_jobs.trial import SweepContext, run_train_trial, run_trial
 from ray_jobs.tune_progress import TrialProgress
 
@@ -54,10 +55,19 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
         launch_dir=os.getcwd(), worker_resources=training_worker_resources(resources, workers) if training else None,
     )
     progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
+    retries = 0
     if training:
-        # The trial only launches and waits for its TorchTrainer, whose workers hold the spec's
-        # resources; a trial holding a whole CPU too would deadlock a 2-CPU machine.
-        trainable = tune.with_resources(tune.with_parameters(run_train_trial, context=context), {"CPU": TRAIN_TRIAL_CPU})
+        # A one-worker run trains in its trial (ray_jobs.train_in_trial), which then holds the
+        # spec's resources, and Tune restarts it after a failure as Ray Train would. Otherwise the
+        # trial only launches and waits for its TorchTrainer, whose workers hold them; a trial
+        # holding a whole CPU too would deadlock a 2-CPU machine.
+        in_trial = {t.index for t in todo if trains_in_trial(t.config)}
+        retries = max((plan.trials[i].config.train.max_failures for i in in_trial), default=0)
+
+        def trial_resources(config: dict) -> tune.PlacementGroupFactory:
+            return tune.PlacementGroupFactory([resources if int(config["trial"]) in in_trial else {"CPU": TRAIN_TRIAL_CPU}])
+
+        trainable = tune.with_resources(tune.with_parameters(run_train_trial, context=context), trial_resources)
         if max_concurrent is None:
             total = ray.cluster_resources()
             max_concurrent = max(1, int(min(total.get(k, 0.0) / v for k, v in need.items() if v > 0)))
@@ -68,7 +78,7 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
         storage_path=storage_path,
         verbose=0,
         callbacks=[progress],
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        failure_config=tune.FailureConfig(max_failures=retries, fail_fast=False),
     )
     tuner = tune.Tuner(
         trainable,

@@ -1,0 +1,158 @@
+"""One-worker training sweeps train inside their Tune trials (ray_jobs/train_in_trial.py), for real:
+in-process Ray, a sqlite MLflow store.
+
+- checkpoints are stored complete or not at all, and only the newest are kept;
+- a sweep trial trains the same numbers as ``ray_jobs.train`` (Ray Train) does for the same
+  config, step by step, and writes its checkpoints where Ray Train would, without Ray Train;
+- a trial whose process is killed mid-run is started again by Tune (``train.max_failures``),
+  resumes from its last checkpoint, and MLflow holds every step exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from p2m_core.engine.checkpoint_check import FOLDER_GLOB
+from ray_jobs.train import main as train_main
+from ray_jobs.train_in_trial import STAGING_PREFIX, newest_checkpoint, store_checkpoint
+from tests.test_train_ray import CONFIG, data_root, settings, steps_of  # noqa: F401  (data_root: a fixture)
+
+EXPERIMENT = "in-trial-tests"
+
+
+def test_checkpoints_are_stored_whole_and_only_the_newest_kept(tmp_path) -> None:
+    source = tmp_path / "written"
+    source.mkdir()
+    checkpoints = tmp_path / "run"
+    stored = []
+    for iteration in range(4):
+        (source / "state.pt").write_bytes(bytes([iteration]) * 100)
+        stored.append(store_checkpoint(source, checkpoints, kept=2))
+        time.sleep(0.01)  # folder names carry the time to the microsecond
+    kept = sorted(checkpoints.glob(FOLDER_GLOB))
+    assert kept == stored[-2:] and newest_checkpoint(checkpoints) == stored[-1]
+    assert (stored[-1] / "state.pt").read_bytes() == bytes([3]) * 100
+    assert not list(checkpoints.glob(f"{STAGING_PREFIX}*"))
+    # a copy that stopped half way (a staging folder) is never taken for a checkpoint
+    (checkpoints / f"{STAGING_PREFIX}checkpoint_9999-01-01_00-00-00.000000").mkdir()
+    assert newest_checkpoint(checkpoints) == stored[-1]
+    assert newest_checkpoint(tmp_path / "nothing") is None
+
+
+def sweep_spec(folder: Path, root: Path, **extra: object) -> Path:
+    spec = folder / "in_trial.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "in_trial", "base": str(CONFIG), "stage": "train", "split": "val", "seeds": [0],
+        "grid": {"pseudo.assignment": ["ot"]}, "resources": {"cpu": 1}, "mlflow_experiment": EXPERIMENT,
+        "set": {"data.root": str(root), "train.batch_size": 4, "train.log_every": 3, "train.overlays": 1,
+                "data.flip_prob": 0.0, "tracking.output_dir": str(folder / "runs"), **extra},
+    }))  # fmt: skip
+    return spec
+
+
+def trial_run(uri: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([experiment], filter_string="tags.`p2m.kind` = 'trial'")
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def losses(client: MlflowClient, run_id: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, "loss/total"), key=lambda m: m.step)]
+
+
+def test_a_one_worker_sweep_trial_trains_what_ray_train_trains(tmp_path, data_root, monkeypatch) -> None:
+    iters = 8
+    common = {"train.iters": iters, "train.checkpoint_every": 4, "train.eval_every": 8}
+    trained = tmp_path / "ray_train"
+    assert train_main([str(CONFIG), "--quiet", "--cpus-per-worker", "1",
+                       *settings(data_root, trained, *(f"{k}={v}" for k, v in common.items()))]) == 0  # fmt: skip
+    reference = MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlflow.db'}")
+    (ray_run,) = reference.search_runs([reference.get_experiment_by_name("p2m-train").experiment_id])
+
+    swept = tmp_path / "sweep"
+    swept.mkdir()
+    uri = f"sqlite:///{swept / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from ray_jobs.sweep import main as sweep_main
+
+    assert sweep_main([str(sweep_spec(swept, data_root, **common)), "--quiet"]) == 0
+    client, run = trial_run(uri)
+    assert run.info.status == "FINISHED"
+    assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))
+    assert losses(client, run.info.run_id) == pytest.approx(losses(reference, ray_run.info.run_id), rel=1e-5)
+    assert run.data.metrics["PQ"] == pytest.approx(ray_run.data.metrics["PQ"], abs=1e-6)
+    (folder,) = (swept / "runs" / "ray").iterdir()
+    assert len(list(folder.glob(FOLDER_GLOB))) == 2  # iterations 4 and 8, kept where Ray Train keeps them
+    assert not list(folder.glob("checkpoint_manager_snapshot.json"))  # no Ray Train run behind it
+    assert Path(run.data.tags["p2m.checkpoint.model"]).is_file()
+
+
+def _trial_processes(driver_pid: int) -> list[int]:
+    """PIDs of Tune's function-trainable actors started under ``driver_pid``."""
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if not title.startswith(b"ray::ImplicitFunc"):
+            continue
+        pid = ancestor = int(entry.name)
+        while ancestor > 1 and ancestor != driver_pid:
+            ancestor = parent(ancestor)
+        if ancestor == driver_pid:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_trial_is_restarted_by_tune_and_resumes_from_its_checkpoint(tmp_path, data_root) -> None:
+    iters = 40
+    spec = sweep_spec(tmp_path, data_root, **{"train.iters": iters, "train.checkpoint_every": 4, "train.max_failures": 1,
+                                              "train.overlays": 0})  # fmt: skip
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    driver = subprocess.Popen([sys.executable, "-m", "ray_jobs.sweep", str(spec)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    killed = None
+    try:
+        deadline = time.monotonic() + 240
+        while killed is None:
+            assert driver.poll() is None, f"the sweep ended before its trial could be killed: {driver.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint appeared in time"
+            if list((tmp_path / "runs" / "ray").glob("*/checkpoint_*/state.pt")):
+                trials = _trial_processes(driver.pid)
+                if trials:
+                    killed = trials[0]
+                    os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, stderr[-3000:]
+    client, run = trial_run(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["p2m.resumed"] == "1"
+    resumed_at = [int(i) for i in run.data.tags["p2m.resumed_at"].split(",")]
+    assert len(resumed_at) == 1 and resumed_at[0] % 4 == 0 and 0 < resumed_at[0] < iters
+    assert steps_of(client, run.info.run_id, "loss/total") == list(range(1, iters + 1))  # each step exactly once
+    assert steps_of(client, run.info.run_id, "PQ") == [iters]
