@@ -6,6 +6,9 @@
   resume files, the final model and predictions;
 - :mod:`~p2m_core.engine.inputs`     the data checks a launcher runs before any worker starts;
 - :mod:`~p2m_core.engine.evaluate`   PQ of predictions and of pseudo masks, mIoU;
+- :mod:`~p2m_core.engine.predictions` a checkpoint's panoptic predictions on image files (PNG +
+  JSON, overlays): what ``python -m p2m_core.predict`` and a finished run write;
+- :mod:`~p2m_core.engine.device`     the ``auto | cpu | cuda`` device settings;
 - :mod:`~p2m_core.engine.checkpoint` the model file (``p2m-checkpoint/1``);
 - :mod:`~p2m_core.engine.checkpoint_check` resume checkpoints' manifests: a damaged one found and
   passed over for the previous good one.

@@ -41,6 +41,7 @@ from p2m_core.engine.checkpoint_check import write_manifest
 from p2m_core.engine.device import resolve_device
 from p2m_core.engine.evaluate import NetworkEvaluator
 from p2m_core.engine.loop import Trainer, batch_to_device
+from p2m_core.engine.predictions import predict_images
 from p2m_core.engine.step import StepResult
 from p2m_core.io import atomic_open, atomic_write_json
 from p2m_core.model.point2mask import ClassInfo, build_model
@@ -230,7 +231,7 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ final outputs (rank 0)
     def save_model(self, path: str | Path) -> Path:
-        """The trained network as a ``p2m-checkpoint/1`` file (what ``p2m_core.predict`` and the
+        """The trained network as a ``p2m-checkpoint/1`` file (what ``python -m p2m_core.predict`` and the
         pseudo stage's ``checkpoint`` source read)."""
         categories = list(self.train_set.panoptic.categories.values())
         return save_checkpoint(path, self.model, self.cfg, self.classes, categories,
@@ -238,9 +239,7 @@ class TrainingRun:
 
     def write_predictions(self, model_file: str | Path, out: str | Path) -> dict[str, Any]:
         """Panoptic predictions of the saved model on the val images (``predictions.json``,
-        ``panoptic/`` PNGs, ``overlays/``), through the same code as ``p2m_core.predict``."""
-        from p2m_core.predict import predict_images
-
+        ``panoptic/`` PNGs, ``overlays/``), through the same code as ``python -m p2m_core.predict``."""
         paths = [record.image_path for record in self.scored_set("val").panoptic.records]
         limit = self.cfg.train.eval_images
         paths = paths[:limit] if limit > 0 else paths
