@@ -1,8 +1,8 @@
-"""What every Ray Train worker of a training run executes: :func:`train_loop`.
+"""What every Ray Train worker of a training run executes: :func:`worker_main`.
 
 Ray Train starts the workers, initialises the torch process group (gloo on CPU, nccl on GPU)
-and calls :func:`train_loop` on each with the same ``loop_config`` (:func:`loop_config`). The
-worker builds its :class:`~p2m_core.engine.run.TrainingRun` (its shard of the train split), resumes
+and calls :func:`worker_main` on each with the same ``worker_config`` (:func:`worker_config`). The
+worker builds its :class:`~p2m_core.engine.run.WorkerRun` (its shard of the train split), resumes
 from ``ray.train.get_checkpoint()`` when Ray restarted the group after a failure (or the launcher
 was run again; a damaged checkpoint is passed over for the previous good one,
 :func:`agreed_checkpoint`), and trains. At each checkpoint iteration rank 0 evaluates (when due) and logs to
@@ -28,7 +28,7 @@ from p2m_core.engine.run import RunHooks
 log = logging.getLogger(__name__)
 
 
-def loop_config(cfg: Config, tracking_uri: str, run_id: str, output_dir: str | Path, checkpoints: str) -> dict[str, Any]:
+def worker_config(cfg: Config, tracking_uri: str, run_id: str, output_dir: str | Path, checkpoints: str) -> dict[str, Any]:
     """The plain dict every worker receives: the resolved config, the MLflow run, the folder
     for the final model and predictions, and where Ray keeps the run's checkpoints."""
     return {
@@ -136,12 +136,12 @@ def _device() -> Any:
     return ray.train.torch.get_device()
 
 
-def train_loop(config: dict[str, Any]) -> None:
+def worker_main(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function (module docstring)."""
     import ray.train
     import torch
 
-    from p2m_core.engine.run import MODEL_FILE, TrainingRun
+    from p2m_core.engine.run import MODEL_FILE, WorkerRun
     from p2m_core.tracking.outage import bound_client_retries
     from p2m_core.tracking.training import TrainingLog
     from ray_jobs.trial import limit_threads, setup_worker_logging
@@ -152,7 +152,7 @@ def train_loop(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     cfg = from_dict(config["config"], {}, Config)
-    run = TrainingRun(cfg, rank, world_size, _device())
+    run = WorkerRun(cfg, rank, world_size, _device())
     checkpoint = ray.train.get_checkpoint()
     choice = None
     if checkpoint is not None:

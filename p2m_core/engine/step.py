@@ -90,7 +90,7 @@ def training_outputs(model: Point2Mask, batch: dict[str, Any], cfg: Config, iter
     return TrainingOutputs(out, maps, pseudo, losses, pseudo_seconds)
 
 
-class TrainingModule(torch.nn.Module):
+class NetworkWithCriterion(torch.nn.Module):
     """The network and its criterion as one module: ``forward(batch, iteration)`` gives the
     named loss terms, the pseudo labels (no gradient) and the seconds spent making them.
 
@@ -112,9 +112,9 @@ class TrainingModule(torch.nn.Module):
 
 
 def network_of(model: torch.nn.Module) -> Point2Mask:
-    """The :class:`Point2Mask` inside a DDP wrapper and/or a :class:`TrainingModule`."""
+    """The :class:`Point2Mask` inside a DDP wrapper and/or a :class:`NetworkWithCriterion`."""
     model = getattr(model, "module", model)
-    return model.network if isinstance(model, TrainingModule) else model
+    return model.network if isinstance(model, NetworkWithCriterion) else model
 
 
 def autocast(cfg: Config, device: torch.device) -> Any:
@@ -129,10 +129,10 @@ def train_step(
 ) -> StepResult:
     """One optimisation step on ``batch`` (module docstring); ``iteration`` counts from 0.
 
-    ``model`` is the network, a :class:`TrainingModule` around it (whose config the forward
+    ``model`` is the network, a :class:`NetworkWithCriterion` around it (whose config the forward
     uses), or a DDP wrapper of one."""
     start = time.perf_counter()
-    module = TrainingModule(model, cfg) if isinstance(model, Point2Mask) else model
+    module = NetworkWithCriterion(model, cfg) if isinstance(model, Point2Mask) else model
     module.train()
     with autocast(cfg, batch["images"].device):
         losses, pseudo, pseudo_seconds = module(batch, iteration)
