@@ -2,6 +2,8 @@
 
 - :mod:`~p2m_core.engine.step`       one optimisation step (``train_step``) and the module DDP
   wraps (``NetworkWithCriterion``);
+- :mod:`~p2m_core.engine.step_metrics` what a step logs, read back to the host once per logged
+  window;
 - :mod:`~p2m_core.engine.loop`       the loop around it (``OptimisationLoop``): data shard,
   schedule, exact resume state;
 - :mod:`~p2m_core.engine.run`        one worker's share of a run from a config (``WorkerRun``):
