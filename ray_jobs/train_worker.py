@@ -1,7 +1,7 @@
 """What every Ray Train worker of a training run executes: :func:`worker_main`.
 
 Ray Train starts the workers, initialises the torch process group (gloo on CPU, nccl on GPU)
-and calls :func:`worker_main` on each with the same ``worker_config`` (:func:`worker_config`). The
+and calls :func:`worker_main` on each with the same dict (:func:`worker_config`). The
 worker builds its :class:`~p2m_core.engine.run.WorkerRun` (its shard of the train split), resumes
 from ``ray.train.get_checkpoint()`` when Ray restarted the group after a failure (or the launcher
 was run again; a damaged checkpoint is passed over for the previous good one,
