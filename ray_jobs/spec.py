@@ -397,7 +397,7 @@ def expand_trials(spec: SweepSpec, overrides: Sequence[str] = (), launch_dir: Pa
             trials.append(Trial(len(trials), label, dict(setting), seed, cfg, config_hash))
     try:
         if spec.stage == "train":
-            from p2m_core.engine.inputs import check_training_data
+            from p2m_core.engine.data_check import check_training_data
 
             check_training_data(trials[0].config)
         else:

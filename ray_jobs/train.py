@@ -7,7 +7,7 @@ The launcher, before any worker exists: builds the config (``--set`` overrides; 
 made absolute, since Ray workers run in their own directories), checks the data (both splits
 present and non-empty, categories agreeing with ``data.num_classes`` and with each other), checks
 that the tracking store answers, and opens the MLflow run. Then a ``TorchTrainer`` runs
-:func:`ray_jobs.train_worker.train_loop` on ``--num-workers`` workers (default
+:func:`ray_jobs.train_worker.worker_main` on ``--num-workers`` workers (default
 ``train.workers``): DDP over gloo on CPU, nccl with ``--gpu``; Ray restarts a failed worker group
 up to ``train.max_failures`` times from its last checkpoint.
 
@@ -77,7 +77,7 @@ def plan_training(
     """Check ``cfg`` for training and decide its names and folders (no MLflow, no Ray).
 
     ``tracking_uri``: the store already chosen by a sweep's driver; empty, the launch rule."""
-    from p2m_core.engine.inputs import check_training_data
+    from p2m_core.engine.data_check import check_training_data
     from ray_jobs.plan import job_tracking_uri, refuse_job_temporary
     from ray_jobs.spec import absolute_paths
 
@@ -137,11 +137,11 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_jobs.train_worker import loop_config, train_loop
+    from ray_jobs.train_worker import worker_config, worker_main
 
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config(plan.cfg, plan.tracking_uri, run_id, plan.output_dir, plan.checkpoints),
+        worker_main,
+        train_loop_config=worker_config(plan.cfg, plan.tracking_uri, run_id, plan.output_dir, plan.checkpoints),
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=plan.use_gpu, resources_per_worker=resources,
             placement_strategy=placement_strategy(plan.use_gpu),
