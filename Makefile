@@ -18,7 +18,9 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt pyproject.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# lint-imports checks the import contracts of pyproject.toml ([tool.importlinter]) first: seconds.
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The demo keeps everything under $(DEMO)/: data, the MLflow store and its artifacts, models, plots.

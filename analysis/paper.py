@@ -30,13 +30,6 @@ def _load() -> dict[str, Any]:
     return data
 
 
-def load_paper_tables() -> dict[str, Any]:
-    """All paper tables by key (a copy, so callers cannot change the cached file)."""
-    import copy
-
-    return copy.deepcopy(_load())
-
-
 def paper_table(key: str) -> dict[str, Any]:
     """One table (``axis``, ``columns``, ``rows``); an unknown key is an input error naming the known ones."""
     tables = _load()
@@ -119,9 +112,3 @@ def match_row(key: str, setting: Mapping[str, Any]) -> dict[str, float] | None:
             return {c: float(row[c]) for c in table.get("columns", []) if not math.isnan(float(row[c]))}
     return None
 
-
-def baseline_row(key: str) -> dict[str, float]:
-    """The paper's first row (its baseline: semantic only, equal division, 1 iteration, mc)."""
-    table = paper_table(key)
-    first = table["rows"][0]
-    return {c: float(first[c]) for c in table.get("columns", []) if first.get(c) is not None}

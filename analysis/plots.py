@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from analysis import cli, paper, runs, tables, trained
+from analysis import cli, paper, runs, tables, train_sweep_columns
 from analysis.axis_plots import plot_grid_axes
 from analysis.figures import Skip, figure_png
 from analysis.figures import finite as _finite
@@ -248,7 +248,7 @@ def learning_curve_figure(history: pd.DataFrame, title: str) -> Figure:
 
 def plot_learning_curves(client: MlflowClient, experiment: str | None) -> list[tuple[str, bytes, str]]:
     """``<spec>_learning_curves.png`` for the latest sweep of every training spec in the store."""
-    sweeps = runs.latest_sweeps(client, {T.STAGE: trained.STAGE}, experiment)
+    sweeps = runs.latest_sweeps(client, {T.STAGE: train_sweep_columns.STAGE}, experiment)
     if not sweeps:
         raise runs.NoSweepError(f"tracking store {client.tracking_uri}: no training sweep (tag p2m.stage=train)")
     out = []

@@ -16,7 +16,7 @@ What we measure (pseudo masks of the label stage, on our data) is not what the p
 (a trained network on VOC); the header of every output says both, so the columns are not read as
 a reproduction. A training sweep (``table4``, ``table*_train``) measures a trained network, as the
 paper does, and is rendered by the same rules with its columns named for what they hold
-(:mod:`analysis.trained`).
+(:mod:`analysis.train_sweep_columns`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from analysis import cli, paper, runs, stats, trained
+from analysis import cli, paper, runs, stats, train_sweep_columns
 from p2m_core.errors import P2MInputError
 from p2m_core.tracking import table_layout
 from p2m_core.tracking import tags as T
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 PERCENT_METRICS = frozenset({
     "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st",
-    "mIoU", "pixel_acc", "disagreement_pct", "k_violation_pct", *trained.NET_PSEUDO_METRICS,
+    "mIoU", "pixel_acc", "disagreement_pct", "k_violation_pct", *train_sweep_columns.NET_PSEUDO_METRICS,
 })
 ERROR_METRICS = frozenset({"row_error", "col_error", "max_col_error", "rel_error"})
 PAPER_SETTING = "paper: trained Point2Mask network, ResNet-50, Pascal VOC 2012 val"
@@ -121,21 +121,21 @@ def build_table(client: MlflowClient, table: str, experiment: str | None = None)
 
     A training sweep (tag ``p2m.stage`` = ``train``) adds ``pseudo_stage_<m>_mean/_std/_n``
     when the store has a pseudo-stage sweep of the same paper table, and ``meta`` says which
-    columns md/latex show under which labels (:mod:`analysis.trained`).
+    columns md/latex show under which labels (:mod:`analysis.train_sweep_columns`).
     """
     sweep = runs.find_sweep(client, table, experiment)
     df, meta = sweep_table(client, sweep, table)
-    if meta["stage"] != trained.STAGE:
+    if meta["stage"] != train_sweep_columns.STAGE:
         return df, meta
     # A training sweep: the network's columns, and the pseudo masks of the same settings from
     # the latest pseudo-stage sweep of the same paper table, in whichever experiment it is.
-    meta = trained.network_layout(meta, meta.pop("frame"))
+    meta = train_sweep_columns.network_layout(meta, meta.pop("frame"))
     stage_df = stage_meta = None
     if meta["paper_table"]:
         twins = runs.latest_sweeps(client, {T.PAPER_TABLE: meta["paper_table"], T.STAGE: "pseudo"}, one=True)
         for twin in twins.values():
-            stage_df, stage_meta = sweep_table(client, twin, twin.data.tags.get(T.SPEC, ""), trained.STAGE_METRICS)
-    return trained.add_pseudo_stage(df, meta, stage_df, stage_meta)
+            stage_df, stage_meta = sweep_table(client, twin, twin.data.tags.get(T.SPEC, ""), train_sweep_columns.STAGE_METRICS)
+    return train_sweep_columns.add_pseudo_stage(df, meta, stage_df, stage_meta)
 
 
 def reported_frame(client: MlflowClient, sweep: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -143,8 +143,8 @@ def reported_frame(client: MlflowClient, sweep: Any) -> tuple[pd.DataFrame, dict
     of val's), with a ``_setting`` column (:func:`canonical`), and the sweep's tags."""
     info = runs.sweep_info(sweep)
     frame = runs.trial_frame(client, sweep)
-    if info["stage"] == trained.STAGE:
-        frame = trained.held_out_view(frame, info["split"])
+    if info["stage"] == train_sweep_columns.STAGE:
+        frame = train_sweep_columns.held_out_view(frame, info["split"])
     keyed = frame.assign(_setting=[canonical(t["setting"]) for t in frame.attrs["trials"]["trials"]])
     keyed.attrs = dict(frame.attrs)
     return keyed, info
@@ -251,7 +251,7 @@ def sweep_table(client: MlflowClient, sweep: Any, table: str, metrics: Sequence[
         "settings": [by_key[key] for key in order],
         "extra_notes": [f"metric {m}: no trial of this sweep logged it (its column shows -)" for m in unlogged],
     }
-    if info["stage"] == trained.STAGE:
+    if info["stage"] == train_sweep_columns.STAGE:
         meta["frame"] = frame
     return df, meta
 
@@ -407,8 +407,8 @@ def render_csv(df: pd.DataFrame, meta: Mapping[str, Any]) -> str:
         out[column] = meta[column]
     out["n_seeds"] = meta["n_seeds"]
     if "pseudo_stage" in meta:  # a training table's pseudo_stage_* columns: which sweep they come from
-        out[f"{trained.STAGE_PREFIX}sweep_run_id"] = meta["pseudo_stage"]["sweep_run_id"]
-        out[f"{trained.STAGE_PREFIX}n_seeds"] = meta["pseudo_stage"]["n_seeds"]
+        out[f"{train_sweep_columns.STAGE_PREFIX}sweep_run_id"] = meta["pseudo_stage"]["sweep_run_id"]
+        out[f"{train_sweep_columns.STAGE_PREFIX}n_seeds"] = meta["pseudo_stage"]["n_seeds"]
     return out.to_csv(index=False, lineterminator="\n")
 
 

@@ -33,7 +33,7 @@ from pseudo_labels import make_batch  # run as a script, benchmarks/ is on sys.p
 from p2m_core.config import PseudoConfig  # noqa: E402
 from p2m_core.pseudo.capacities import batch_equal_division, batch_nearest_centroid  # noqa: E402
 from p2m_core.pseudo.exact import transport_exact  # noqa: E402
-from p2m_core.pseudo.labels import coarse_edge_lengths, distance_maps  # noqa: E402
+from p2m_core.pseudo.graph import coarse_edge_lengths, distance_maps  # noqa: E402
 
 
 def problems(batch: int, size: int, things: int, scheme: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,9 @@
 """Learning curve of a training config in one process: PQ against iterations and seconds.
 
-Trains ``CONFIG`` with :class:`~p2m_core.engine.run.TrainingRun` (one worker, no Ray, no
+Trains ``CONFIG`` with :class:`~p2m_core.engine.run.WorkerRun` (one worker, no Ray, no
 MLflow: the run a Ray Train worker executes) and evaluates the network on ``--split`` (default:
 ``train.test_split`` when the config has one, else val) every ``--eval-every`` iterations and at
-the end with :meth:`TrainingRun.evaluate` (the worker's evaluation). It stops after
+the end with :meth:`WorkerRun.evaluate` (the worker's evaluation). It stops after
 ``train.iters`` iterations (``--iters``) or when the run's wall time (training and
 evaluations) would pass ``--minutes``, whichever comes first: the next evaluation is skipped
 when it would not fit, and the last one always runs.
@@ -46,7 +46,7 @@ from p2m_core.data.panoptic_format import CocoPanoptic  # noqa: E402
 from p2m_core.data.points import sample_points, write_points  # noqa: E402
 from p2m_core.data.splits import split_paths  # noqa: E402
 from p2m_core.data.synthetic import generate_synthetic  # noqa: E402
-from p2m_core.engine.run import RunHooks, TrainingRun  # noqa: E402
+from p2m_core.engine.run import RunHooks, WorkerRun  # noqa: E402
 from p2m_core.engine.step import StepResult  # noqa: E402
 
 COLUMNS = ("iter", "train s", "wall s", "loss", "PQ", "PQ_th", "PQ_st", "mIoU", "pseudo_PQ", "pseudo_PQ_th", "pseudo %",
@@ -54,7 +54,7 @@ COLUMNS = ("iter", "train s", "wall s", "loss", "PQ", "PQ_th", "PQ_st", "mIoU", 
 
 
 class _OutOfTime(Exception):
-    """Raised from the step callback to end :meth:`Trainer.run` at the time limit."""
+    """Raised from the step callback to end :meth:`OptimisationLoop.run` at the time limit."""
 
 
 def log(message: str) -> None:
@@ -98,12 +98,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 class CurveHooks(RunHooks):
-    """The benchmark's side of :meth:`TrainingRun.train`: times the steps (evaluations apart),
+    """The benchmark's side of :meth:`WorkerRun.train`: times the steps (evaluations apart),
     adds a row per evaluation, skips an intermediate evaluation when the final one would no
     longer fit in the time budget, and stops the run (:class:`_OutOfTime`) when the next step
     and the final evaluation would not."""
 
-    def __init__(self, run: TrainingRun, minutes: float, verbose: bool) -> None:
+    def __init__(self, run: WorkerRun, minutes: float, verbose: bool) -> None:
         self.run, self.verbose = run, verbose
         self.budget = 60.0 * minutes
         self.start = self.last_step_end = time.perf_counter()
@@ -120,10 +120,11 @@ class CurveHooks(RunHooks):
         now = time.perf_counter()
         self.train_seconds += now - self.last_step_end  # data loading included
         self.last_step_end = now
-        for key, value in (("loss", result.total), ("step", result.step_seconds), ("pseudo", result.pseudo_seconds)):
+        loss = float(result.total)  # a read-back per step: the benchmark runs on the CPU, where it costs nothing
+        for key, value in (("loss", loss), ("step", result.step_seconds), ("pseudo", result.pseudo_seconds)):
             self.window[key].append(value)
         if self.verbose and iteration % max(self.run.cfg.train.log_every, 1) == 0:
-            log(f"iter {iteration}: loss {result.total:.3f}, step {result.step_seconds:.3f} s, "
+            log(f"iter {iteration}: loss {loss:.3f}, step {result.step_seconds:.3f} s, "
                 f"pseudo {100 * result.pseudo_share:.0f} %, lr {result.lr:.2g}, {now - self.start:.0f} s")  # fmt: skip
         if iteration < self.run.max_iters and self.left() < self.train_seconds / iteration + max(self.eval_seconds, default=0.0):
             raise _OutOfTime
@@ -155,12 +156,12 @@ class CurveHooks(RunHooks):
 
 def learning_curve(
     cfg: Config, minutes: float, eval_every: int, iters: int, split: str = "val", verbose: bool = True
-) -> tuple[list[dict[str, Any]], TrainingRun]:
+) -> tuple[list[dict[str, Any]], WorkerRun]:
     """Train ``cfg`` for ``iters`` iterations or ``minutes`` and evaluate on ``split`` along the
-    way (module docstring): :meth:`TrainingRun.train`, the loop a Ray Train worker runs, with
+    way (module docstring): :meth:`WorkerRun.train`, the loop a Ray Train worker runs, with
     :class:`CurveHooks`. Returns the rows of the table and the run (its network trained)."""
     cfg.train.iters, cfg.train.eval_every = iters, eval_every
-    run = TrainingRun(cfg, device="cpu")
+    run = WorkerRun(cfg, device="cpu")
     hooks = CurveHooks(run, minutes, verbose)
     try:
         run.train(hooks, eval_split=split)

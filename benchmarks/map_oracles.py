@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from p2m_core.config import load_config  # noqa: E402
 from p2m_core.data.dataset import collate_points  # noqa: E402
 from p2m_core.engine.loop import batch_to_device  # noqa: E402
-from p2m_core.engine.run import TrainingRun  # noqa: E402
+from p2m_core.engine.run import WorkerRun  # noqa: E402
 from p2m_core.evaluation import PanopticScores, owner_prediction  # noqa: E402
 from p2m_core.model.task_maps import low_level_edges, mask_grid, points_at_mask, task_maps  # noqa: E402
 from p2m_core.pseudo.labels import generate_pseudo_labels  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_config(args.config, [f"data.root={args.data_root}", *args.overrides])
-    run = TrainingRun(cfg, device="cpu")
+    run = WorkerRun(cfg, device="cpu")
     run.model.load_state_dict(torch.load(args.state_dict, weights_only=True))
     model = run.model.eval()
     dataset = run.scored_set(args.split)

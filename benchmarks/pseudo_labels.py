@@ -64,11 +64,8 @@ from p2m_core.ablation.sources import (
 from p2m_core.config import PseudoConfig
 from p2m_core.pseudo.capacities import nearest_centroid
 from p2m_core.pseudo.edge_lengths import NEIGHBOUR_OFFSETS
-from p2m_core.pseudo.labels import (
-    coarse_edge_lengths,
-    generate_pseudo_labels,
-    graph_factor,
-)
+from p2m_core.pseudo.graph import coarse_edge_lengths, graph_factor
+from p2m_core.pseudo.labels import generate_pseudo_labels
 from p2m_core.pseudo.maps import PointSet, TaskMaps
 from p2m_core.pseudo.transport import exact, sinkhorn
 
@@ -290,21 +287,21 @@ def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int) -> tupl
 def capture_transport_problem(maps: TaskMaps, points: list[PointSet], cfg: PseudoConfig) -> dict[str, Tensor]:
     """The transport problem the pipeline hands its solver for this batch (cost over the
     transported pixels, supplies k, demands, masks), recorded by wrapping the solver once."""
-    import p2m_core.pseudo.labels as pipeline
+    import p2m_core.pseudo.assignment as assignment
 
     captured: dict[str, Tensor] = {}
-    solver = pipeline.sinkhorn
+    solver = assignment.sinkhorn
 
     def record(cost: Tensor, supply: Tensor, demand: Tensor, **kwargs: object) -> object:
         captured.update(cost=cost, supply=supply, demand=demand, point_mask=kwargs["point_mask"],
                         pixel_mask=kwargs["pixel_mask"])  # fmt: skip
         return solver(cost, supply, demand, **kwargs)
 
-    pipeline.sinkhorn = record
+    assignment.sinkhorn = record
     try:
         generate_pseudo_labels(maps, points, cfg)
     finally:
-        pipeline.sinkhorn = solver
+        assignment.sinkhorn = solver
     return captured
 
 

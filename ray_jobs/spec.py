@@ -55,7 +55,7 @@ from p2m_core.config import (
 )
 from p2m_core.ablation import check_pseudo_config
 from p2m_core.data.splits import require_split
-from p2m_core.engine.inputs import check_training_data
+from p2m_core.engine.data_check import check_training_data
 from p2m_core.errors import P2MInputError
 from p2m_core.io import PathLike, load_yaml
 from p2m_core.model.pretrained import check_pretrained

@@ -7,7 +7,7 @@ The launcher, before any worker exists: builds the config (``--set`` overrides; 
 made absolute, since Ray workers run in their own directories), checks the data (both splits
 present and non-empty, categories agreeing with ``data.num_classes`` and with each other), checks
 that the tracking store answers, and opens the MLflow run. Then a ``TorchTrainer`` runs
-:func:`ray_jobs.train_worker.train_loop` on ``--num-workers`` workers (default
+:func:`ray_jobs.train_worker.worker_main` on ``--num-workers`` workers (default
 ``train.workers``): DDP over gloo on CPU, nccl with ``--gpu``; Ray restarts a failed worker group
 up to ``train.max_failures`` times from its last checkpoint.
 

@@ -4,7 +4,7 @@ Why: Ray Train starts a controller and a worker group for every run, 8.5 s on 2 
 first step (docs/BENCHMARKS.md), and each group is a fresh process that imports torch again.
 A run with one worker needs no process group, so a training sweep trains it in the trial's
 actor, which Tune reuses from trial to trial (``reuse_actors``): the same
-:class:`~p2m_core.engine.run.TrainingRun`, hooks, MLflow log and final outputs as a Ray Train
+:class:`~p2m_core.engine.run.WorkerRun`, hooks, MLflow log and final outputs as a Ray Train
 worker (:mod:`ray_jobs.train_worker`), so the numbers are the same; only the checkpoints are
 kept here instead of by Ray Train.
 
@@ -30,9 +30,9 @@ from pathlib import Path
 
 from p2m_core.config import Config
 from p2m_core.engine.checkpoint_check import FOLDER_GLOB, choose_checkpoint
-from p2m_core.engine.run import TrainingRun
+from p2m_core.engine.run import WorkerRun
 from p2m_core.tracking.training import TrainingLog
-from ray_jobs.train_worker import WorkerHooks, finish_run, loop_config
+from ray_jobs.train_worker import WorkerHooks, finish_run, worker_config
 from ray_jobs.training import CHECKPOINTS_KEPT, TrainPlan
 from ray_jobs.worker_setup import prepare_worker
 
@@ -66,7 +66,7 @@ def newest_checkpoint(checkpoints: Path) -> Path | None:
 class TrialHooks(WorkerHooks):
     """A Ray Train worker's hooks, except that each checkpoint is stored by :func:`store_checkpoint`."""
 
-    def __init__(self, run: TrainingRun, tracking: TrainingLog, cfg: Config, checkpoints: Path) -> None:
+    def __init__(self, run: WorkerRun, tracking: TrainingLog, cfg: Config, checkpoints: Path) -> None:
         super().__init__(run, tracking, cfg)
         self.checkpoints = checkpoints
 
@@ -80,7 +80,7 @@ def train_in_trial(plan: TrainPlan, run_id: str) -> dict[str, float]:
     :func:`~ray_jobs.training.fit`'s result does."""
     prepare_worker()
     cfg = plan.cfg
-    run = TrainingRun(cfg, 0, 1, "cuda" if plan.use_gpu else "cpu")
+    run = WorkerRun(cfg, 0, 1, "cuda" if plan.use_gpu else "cpu")
     checkpoints = Path(plan.checkpoints)
     latest = newest_checkpoint(checkpoints)
     choice = None
@@ -96,5 +96,5 @@ def train_in_trial(plan: TrainPlan, run_id: str) -> dict[str, float]:
         tracking.resumed_at(run.iteration, choice.folder.name, [str(damage) for damage in choice.damaged])
     hooks = TrialHooks(run, tracking, cfg, checkpoints)
     run.train(hooks)
-    finish_run(run, tracking, loop_config(cfg, plan.tracking_uri, run_id, plan.output_dir, plan.checkpoints))
+    finish_run(run, tracking, worker_config(cfg, plan.tracking_uri, run_id, plan.output_dir, plan.checkpoints))
     return hooks.reported

@@ -1,8 +1,8 @@
-"""What every Ray Train worker of a training run executes: :func:`train_loop`.
+"""What every Ray Train worker of a training run executes: :func:`worker_main`.
 
 Ray Train starts the workers, initialises the torch process group (gloo on CPU, nccl on GPU)
-and calls :func:`train_loop` on each with the same ``loop_config`` (:func:`loop_config`). The
-worker builds its :class:`~p2m_core.engine.run.TrainingRun` (its shard of the train split), resumes
+and calls :func:`worker_main` on each with the same dict (:func:`worker_config`). The
+worker builds its :class:`~p2m_core.engine.run.WorkerRun` (its shard of the train split), resumes
 from ``ray.train.get_checkpoint()`` when Ray restarted the group after a failure (or the launcher
 was run again; a damaged checkpoint is passed over for the previous good one,
 :func:`agreed_checkpoint`), and trains. At each checkpoint iteration rank 0 evaluates (when due) and logs to
@@ -28,15 +28,15 @@ import torch.distributed as dist
 
 from p2m_core.config import Config, from_dict, to_dict
 from p2m_core.engine.checkpoint_check import Choice, DamagedCheckpointError, choose_checkpoint
-from p2m_core.engine.run import MODEL_FILE, RunHooks, TrainingRun
-from p2m_core.engine.step import solver_metrics
+from p2m_core.engine.run import MODEL_FILE, RunHooks, WorkerRun
+from p2m_core.engine.step_metrics import StepRecord, read_step_metrics, step_record
 from p2m_core.tracking.training import TrainingLog
 from ray_jobs.worker_setup import prepare_worker
 
 log = logging.getLogger(__name__)
 
 
-def loop_config(cfg: Config, tracking_uri: str, run_id: str, output_dir: str | Path, checkpoints: str) -> dict[str, Any]:
+def worker_config(cfg: Config, tracking_uri: str, run_id: str, output_dir: str | Path, checkpoints: str) -> dict[str, Any]:
     """The plain dict every worker receives: the resolved config, the MLflow run, the folder
     for the final model and predictions, and where Ray keeps the run's checkpoints."""
     return {
@@ -45,48 +45,48 @@ def loop_config(cfg: Config, tracking_uri: str, run_id: str, output_dir: str | P
     }  # fmt: skip
 
 
-def step_metrics(result: Any) -> dict[str, float]:
-    """Per-step metrics of a :class:`~p2m_core.engine.step.StepResult`: each loss term, the
-    total, the learning rate, the step's seconds and the pseudo labels' share of them, and the
-    transport solver's diagnostics."""
-    metrics = {f"loss/{name}": value for name, value in result.losses.items()}
-    metrics.update({
-        "loss/total": result.total, "lr": result.lr, "step_seconds": result.step_seconds,
-        "pseudo_seconds": result.pseudo_seconds, "pseudo_share": result.pseudo_share,
-    })  # fmt: skip
-    if result.pseudo is not None:
-        metrics.update(solver_metrics(result.pseudo))
-    return metrics
-
-
 class WorkerHooks(RunHooks):
     """A Ray Train worker's side of the schedule: rank 0 logs every step and each evaluation to
     MLflow (exactly once, :class:`~p2m_core.tracking.training.TrainingLog`) with a progress line
     every ``train.log_every`` steps; every worker writes its part of each checkpoint and reports it
-    to Ray (a barrier: all workers call it equally often)."""
+    to Ray (a barrier: all workers call it equally often).
+
+    The steps' losses stay on the device until they are logged: rank 0 reads them back once per
+    ``train.log_every`` steps, and before an evaluation or a checkpoint, for all the steps since
+    the last read (:mod:`p2m_core.engine.step_metrics`), and queues each step with its own time."""
 
     def __init__(self, run: Any, tracking: Any, cfg: Config) -> None:
         self.run, self.tracking, self.cfg = run, tracking, cfg
         self.started = time.perf_counter()
-        self.window: list[Any] = []
+        self.unread: list[tuple[int, int, StepRecord]] = []  # (iteration, time in ms, record) not yet logged
+        self.window: list[dict[str, float]] = []  # metrics of the steps since the last progress line
         self.reported: dict[str, float] = {}  # what the last checkpoint reported (the run's result)
 
     def step(self, iteration: int, result: Any) -> None:
         if self.tracking is None:
             return
-        self.tracking.step(iteration, step_metrics(result))
-        self.window.append(result)
+        self.unread.append((iteration, int(time.time() * 1000), step_record(result)))
         if iteration % self.cfg.train.log_every == 0 or iteration == self.run.max_iters:
-            window, seconds = self.window, sum(r.step_seconds for r in self.window)
+            self.log_steps()
+            window, seconds = self.window, sum(m["step_seconds"] for m in self.window)
             log.info("iteration %d/%d: loss %.3f, %.2f s/step, pseudo labels %.0f%% of it", iteration, self.run.max_iters,
-                     sum(r.total for r in window) / len(window), seconds / len(window),
-                     100 * sum(r.pseudo_seconds for r in window) / max(seconds, 1e-9))  # fmt: skip
+                     sum(m["loss/total"] for m in window) / len(window), seconds / len(window),
+                     100 * sum(m["pseudo_seconds"] for m in window) / max(seconds, 1e-9))  # fmt: skip
             self.window = []
+
+    def log_steps(self) -> None:
+        """Read the unlogged steps back from the device (one transfer) and queue them in MLflow."""
+        metrics = read_step_metrics([record for _, _, record in self.unread])
+        for (iteration, at, _), values in zip(self.unread, metrics):
+            self.tracking.step(iteration, values, at)
+        self.window.extend(metrics)
+        self.unread = []
 
     def wants_evaluation(self, iteration: int) -> bool:
         return self.tracking is not None and iteration > self.tracking.evals_done
 
     def evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        self.log_steps()
         extra = {"iteration": iteration, "train_seconds": time.perf_counter() - self.started}
         self.tracking.evaluation(iteration, {**metrics, **extra}, self.run.overlays(self.cfg.train.overlays))
         log.info("iteration %d: PQ %.1f (things %.1f, stuff %.1f), mIoU %.1f, pseudo PQ %.1f", iteration,
@@ -96,6 +96,7 @@ class WorkerHooks(RunHooks):
         if self.tracking is not None:
             # waits out an outage (up to tracking.outage_limit_s): a checkpoint must not be kept
             # whose steps are not in the store, or a resume from it would never log them
+            self.log_steps()
             self.tracking.flush()
         with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
             self.run.save_state(folder)
@@ -141,13 +142,13 @@ def _device() -> Any:
     return ray.train.torch.get_device()
 
 
-def train_loop(config: dict[str, Any]) -> None:
+def worker_main(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function (module docstring)."""
     prepare_worker()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     cfg = from_dict(config["config"], {}, Config)
-    run = TrainingRun(cfg, rank, world_size, _device())
+    run = WorkerRun(cfg, rank, world_size, _device())
     checkpoint = ray.train.get_checkpoint()
     choice = None
     if checkpoint is not None:
@@ -166,7 +167,7 @@ def train_loop(config: dict[str, Any]) -> None:
         finish_run(run, tracking, config)
 
 
-def finish_run(run: TrainingRun, tracking: TrainingLog, config: dict[str, Any]) -> None:
+def finish_run(run: WorkerRun, tracking: TrainingLog, config: dict[str, Any]) -> None:
     """Rank 0 after the last iteration: the held-out split scored (once, however often the run
     was resumed), the model file and its val predictions written and logged, and where the
     model and the checkpoints are."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from p2m_core.config import Config, resolve
-from p2m_core.engine.inputs import check_training_data
+from p2m_core.engine.data_check import check_training_data
 from p2m_core.errors import P2MInputError
 from p2m_core.tracking.training import end_training_run
 from ray_jobs.job_paths import absolute_paths, checkpoint_storage, is_uri, job_tracking_uri, output_root
@@ -114,11 +114,11 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ray_jobs.train_worker import loop_config, train_loop
+    from ray_jobs.train_worker import worker_config, worker_main
 
     trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config(plan.cfg, plan.tracking_uri, run_id, plan.output_dir, plan.checkpoints),
+        worker_main,
+        train_loop_config=worker_config(plan.cfg, plan.tracking_uri, run_id, plan.output_dir, plan.checkpoints),
         scaling_config=ScalingConfig(
             num_workers=num_workers, use_gpu=plan.use_gpu, resources_per_worker=resources,
             placement_strategy=placement_strategy(plan.use_gpu),

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from analysis import plots, runs, tables, trained
+from analysis import plots, runs, tables, train_sweep_columns
 from tests.spec_layouts import declared_layout
 
 T0 = 1_700_000_000_000
@@ -355,4 +355,4 @@ def test_learning_curves_skipped_without_training_sweeps(tmp_path, capsys):
     written = plots.make_plots(s.client, tmp_path / "plots", log=False)
     assert not [p for p in written if p.name.endswith("_learning_curves.png")]
     assert "note: no train sweep, its plot skipped" in capsys.readouterr().err
-    assert trained.label("pseudo_stage_PQ") == "pseudo PQ (pseudo stage)"
+    assert train_sweep_columns.label("pseudo_stage_PQ") == "pseudo PQ (pseudo stage)"

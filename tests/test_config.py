@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def test_pseudo_stage_hash_ignores_training_naming_and_execution_settings():
 
 
 def test_stage_hash_carries_the_version(monkeypatch):
-    import p2m_core.config as config_module
+    import p2m_core.config.hashing as config_module
 
     cfg = load_config(None)
     before = stage_hash(cfg, "pseudo")
@@ -184,10 +185,48 @@ def test_range_error_in_a_file_names_the_file(tmp_path):
 
 
 def test_allowed_values_are_defined_once():
-    from p2m_core.pseudo import geodesic, labels, transport
+    from p2m_core.pseudo import geodesic, transport
 
-    assert labels.K_SCHEMES is config_values.K_SCHEMES
-    assert labels.ASSIGNMENTS is config_values.ASSIGNMENTS and labels.MC_DECODES is config_values.MC_DECODES
     assert transport.SINKHORN_MODES is config_values.SINKHORN_MODES
     assert geodesic.BACKENDS is config_values.GEODESIC_BACKENDS
-    assert typing.get_args(typing.get_type_hints(config_values.PseudoConfig)["k_scheme"]) == config_values.K_SCHEMES
+    hints = typing.get_type_hints(config_values.PseudoConfig)
+    for key, allowed in (
+        ("k_scheme", config_values.K_SCHEMES), ("assignment", config_values.ASSIGNMENTS),
+        ("mc_decode", config_values.MC_DECODES), ("k_ranking", config_values.K_RANKINGS),
+        ("centroid_rule", config_values.CENTROID_RULES), ("warmup_assignment", config_values.WARMUP_ASSIGNMENTS),
+        ("map_resize", config_values.MAP_RESIZES), ("pixel_roles", config_values.PIXEL_ROLES),
+        ("ot_pixels", config_values.OT_PIXELS), ("sinkhorn_mode", config_values.SINKHORN_MODES),
+    ):
+        assert typing.get_args(hints[key]) == allowed, key
+
+
+def test_sinkhorn_defaults_are_written_once():
+    """The solvers' keyword defaults are the config's: a solver called bare runs what a default
+    config runs."""
+    import inspect
+
+    from p2m_core.pseudo.newton import sinkhorn_converged
+    from p2m_core.pseudo.sinkhorn_reference import sinkhorn_reference
+    from p2m_core.pseudo.transport import sinkhorn
+
+    cfg = config_values.PseudoConfig()
+    expected = {
+        "epsilon": cfg.sinkhorn_epsilon, "raw_epsilon": cfg.sinkhorn_epsilon, "relative_epsilon": cfg.sinkhorn_epsilon,
+        "num_iters": cfg.sinkhorn_iters, "tol": cfg.sinkhorn_tol, "max_iters": cfg.sinkhorn_max_iters,
+    }
+    for fn in (sinkhorn, sinkhorn_reference, sinkhorn_converged):
+        params = inspect.signature(fn).parameters
+        for name, value in expected.items():
+            if name in params:
+                assert params[name].default == value, (fn.__name__, name)
+    assert (cfg.sinkhorn_epsilon, cfg.sinkhorn_iters, cfg.sinkhorn_tol, cfg.sinkhorn_max_iters) == (1e-3, 80, 1e-3, 2000)
+
+
+def test_pseudo_section_checks_itself_when_built():
+    """Code that builds the section directly gets the loader's check, named by the class."""
+    with pytest.raises(P2MInputError, match=r"PseudoConfig: key 'pseudo\.k_ranking' expects one of 'argmin', 'likelihood', got 'median'"):
+        config_values.PseudoConfig(k_ranking="median")
+    with pytest.raises(P2MInputError, match=r"PseudoConfig: key 'pseudo\.stuff_void_threshold' expects a number in \[0, 1\], got 2\.0"):
+        config_values.PseudoConfig(stuff_void_threshold=2.0)
+    with pytest.raises(P2MInputError, match=r"key 'pseudo\.graph_stride' expects a multiple of pseudo\.mask_stride"):
+        dataclasses.replace(config_values.PseudoConfig(), graph_stride=6)

@@ -20,7 +20,8 @@ from p2m_core.data.panoptic_format import CocoPanoptic, rgb2id
 from p2m_core.data.synthetic import generate_synthetic
 from p2m_core.engine.checkpoint import save_checkpoint
 from p2m_core.model.point2mask import ClassInfo, build_model
-from p2m_core.predict import main, predict_images
+from p2m_core.engine.predictions import predict_images
+from p2m_core.predict import main
 from tests.checkpoints import PERMISSIVE, REPO, tiny_checkpoint, tiny_config
 
 

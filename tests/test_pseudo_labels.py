@@ -21,7 +21,7 @@ from p2m_core.pseudo import (
 )
 from p2m_core.pseudo.edge_lengths import NEIGHBOUR_OFFSETS, edge_lengths
 from p2m_core.pseudo.geodesic import geodesic_distances
-from p2m_core.pseudo.labels import coarse_edge_lengths
+from p2m_core.pseudo.graph import coarse_edge_lengths
 
 
 def random_maps(rng: np.random.Generator, b: int, c: int, h: int, w: int) -> TaskMaps:

@@ -13,7 +13,7 @@ import torch
 from p2m_core.config import load_config
 from p2m_core.data.dataset import PointPanopticDataset
 from p2m_core.data.synthetic import generate_synthetic
-from p2m_core.engine.loop import Trainer
+from p2m_core.engine.loop import OptimisationLoop
 from p2m_core.model.point2mask import ClassInfo, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,23 +28,23 @@ def data(tmp_path_factory):
     return cfg, PointPanopticDataset.from_config(cfg, "train")
 
 
-def trainer(cfg, dataset) -> Trainer:
+def fresh_loop(cfg, dataset) -> OptimisationLoop:
     torch.manual_seed(0)
     model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic))
-    return Trainer(cfg, model, dataset)
+    return OptimisationLoop(cfg, model, dataset)
 
 
 def test_resumed_run_equals_the_uninterrupted_one(data) -> None:
     cfg, dataset = data
-    straight = trainer(cfg, dataset)
+    straight = fresh_loop(cfg, dataset)
     seen = []
     straight.run(5, on_step=lambda i, r: seen.append(i))
     assert seen == [1, 2, 3, 4, 5] and straight.iteration == 5
 
-    first = trainer(cfg, dataset)
+    first = fresh_loop(cfg, dataset)
     first.run(3)
     state = copy.deepcopy(first.state_dict())
-    resumed = trainer(cfg, dataset)  # a fresh process would build everything anew
+    resumed = fresh_loop(cfg, dataset)  # a fresh process would build everything anew
     resumed.load_state_dict(state)
     resumed.run(5)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -53,7 +53,7 @@ def test_resumed_run_equals_the_uninterrupted_one(data) -> None:
 
 def test_schedule_decays_at_the_configured_epoch(data) -> None:
     cfg, dataset = data
-    run = trainer(cfg, dataset)
+    run = fresh_loop(cfg, dataset)
     assert run.iters_per_epoch == 2
     lrs = []
     run.run(6, on_step=lambda i, r: lrs.append(run.optimizer.param_groups[-1]["lr"]))
@@ -63,7 +63,7 @@ def test_schedule_decays_at_the_configured_epoch(data) -> None:
 
 def test_each_epoch_sees_every_image_once(data) -> None:
     cfg, dataset = data
-    run = trainer(cfg, dataset)
+    run = fresh_loop(cfg, dataset)
     ids = []
     for batch in run.batches():
         ids.extend(batch["image_ids"])

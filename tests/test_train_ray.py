@@ -143,14 +143,14 @@ def _ddp_gradients(config: dict) -> None:
     from p2m_core.config import Config, from_dict
     from p2m_core.data.dataset import collate_points
     from p2m_core.engine.loop import batch_to_device
-    from p2m_core.engine.run import TrainingRun
+    from p2m_core.engine.run import WorkerRun
     from p2m_core.engine.step import train_step
 
     rank = ray.train.get_context().get_world_rank()
     cfg = from_dict(config["config"], {}, Config)
-    run = TrainingRun(cfg, rank, 2, "cpu")
+    run = WorkerRun(cfg, rank, 2, "cpu")
     batch = collate_points([run.train_set[i] for i in config["halves"][rank]])
-    train_step(run.trainer.module, batch_to_device(batch, torch.device("cpu")), run.trainer.optimizer, cfg, 0)
+    train_step(run.loop.module, batch_to_device(batch, torch.device("cpu")), run.loop.optimizer, cfg, 0)
     if rank == 0:
         torch.save({n: p.grad.clone() for n, p in run.model.named_parameters() if p.grad is not None}, config["out"])
 
@@ -164,7 +164,7 @@ def test_a_two_worker_step_equals_one_worker_on_the_concatenated_batch(tmp_path,
     from p2m_core.config import load_config, to_dict
     from p2m_core.data.dataset import collate_points
     from p2m_core.engine.loop import batch_to_device
-    from p2m_core.engine.run import TrainingRun
+    from p2m_core.engine.run import WorkerRun
     from p2m_core.engine.step import train_step
 
     cfg = load_config(CONFIG, [f"data.root={data_root}", "train.batch_size=2", "train.grad_clip=0", "data.flip_prob=0.0"])
@@ -182,9 +182,9 @@ def test_a_two_worker_step_equals_one_worker_on_the_concatenated_batch(tmp_path,
         ray.shutdown()
     distributed = torch.load(out, weights_only=True)
 
-    single = TrainingRun(cfg, 0, 1, "cpu")
+    single = WorkerRun(cfg, 0, 1, "cpu")
     batch = collate_points([single.train_set[i] for i in halves[0] + halves[1]])
-    train_step(single.trainer.module, batch_to_device(batch, torch.device("cpu")), single.trainer.optimizer, cfg, 0)
+    train_step(single.loop.module, batch_to_device(batch, torch.device("cpu")), single.loop.optimizer, cfg, 0)
     reference = {n: p.grad for n, p in single.model.named_parameters() if p.grad is not None}
     assert set(distributed) == set(reference) and len(reference) > 100
     flat_d = torch.cat([distributed[n].flatten() for n in sorted(reference)])

@@ -127,3 +127,30 @@ def test_masks_at_the_network_stride(setup) -> None:
     result = train_step(model, batch, build_optimizer(model, cfg), cfg, 0, keep_pseudo=True)
     assert result.pseudo.panoptic.shape[-2:] == (batch["images"].shape[-2] // 8, batch["images"].shape[-1] // 8)
     assert math.isfinite(result.total)
+
+
+def test_step_leaves_its_losses_on_the_device_and_one_read_gives_the_floats(setup) -> None:
+    """The step returns its losses as detached tensors (a float of each would make the host wait
+    for the device at every step on GPU); read back together, several steps give exactly the
+    floats, and the solver means, that each step's own conversion gives."""
+    from p2m_core.engine.step_metrics import SOLVER_METRICS, read_step_metrics, step_record
+
+    cfg, dataset, batch = setup
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic))
+    optimizer = build_optimizer(model, cfg)
+    results = [train_step(model, batch, optimizer, cfg, iteration, keep_pseudo=True) for iteration in range(2)]
+    for result in results:
+        assert isinstance(result.total, torch.Tensor) and not result.total.requires_grad
+        assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in result.losses.values())
+    metrics = read_step_metrics([step_record(result) for result in results])
+    for result, got in zip(results, metrics):
+        pseudo = result.pseudo
+        rows = torch.stack([pseudo.iterations.float(), pseudo.col_error.float(), 100.0 * pseudo.disagreement.float(),
+                            pseudo.converged.float()]).cpu()  # fmt: skip
+        solver = {name: float(v) for name, v in zip(SOLVER_METRICS, torch.nanmean(rows, dim=1).tolist()) if v == v}
+        expected = {f"loss/{name}": float(value) for name, value in result.losses.items()}
+        expected.update({"loss/total": float(result.total), "lr": result.lr, "step_seconds": result.step_seconds,
+                         "pseudo_seconds": result.pseudo_seconds, "pseudo_share": result.pseudo_share, **solver})  # fmt: skip
+        assert list(got) == list(expected) and got == expected
+        assert "solver_iterations" in got

@@ -16,9 +16,9 @@ from p2m_core.data.panoptic_format import CocoPanoptic
 from p2m_core.data.synthetic import generate_synthetic
 from p2m_core.data.transforms import ResizeShortestEdge
 from p2m_core.engine.evaluate import NetworkEvaluator
-from p2m_core.engine.inputs import check_training_data
-from p2m_core.engine.loop import Trainer, batch_to_device, worker_batch_size
-from p2m_core.engine.run import TrainingRun
+from p2m_core.engine.data_check import check_training_data
+from p2m_core.engine.loop import OptimisationLoop, batch_to_device, worker_batch_size
+from p2m_core.engine.run import WorkerRun
 from p2m_core.errors import P2MInputError
 from p2m_core.model.point2mask import ClassInfo, build_model
 
@@ -60,7 +60,7 @@ def test_a_missing_test_split_is_refused_naming_its_key(tmp_path):
 
 
 def test_the_test_split_is_scored_whole_and_val_by_eval_images(root):
-    run = TrainingRun(tiny(root, "train.eval_images=1"), device="cpu")
+    run = WorkerRun(tiny(root, "train.eval_images=1"), device="cpu")
     assert len(run.scored_set("test")) == 4 and run.scored_set("test").with_gt
     counted = []
     for split in ("val", "test"):
@@ -119,9 +119,9 @@ def test_the_batch_is_global_and_split_over_workers():
 
 def test_one_seed_sets_the_weights_the_data_order_and_the_augmentation(root):
     def first_batch(seed: int):
-        run = TrainingRun(tiny(root, f"seed={seed}"), device="cpu")
+        run = WorkerRun(tiny(root, f"seed={seed}"), device="cpu")
         weights = torch.cat([p.detach().flatten() for p in run.model.parameters()])
-        return weights, next(run.trainer.batches())["image_ids"]
+        return weights, next(run.loop.batches())["image_ids"]
 
     def augmented_sizes(seed: int):
         dataset = PointPanopticDataset.from_config(tiny(root, f"seed={seed}", "data.train_short_side=[40, 64]"), "train")
@@ -160,12 +160,12 @@ def test_augmented_training_items_keep_their_own_frame(root):
     assert torch.equal(item["orig_segment_ids"], item["segment_ids"])  # a flip has no way back: scored where it is
 
 
-def test_trainer_loader_takes_the_workers_share(root):
+def test_loop_loader_takes_the_workers_share(root):
     cfg = tiny(root, "train.batch_size=4")
     dataset = PointPanopticDataset.from_config(cfg, "train")
     model = build_model(cfg.model, ClassInfo.from_dataset(dataset.panoptic))
-    trainer = Trainer(cfg, model, dataset)
-    assert trainer.batch_size == 4 and len(next(trainer.batches())["image_ids"]) == 4
+    loop = OptimisationLoop(cfg, model, dataset)
+    assert loop.batch_size == 4 and len(next(loop.batches())["image_ids"]) == 4
 
 
 # --------------------------------------------------------------------------- one loop
@@ -190,7 +190,7 @@ def test_the_run_calls_its_hooks_on_the_schedule(root):
         def checkpoint(self, iteration, metrics):
             calls.append(("ckpt", iteration, bool(metrics)))
 
-    run = TrainingRun(tiny(root, "train.iters=5", "train.eval_every=2", "train.checkpoint_every=3", "train.eval_images=1"),
+    run = WorkerRun(tiny(root, "train.iters=5", "train.eval_every=2", "train.checkpoint_every=3", "train.eval_images=1"),
                       device="cpu")  # fmt: skip
     run.train(Recorder())
     assert calls == [

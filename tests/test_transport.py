@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo import transport
 from p2m_core.pseudo.newton import sinkhorn_converged
-from p2m_core.pseudo.semidual import argmax_lowest, argmin_lowest, semidual_log_plan
+from p2m_core.pseudo.semidual import semidual_log_plan
+from p2m_core.pseudo.ties import argmax_lowest, argmin_lowest
 from p2m_core.pseudo.sinkhorn_reference import sinkhorn_reference
 from p2m_core.pseudo.transport import disagreement, sinkhorn
 
@@ -75,7 +76,7 @@ def test_converged_plan_equals_pot_sinkhorn_log(seed: int) -> None:
     expected = ot.sinkhorn(supply, demand, cost, reg=eps * cost.max(), method="sinkhorn_log",
                            numItermax=100000, stopThr=1e-12)
     c, x, y = torch.tensor(cost[None]), torch.tensor(supply[None]), torch.tensor(demand[None])
-    result = sinkhorn_converged(c, x, y, epsilon=eps, tol=1e-7)
+    result = sinkhorn_converged(c, x, y, relative_epsilon=eps, tol=1e-7)
     assert bool(result.log.converged[0]) and float(result.log.rel_error[0]) <= 1e-7
     plan = semidual_log_plan(c, result, y).exp()[0].numpy()
     np.testing.assert_allclose(plan, expected, atol=1e-5 * demand.max())
@@ -90,7 +91,7 @@ def test_converged_assignment_equals_exact_emd(seed: int) -> None:
     supply = integer_supplies(rng, m, n)
     emd_plan = ot.emd(supply.astype(np.float64), np.ones(n), cost)
     assert np.allclose(emd_plan.max(0), 1.0)  # integer supplies, unit demands: a 0/1 assignment
-    result = sinkhorn_converged(*one(cost, supply), epsilon=3e-4, tol=1e-3)
+    result = sinkhorn_converged(*one(cost, supply), relative_epsilon=3e-4, tol=1e-3)
     assert bool(result.log.converged[0])
     np.testing.assert_array_equal(result.labels[0].numpy(), emd_plan.argmax(0))
 
@@ -146,7 +147,7 @@ def test_converged_meets_tol_at_small_epsilon_on_a_pixel_grid(epsilon: float) ->
     cost = ((yy[None] - points[:, 0, None, None]) ** 2 + (xx[None] - points[:, 1, None, None]) ** 2).float().sqrt()
     cost = cost.reshape(1, 4, H * W) * 0.37
     k = torch.tensor([[900.0, 500.0, 304.0, 600.0]])
-    result = sinkhorn_converged(cost, k, torch.ones(1, H * W), epsilon=epsilon, tol=1e-3, max_iters=500)
+    result = sinkhorn_converged(cost, k, torch.ones(1, H * W), relative_epsilon=epsilon, tol=1e-3, max_iters=500)
     assert bool(result.log.converged[0]) and int(result.log.iterations[0]) < 500
     counts = torch.bincount(result.labels[0], minlength=4).float()
     assert float((counts - k[0]).abs().sum() / (H * W)) <= 0.01

@@ -47,6 +47,7 @@ edge keeps its strength (:func:`max_pool`).
 from __future__ import annotations
 
 import hashlib
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,10 @@ from scipy.ndimage import gaussian_filter
 
 from p2m_core.config import AblationConfig, CorruptionConfig
 from p2m_core.errors import P2MInputError
+
+#: The choices of ``ablation.void_semantic``, read from the config field's type so that they are
+#: written once (:class:`~p2m_core.config.AblationConfig`).
+VOID_SEMANTICS: tuple[str, ...] = typing.get_args(typing.get_type_hints(AblationConfig)["void_semantic"])
 
 VOID = 0
 
@@ -144,8 +149,8 @@ def one_hot_semantic(classes: np.ndarray, num_classes: int, void: str = "zero") 
 
     ``void='zero'`` leaves void pixels at the zero vector, ``'uniform'`` sets them to ``1/C``.
     """
-    if void not in ("zero", "uniform"):
-        raise P2MInputError(f"ablation.void_semantic must be 'zero' or 'uniform', got {void!r}")
+    if void not in VOID_SEMANTICS:
+        raise P2MInputError(f"ablation.void_semantic must be {' or '.join(repr(v) for v in VOID_SEMANTICS)}, got {void!r}")
     classes = np.asarray(classes)
     h, w = classes.shape
     semantic = np.zeros((num_classes, h, w), dtype=np.float32)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import typing
+
+from p2m_core.config import Device
 from p2m_core.errors import P2MInputError
+
+#: The device settings every command accepts (``train.device``, ``ablation.device``, ``--device``):
+#: the config's :data:`~p2m_core.config.Device` choice, so a new one is added in one place.
+DEVICES: tuple[str, ...] = typing.get_args(Device)
 
 
 def resolve_device(name: str, key: str = "ablation.device") -> str:
@@ -10,8 +17,8 @@ def resolve_device(name: str, key: str = "ablation.device") -> str:
     ``key`` (the setting or option the value came from), rather than a crash deep in torch."""
     import torch
 
-    if name not in ("auto", "cpu", "cuda"):
-        raise P2MInputError(f"{key} must be one of 'auto', 'cpu', 'cuda', got {name!r}")
+    if name not in DEVICES:
+        raise P2MInputError(f"{key} must be one of {', '.join(repr(d) for d in DEVICES)}, got {name!r}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():

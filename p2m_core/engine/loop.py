@@ -1,19 +1,19 @@
 """The training loop around :func:`~p2m_core.engine.step.train_step`, resumable to the iteration.
 
-:class:`Trainer` owns what a run needs between steps: the data order (a
+:class:`OptimisationLoop` owns what a run needs between steps: the data order (a
 ``DistributedSampler``, so each of ``world_size`` workers sees its own shard; a single process is
 ``world_size = 1``), the optimiser, the learning-rate schedule (the paper's step decay: x0.1 at
 the epochs of ``train.lr_steps``, applied per iteration), the iteration and epoch counters and
-every random state. :meth:`Trainer.state_dict` holds all of it, so a run restored from it
+every random state. :meth:`OptimisationLoop.state_dict` holds all of it, so a run restored from it
 continues exactly as if it had never stopped (tested): same batches, same augmentations, same
-weights. A distributed wrapper (Ray Train) calls :meth:`Trainer.run` on every worker and saves
-the state where it likes; this module needs no Ray.
+weights. A distributed wrapper (Ray Train) calls :meth:`OptimisationLoop.run` on every worker
+and saves the state where it likes; this module needs no Ray.
 
 With ``world_size > 1`` the step runs through ``DistributedDataParallel`` around a
-:class:`~p2m_core.engine.step.TrainingModule` on the process group the caller initialised (Ray
-Train does: gloo on CPU, nccl on GPU): gradients are averaged across workers, so every worker
-keeps identical weights. Random states are per process: :meth:`Trainer.rng_state` is saved by
-every worker, the rest of :meth:`Trainer.state_dict` by one.
+:class:`~p2m_core.engine.step.NetworkWithCriterion` on the process group the caller initialised
+(Ray Train does: gloo on CPU, nccl on GPU): gradients are averaged across workers, so every
+worker keeps identical weights. Random states are per process: :meth:`OptimisationLoop.rng_state`
+is saved by every worker, the rest of :meth:`OptimisationLoop.state_dict` by one.
 """
 
 from __future__ import annotations
@@ -30,14 +30,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from p2m_core.config import Config
 from p2m_core.data.dataset import PointPanopticDataset, collate_points
-from p2m_core.engine.step import StepResult, TrainingModule, build_optimizer, network_of, train_step
+from p2m_core.engine.step import NetworkWithCriterion, StepResult, build_optimizer, network_of, train_step
 from p2m_core.model.point2mask import Point2Mask
 
 log = logging.getLogger(__name__)
 
 
-class Trainer:
-    """One worker's share of a training run (module docstring).
+class OptimisationLoop:
+    """The optimisation of one worker: its data shard's order, the optimiser, the schedule, the
+    counters and random states, and the loop of steps that advances them (module docstring).
+    What a run does around the steps (evaluation, checkpoint files, final outputs) is
+    :class:`~p2m_core.engine.run.WorkerRun`'s.
 
     Parameters
     ----------
@@ -45,7 +48,7 @@ class Trainer:
         ``seed`` (initial weights, data order), ``train`` (global batch size, lr, schedule),
         ``pseudo``, ``loss``.
     model : Point2Mask
-        On ``device`` (the bare network: the trainer wraps it).
+        On ``device`` (the bare network: the loop wraps it).
     dataset : PointPanopticDataset
         The training split.
     rank, world_size : int
@@ -71,10 +74,10 @@ class Trainer:
                 f"train: {len(dataset)} images give no batch of train.batch_size={cfg.train.batch_size} "
                 f"({self.batch_size} on each of {world_size} workers)"
             )
-        self.module: torch.nn.Module = TrainingModule(model, cfg)
+        self.module: torch.nn.Module = NetworkWithCriterion(model, cfg)
         if world_size > 1:
             if not torch.distributed.is_initialized():
-                raise ValueError(f"Trainer: world_size={world_size} needs an initialised torch.distributed process group")
+                raise ValueError(f"OptimisationLoop: world_size={world_size} needs an initialised torch.distributed process group")
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=device_ids, find_unused_parameters=True)
         self.optimizer = build_optimizer(model, cfg)

@@ -1,14 +1,14 @@
 """One worker's training run, built from a :class:`~p2m_core.config.Config`: what a Ray Train
 worker executes, and what a single process can execute without Ray.
 
-:class:`TrainingRun` builds the train split (sharded by rank), the network (the same initial
+:class:`WorkerRun` builds the train split (sharded by rank), the network (the same initial
 weights on every worker: seeded by the config's ``seed`` before it is built), the
-:class:`~p2m_core.engine.loop.Trainer`, and on rank 0 the val split. It answers the schedule
-(:meth:`TrainingRun.due`: evaluate every ``train.eval_every`` iterations and at the end,
+:class:`~p2m_core.engine.loop.OptimisationLoop`, and on rank 0 the val split. It answers the
+schedule (:meth:`WorkerRun.due`: evaluate every ``train.eval_every`` iterations and at the end,
 checkpoint at each evaluation or every ``train.checkpoint_every``) and runs it
-(:meth:`TrainingRun.train`, calling a caller's :class:`RunHooks` at each point: the Ray Train
+(:meth:`WorkerRun.train`, calling a caller's :class:`RunHooks` at each point: the Ray Train
 worker and the learning-curve benchmark run this one loop), evaluates
-(:meth:`TrainingRun.evaluate`: PQ/SQ/RQ of the panoptic output for all, things and stuff, mIoU of
+(:meth:`WorkerRun.evaluate`: PQ/SQ/RQ of the panoptic output for all, things and stuff, mIoU of
 ``P^s``, and the pseudo masks' PQ, on the first ``train.eval_images`` val images, or on the whole
 held-out ``train.test_split`` once at the end), draws
 pseudo-mask overlays, and writes the final model file and its predictions on the val images.
@@ -40,7 +40,8 @@ from p2m_core.engine.checkpoint import save_checkpoint
 from p2m_core.engine.checkpoint_check import write_manifest
 from p2m_core.engine.device import resolve_device
 from p2m_core.engine.evaluate import NetworkEvaluator
-from p2m_core.engine.loop import Trainer, batch_to_device
+from p2m_core.engine.loop import OptimisationLoop, batch_to_device
+from p2m_core.engine.predictions import predict_images
 from p2m_core.engine.step import StepResult
 from p2m_core.io import atomic_open, atomic_write_json
 from p2m_core.model.point2mask import ClassInfo, build_model
@@ -63,7 +64,7 @@ class Due:
 
 
 class RunHooks:
-    """What a caller does at the points of a run's schedule (:meth:`TrainingRun.train`): the Ray
+    """What a caller does at the points of a run's schedule (:meth:`WorkerRun.train`): the Ray
     Train worker logs to MLflow and reports checkpoints to Ray, the learning-curve benchmark prints
     rows. Every method is a no-op here; override what you need. Raise from any of them to stop."""
 
@@ -82,8 +83,10 @@ class RunHooks:
         iteration on rank 0 ({} elsewhere, or when none ran)."""
 
 
-class TrainingRun:
-    """One worker's share of a run (module docstring)."""
+class WorkerRun:
+    """One worker's share of a training run: its data, network and
+    :class:`~p2m_core.engine.loop.OptimisationLoop`, the schedule around the steps, evaluation,
+    resume files and final outputs (module docstring)."""
 
     def __init__(self, cfg: Config, rank: int = 0, world_size: int = 1, device: str | torch.device | None = None) -> None:
         self.cfg = cfg
@@ -94,7 +97,7 @@ class TrainingRun:
         self.classes = ClassInfo.from_dataset(self.train_set.panoptic)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, self.classes).to(self.device)
-        self.trainer = Trainer(cfg, self.model, self.train_set, rank, world_size, self.device)
+        self.loop = OptimisationLoop(cfg, self.model, self.train_set, rank, world_size, self.device)
         # rank 0 scores; its val split is opened now, so a broken one fails before training
         self._scored: dict[str, PointPanopticDataset] = {}
         if rank == 0:
@@ -103,15 +106,15 @@ class TrainingRun:
 
     def record_step(self, iteration: int) -> None:
         """Remember which images this worker trained on at ``iteration`` (:data:`DATA_FILE`)."""
-        self._seen.append((iteration, list(self.trainer.last_image_ids)))
+        self._seen.append((iteration, list(self.loop.last_image_ids)))
 
     @property
     def iteration(self) -> int:
-        return self.trainer.iteration
+        return self.loop.iteration
 
     @property
     def max_iters(self) -> int:
-        return self.trainer.max_iters
+        return self.loop.max_iters
 
     def due(self, iteration: int) -> Due:
         """Evaluate every ``train.eval_every`` iterations and at the last; checkpoint at each
@@ -138,7 +141,7 @@ class TrainingRun:
             if due.checkpoint:
                 hooks.checkpoint(iteration, metrics)
 
-        self.trainer.run(on_step=on_step)
+        self.loop.run(on_step=on_step)
 
     # ------------------------------------------------------------------ evaluation (rank 0)
     def scored_set(self, split: str) -> PointPanopticDataset:
@@ -152,7 +155,7 @@ class TrainingRun:
     def _batches(self, split: str = "val", limit: int = 0) -> Any:
         dataset = self.scored_set(split)
         count = len(dataset) if limit <= 0 else min(limit, len(dataset))
-        loader = DataLoader(Subset(dataset, range(count)), batch_size=self.trainer.batch_size,
+        loader = DataLoader(Subset(dataset, range(count)), batch_size=self.loop.batch_size,
                             collate_fn=partial(collate_points, size_divisor=self.cfg.data.size_divisor))  # fmt: skip
         for batch in loader:
             yield batch_to_device(batch, self.device)
@@ -202,13 +205,13 @@ class TrainingRun:
         folder = Path(folder)
         names = [RNG_FILE.format(rank=self.rank), DATA_FILE.format(rank=self.rank)]
         if self.rank == 0:
-            state = self.trainer.state_dict()
+            state = self.loop.state_dict()
             state.pop("rng")
             with atomic_open(folder / STATE_FILE) as handle:
                 torch.save(state, handle)
             names.append(STATE_FILE)
         with atomic_open(folder / names[0]) as handle:
-            torch.save(self.trainer.rng_state(), handle)
+            torch.save(self.loop.rng_state(), handle)
         atomic_write_json(folder / names[1], {"rank": self.rank, "iterations": self._seen})
         write_manifest(folder, names, self.rank, self.world_size)
         self._seen = []
@@ -220,17 +223,17 @@ class TrainingRun:
         ``seed`` and its rank: the weights and the data order still resume exactly."""
         folder = Path(folder)
         state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=True)
-        self.trainer.load_state_dict(state)
+        self.loop.load_state_dict(state)
         rng_path = folder / RNG_FILE.format(rank=self.rank)
         if rng_path.is_file():
-            self.trainer.set_rng_state(torch.load(rng_path, weights_only=True))
+            self.loop.set_rng_state(torch.load(rng_path, weights_only=True))
         else:
             log.warning("checkpoint %s has no random state for rank %d; reseeding", folder, self.rank)
             torch.manual_seed(self.cfg.seed + 1000 * (self.rank + 1) + self.iteration)
 
     # ------------------------------------------------------------------ final outputs (rank 0)
     def save_model(self, path: str | Path) -> Path:
-        """The trained network as a ``p2m-checkpoint/1`` file (what ``p2m_core.predict`` and the
+        """The trained network as a ``p2m-checkpoint/1`` file (what ``python -m p2m_core.predict`` and the
         pseudo stage's ``checkpoint`` source read)."""
         categories = list(self.train_set.panoptic.categories.values())
         return save_checkpoint(path, self.model, self.cfg, self.classes, categories,
@@ -238,13 +241,11 @@ class TrainingRun:
 
     def write_predictions(self, model_file: str | Path, out: str | Path) -> dict[str, Any]:
         """Panoptic predictions of the saved model on the val images (``predictions.json``,
-        ``panoptic/`` PNGs, ``overlays/``), through the same code as ``p2m_core.predict``."""
-        from p2m_core.predict import predict_images
-
+        ``panoptic/`` PNGs, ``overlays/``), through the same code as ``python -m p2m_core.predict``."""
         paths = [record.image_path for record in self.scored_set("val").panoptic.records]
         limit = self.cfg.train.eval_images
         paths = paths[:limit] if limit > 0 else paths
-        return predict_images(model_file, paths, out, device=str(self.device), batch_size=self.trainer.batch_size,
+        return predict_images(model_file, paths, out, device=str(self.device), batch_size=self.loop.batch_size,
                               progress=False)  # fmt: skip
 
 

@@ -4,8 +4,9 @@
 Ray. The pseudo labels are made from the network's own maps, without gradient, by
 :func:`~p2m_core.pseudo.labels.generate_pseudo_labels` (the warm-up assignment for the first
 ``pseudo.warmup_iters`` iterations), with its value checks off (each would wait for the device).
-The step reports every named loss term, the learning rate and the share of the step's wall time
-spent making pseudo labels (the paper reports about 25 %; docs/BENCHMARKS.md has ours).
+The step reports every named loss term (left on the device: :class:`StepResult`), the learning
+rate and the share of the step's wall time spent making pseudo labels (the paper reports about
+25 %; docs/BENCHMARKS.md has ours).
 """
 
 from __future__ import annotations
@@ -27,11 +28,19 @@ from p2m_core.pseudo.maps import TaskMaps
 
 @dataclass
 class StepResult:
-    """What one step measured: loss terms (floats), their sum, timings (seconds) and the pseudo
-    labels it trained on (for overlays and diagnostics)."""
+    """What one step measured: the loss terms and their sum as detached 0-d tensors on the step's
+    device, the learning rate, timings (seconds) and the pseudo labels it trained on (for
+    overlays and diagnostics).
 
-    losses: dict[str, float]
-    total: float
+    The losses stay on the device because reading a value back makes the host wait for the
+    device: once per step on GPU if every step did it. Whoever logs them reads a window of steps
+    back at once (:mod:`p2m_core.engine.step_metrics`). So on GPU ``step_seconds`` ends when the
+    step's backward pass and optimiser update are queued, not done: that work finishes while the
+    next step runs up to its first wait for the device (the Hungarian matching's, for one), and is
+    counted there; over a logged window the seconds add up to about the same."""
+
+    losses: dict[str, Tensor]
+    total: Tensor
     lr: float
     step_seconds: float
     pseudo_seconds: float
@@ -90,7 +99,7 @@ def training_outputs(model: Point2Mask, batch: dict[str, Any], cfg: Config, iter
     return TrainingOutputs(out, maps, pseudo, losses, pseudo_seconds)
 
 
-class TrainingModule(torch.nn.Module):
+class NetworkWithCriterion(torch.nn.Module):
     """The network and its criterion as one module: ``forward(batch, iteration)`` gives the
     named loss terms, the pseudo labels (no gradient) and the seconds spent making them.
 
@@ -112,9 +121,9 @@ class TrainingModule(torch.nn.Module):
 
 
 def network_of(model: torch.nn.Module) -> Point2Mask:
-    """The :class:`Point2Mask` inside a DDP wrapper and/or a :class:`TrainingModule`."""
+    """The :class:`Point2Mask` inside a DDP wrapper and/or a :class:`NetworkWithCriterion`."""
     model = getattr(model, "module", model)
-    return model.network if isinstance(model, TrainingModule) else model
+    return model.network if isinstance(model, NetworkWithCriterion) else model
 
 
 def autocast(cfg: Config, device: torch.device) -> Any:
@@ -129,10 +138,10 @@ def train_step(
 ) -> StepResult:
     """One optimisation step on ``batch`` (module docstring); ``iteration`` counts from 0.
 
-    ``model`` is the network, a :class:`TrainingModule` around it (whose config the forward
+    ``model`` is the network, a :class:`NetworkWithCriterion` around it (whose config the forward
     uses), or a DDP wrapper of one."""
     start = time.perf_counter()
-    module = TrainingModule(model, cfg) if isinstance(model, Point2Mask) else model
+    module = NetworkWithCriterion(model, cfg) if isinstance(model, Point2Mask) else model
     module.train()
     with autocast(cfg, batch["images"].device):
         losses, pseudo, pseudo_seconds = module(batch, iteration)
@@ -143,22 +152,11 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.train.grad_clip)
     optimizer.step()
     return StepResult(
-        losses={k: float(v.detach()) for k, v in losses.items()},
-        total=float(total.detach()),
+        losses={k: v.detach() for k, v in losses.items()},
+        total=total.detach(),
         lr=float(max(group["lr"] for group in optimizer.param_groups)),
         step_seconds=time.perf_counter() - start,
         pseudo_seconds=pseudo_seconds,
         pseudo=pseudo if keep_pseudo else None,
     )
 
-
-def solver_metrics(pseudo: PseudoLabels) -> dict[str, float]:
-    """Batch means of the transport solve's diagnostics (:class:`PseudoLabels`): solver
-    iterations, largest demand violation in pixels, OT-vs-MC disagreement in percent and the
-    share of converged solves. One host sync, so the loop asks only on the steps it logs;
-    NaN entries (minimum cost has no solve) are left out of the means."""
-    rows = torch.stack([
-        pseudo.iterations.float(), pseudo.col_error.float(), 100.0 * pseudo.disagreement.float(), pseudo.converged.float(),
-    ]).cpu()  # fmt: skip
-    names = ("solver_iterations", "solver_col_error", "disagreement_pct", "solver_converged")
-    return {name: float(value) for name, value in zip(names, torch.nanmean(rows, dim=1).tolist()) if value == value}

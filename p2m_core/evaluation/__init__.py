@@ -1,6 +1,7 @@
 """Evaluation: panoptic quality (PQ/SQ/RQ, equal to panopticapi), prediction writing, mIoU.
 
-- :func:`pq_compute` / :class:`PQAccumulator`: COCO panoptic quality from files or arrays.
+- :func:`pq_compute` / :class:`PQAccumulator`: COCO panoptic quality from files or arrays
+  (:mod:`~p2m_core.evaluation.panoptic_matching`: the matching of one image).
 - :class:`PanopticPredictionWriter`: predictions in the COCO panoptic format (PNG + JSON).
 - :class:`SemanticIoU`, :func:`panoptic_to_semantic`: semantic mIoU from a confusion matrix.
 - :class:`PanopticScores`, :func:`owner_prediction`: the one evaluator (reset / process /

@@ -41,7 +41,6 @@ BLOCKS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
-EXPANSION = {"basic": 1, "bottleneck": 4}
 
 
 class FrozenBatchNorm2d(nn.Module):

@@ -1,10 +1,15 @@
 """Pseudo masks from point labels by optimal transport (Point2Mask, paper Sec. 3).
 
 Modules follow the paper's steps: :mod:`~p2m_core.pseudo.maps` (inputs, the cost-ready P^s),
+:mod:`~p2m_core.pseudo.roles` (which pixels are stuff, transported or a point's own),
 :mod:`~p2m_core.pseudo.edge_lengths` (Eq. 2-3), :mod:`~p2m_core.pseudo.geodesic` (costs),
-:mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.transport` (the OT solvers:
-:mod:`~p2m_core.pseudo.sinkhorn_reference`, :mod:`~p2m_core.pseudo.newton`, :mod:`~p2m_core.pseudo.exact`)
-and :mod:`~p2m_core.pseudo.labels` (the pipeline, :func:`generate_pseudo_labels`); the method is
+:mod:`~p2m_core.pseudo.graph` (the coarse graph and its two resolutions),
+:mod:`~p2m_core.pseudo.capacities` (k), :mod:`~p2m_core.pseudo.min_cost` (the minimum-cost
+decodes), :mod:`~p2m_core.pseudo.assignment` (which pixels and which solver),
+:mod:`~p2m_core.pseudo.transport` (the OT solvers: :mod:`~p2m_core.pseudo.sinkhorn_reference`,
+:mod:`~p2m_core.pseudo.newton`, :mod:`~p2m_core.pseudo.exact`; :mod:`~p2m_core.pseudo.semidual`
+what they share) and :mod:`~p2m_core.pseudo.labels` (the pipeline, :func:`generate_pseudo_labels`).
+Every decode breaks exact ties the same way (:mod:`~p2m_core.pseudo.ties`). The method is
 explained in docs/METHOD.md. This package holds the algorithm only: the stage that scores pseudo
 masks against the ground truth is :mod:`p2m_core.ablation`.
 

@@ -15,7 +15,8 @@ Every scheme returns integer ``k`` (long) that sums exactly to the number of tra
     when the rounded centroid falls outside the region, as in the reference, or the region is
     empty); costs are recomputed from the centroids by ``distance_fn`` and ``k_i`` counts the
     pixels whose minimum-cost centroid is i. ``iters`` repeats the re-centring from the refined
-    regions (Table 6); ``iters = 0`` is ``nearest_point``.
+    regions (Table 6); ``iters = 0`` is ``nearest_point`` here, while the config asks for
+    ``pseudo.centroid_iters >= 1`` (``k_scheme: nearest_point`` says that setting by name).
 
 Zero capacities. Two points can share a region (same pixel, or the same node of a coarse graph),
 and then a minimum-cost count gives one of them nothing. Every point keeps its own pixel in the
@@ -23,9 +24,11 @@ final masks, so the region counts here take the same rule: when ``own_pixels`` i
 point's own pixel is counted for that point before the argmin regions are counted. Then k_i >= 1
 for every point whose pixel is transported and not shared with a lower-index point.
 
-Batched forms (``batch_*``) work on [B, M, ...] padded tensors with ``point_mask [B, M]`` and are
-what :func:`p2m_core.pseudo.labels.generate_pseudo_labels` uses; the single-image functions of the
-module contract wrap them with B = 1.
+The regions are ranked by the rules of :mod:`~p2m_core.pseudo.min_cost`. Batched forms
+(``batch_*``) work on [B, M, ...] padded tensors with ``point_mask [B, M]``;
+:func:`capacities_by_scheme` picks among them as the ``pseudo`` config asks, for
+:func:`p2m_core.pseudo.labels.generate_pseudo_labels`. The single-image functions wrap the
+batched ones with B = 1.
 """
 
 from __future__ import annotations
@@ -35,9 +38,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from p2m_core.config import PseudoConfig
 from p2m_core.errors import P2MInputError
-from p2m_core.pseudo.semidual import argmax_lowest, argmin_lowest
-
+from p2m_core.pseudo.graph import distance_maps
+from p2m_core.pseudo.min_cost import (
+    batch_argmin_labels,
+    batch_likelihood_labels,
+    class_likelihood,
+    count_labels,
+    normalise_costs,
+)
 
 
 # ----------------------------------------------------------------------------- equal division
@@ -90,84 +100,6 @@ def batch_equal_division(num_pixels: Tensor, point_mask: Tensor, order_key: Tens
 
 
 # ----------------------------------------------------------------------------- nearest point
-def batch_argmin_labels(
-    cost: Tensor, point_mask: Tensor, pixel_mask: Tensor, own_pixels: Tensor | None = None
-) -> Tensor:
-    """Minimum-cost point per pixel, [B, M, N] -> [B, N] long (-1 outside ``pixel_mask``).
-
-    ``own_pixels [B, M]`` long (flat pixel index of each point, -1 for none) forces a point's
-    own pixel to that point; where several points share a pixel the lowest index wins. Padded
-    points (``point_mask`` False) never win. Ties in cost go to the lowest index.
-    """
-    B, M, N = cost.shape
-    if M == 0:
-        return torch.full((B, N), -1, dtype=torch.long, device=cost.device)
-    masked = torch.where(point_mask[:, :, None], cost.float(), torch.inf)
-    masked = torch.nan_to_num(masked, nan=torch.inf)
-    labels = argmin_lowest(masked)
-    labels = torch.where(pixel_mask & point_mask.any(1, keepdim=True), labels, -1)
-    if own_pixels is not None:
-        labels = force_own_pixels(labels, own_pixels, point_mask, pixel_mask)
-    return labels
-
-
-def force_own_pixels(labels: Tensor, own_pixels: Tensor, point_mask: Tensor, pixel_mask: Tensor) -> Tensor:
-    """Give each point its own pixel, [B, N] -> [B, N]; shared pixels go to the lowest index.
-
-    Only pixels inside ``pixel_mask`` are forced (a point whose pixel is not transported keeps
-    nothing here). ``own_pixels [B, M]`` holds flat indices, -1 for none.
-    """
-    B, M = own_pixels.shape
-    N = labels.shape[1]
-    ok = point_mask & (own_pixels >= 0)
-    idx = torch.where(ok, own_pixels, N)  # N: a dump slot past the end
-    big = torch.full((B, N + 1), M, dtype=torch.long, device=labels.device)
-    index = torch.arange(M, device=labels.device).expand(B, M)
-    winner = big.scatter_reduce(1, idx, index, reduce="amin", include_self=True)[:, :N]
-    return torch.where((winner < M) & pixel_mask, winner, labels)
-
-
-def batch_likelihood_labels(
-    dist: Tensor, likelihood: Tensor, point_mask: Tensor, pixel_mask: Tensor, own_pixels: Tensor | None = None
-) -> Tensor:
-    """The release's ranking: ``argmax_i (1 - dist_i) * likelihood_i`` per pixel, [B, M, N] -> [B, N].
-
-    ``dist`` are distances already divided by a maximum (so ``1 - dist`` is a distance
-    likelihood in [0, 1]) and ``likelihood`` the class likelihood of each point at each pixel.
-    Pixels outside ``pixel_mask`` get -1; padded points never win; ties go to the lowest index
-    (``torch.argmax``); ``own_pixels`` as in :func:`batch_argmin_labels`.
-    """
-    score = (1 - dist) * likelihood
-    score = torch.where(point_mask[:, :, None] & pixel_mask[:, None, :], score, -torch.inf)
-    B, M, N = score.shape
-    if M == 0:
-        return torch.full((B, N), -1, dtype=torch.long, device=score.device)
-    labels = torch.where(pixel_mask & point_mask.any(1, keepdim=True), argmax_lowest(score), -1)
-    if own_pixels is not None:
-        labels = force_own_pixels(labels, own_pixels, point_mask, pixel_mask)
-    return labels
-
-
-def normalise_costs(cost: Tensor, point_mask: Tensor) -> Tensor:
-    """``cost / (max + 1e-5)`` with the maximum over each image's real points and every pixel,
-    [B, M, ...] -> same shape, float32 (the release's normalisation; the 1e-5 keeps an all-zero
-    map finite)."""
-    B = cost.shape[0]
-    real = point_mask.reshape(B, -1, *([1] * (cost.dim() - 2)))
-    peak = torch.where(real, cost.float(), -torch.inf).flatten(1).amax(1) if cost[0].numel() else cost.new_zeros(B)
-    peak = torch.where(torch.isfinite(peak), peak, 0.0)
-    return cost.float() / (peak + 1e-5).reshape(B, *([1] * (cost.dim() - 1)))
-
-
-def count_labels(labels: Tensor, num_points: int) -> Tensor:
-    """Pixels per point, [B, N] long (-1 ignored) -> [B, M] long."""
-    B = labels.shape[0]
-    counts = torch.zeros(B, num_points + 1, dtype=torch.long, device=labels.device)
-    idx = torch.where(labels >= 0, labels, num_points)
-    counts.scatter_add_(1, idx, torch.ones_like(idx))
-    return counts[:, :num_points]
-
-
 def nearest_point(cost: Tensor, pixel_mask: Tensor, own_pixels: Tensor | None = None) -> Tensor:
     """``k_i = #{j in pixel_mask : argmin_l C_lj = i}`` for one image.
 
@@ -332,3 +264,56 @@ def nearest_centroid(
         lambda c: distance_fn(c[0])[None], iters=iters, own_pixels=own,
     )
     return k[0]
+
+
+# ----------------------------------------------------------------------------- the pipeline's choice
+def capacities_by_scheme(
+    cfg: PseudoConfig, cost: Tensor, lengths: Tensor | None, sem: Tensor, t_yx: Tensor, t_labels: Tensor,
+    tmask: Tensor, transported: Tensor, stuff_classes: Tensor, forced_own: Tensor | None, f: int,
+    size: tuple[int, int],
+) -> Tensor:
+    """The pipeline's capacities (step 4 of :mod:`~p2m_core.pseudo.labels`): k [B, T] long by
+    ``cfg.k_scheme``, summing per image to ``transported.sum()`` (``[B, N]`` bool).
+
+    The pixels are ranked among the points by ``cfg.k_ranking``: minimum cost, or the release's
+    ``(1 - d / max d) * L`` (:func:`class_likelihood`, distances normalised over the image). For
+    ``nearest_centroid``, ``cfg.centroid_rule`` picks the new sources and, for ``release``, the
+    distances from them are normalised at graph resolution, before the upsampling.
+    """
+    B, T, N = cost.shape
+    H, W = size
+    if cfg.k_scheme == "equal_division":
+        # remainder to the suppliers first in raster order: independent of the point order
+        key = (t_yx[..., 0] * W + t_yx[..., 1]) * max(T, 1) + torch.arange(T, device=cost.device)
+        return batch_equal_division(transported.sum(1), tmask, key)
+    if cfg.k_ranking == "likelihood":
+        likelihood = class_likelihood(sem, t_labels, stuff_classes)
+
+        def rank(dist: Tensor) -> Tensor:
+            return batch_likelihood_labels(dist, likelihood, tmask, transported, forced_own)
+
+        first = normalise_costs(cost, tmask)
+    else:
+        def rank(dist: Tensor) -> Tensor:
+            return batch_argmin_labels(dist, tmask, transported, forced_own)
+
+        first = cost
+    if cfg.k_scheme == "nearest_point" or T == 0:
+        return count_labels(rank(first), T)
+    release = cfg.centroid_rule == "release"
+
+    def from_centroids(centroids: Tensor) -> Tensor:
+        dist = distance_maps(
+            lengths, centroids, tmask, f, size, cfg.geodesic_backend, resize=cfg.map_resize, normalise=release
+        )
+        return normalise_costs(dist, tmask) if cfg.k_ranking == "likelihood" and not release else dist
+
+    def centroids_of(labels: Tensor, points_yx: Tensor, point_mask: Tensor) -> Tensor:
+        if release:
+            return batch_release_centroids(labels, points_yx, point_mask, f)
+        return batch_mask_centroids(labels, points_yx, point_mask)
+
+    return batch_nearest_centroid(
+        first.reshape(B, T, H, W), t_yx, tmask, transported.reshape(B, H, W), from_centroids,
+        iters=cfg.centroid_iters, label_fn=rank, centroid_fn=centroids_of,
+    )

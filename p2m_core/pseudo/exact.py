@@ -47,8 +47,9 @@ Algorithm (:func:`transport_exact`), per image, on the CPU with NumPy:
    order: pixel by pixel, the smallest tight label for which a completion exists, decided by
    reachability in the graph of "a not-yet-fixed pixel on u is tight to v" and realised by
    moving one pixel along each edge of the path. Only pixels with two or more tight labels
-   take part. The result depends only on the image's real costs and capacities (not on the
-   batch, the padding, the warm start or the device).
+   take part (:mod:`~p2m_core.pseudo.exact_lexicographic`). The result depends only on the
+   image's real costs and capacities (not on the batch, the padding, the warm start or the
+   device).
 5. **Certificate.** Before returning, counts ``== k`` and ``Q[label_j, j] - f_label_j ==
    min_i (Q_ij - f_i)`` for every pixel are checked exactly (a failure is a bug and raises).
 
@@ -66,7 +67,6 @@ returned on the input's device.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +74,7 @@ import torch
 from torch import Tensor
 
 from p2m_core.errors import P2MInputError
+from p2m_core.pseudo.exact_lexicographic import lexicographic_ties
 
 _INF = np.int64(1) << np.int64(61)  # "no edge"; sums of two stay below 2^63
 
@@ -332,89 +333,6 @@ def _shortest_paths(Q: np.ndarray, k: np.ndarray, f: np.ndarray, label: np.ndarr
     return rounds
 
 
-# ----------------------------------------------------------------------------- 4. tie rule
-def _closure(adjacent: np.ndarray) -> np.ndarray:
-    """Reachability (reflexive, transitive) of a boolean adjacency matrix."""
-    reach = adjacent | np.eye(len(adjacent), dtype=bool)
-    while True:
-        nxt = (reach.astype(np.int64) @ reach.astype(np.int64)) > 0
-        if (nxt == reach).all():
-            return reach
-        reach = nxt
-
-
-def _bfs_path(adjacent: np.ndarray, start: int, goal: int) -> list[int]:
-    pred = {start: start}
-    queue = deque([start])
-    while queue:
-        u = queue.popleft()
-        if u == goal:
-            break
-        for v in np.flatnonzero(adjacent[u]).tolist():
-            if v not in pred:
-                pred[v] = u
-                queue.append(v)
-    path = [goal]
-    while path[-1] != start:
-        path.append(pred[path[-1]])
-    return path[::-1]
-
-
-def _lexicographic_ties(tight: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """The lexicographically smallest assignment with the counts of ``label`` on the tight pairs.
-
-    ``tight [m, F]`` bool: the optimal labels of the F pixels that have several (in pixel order),
-    ``label [F]``: their labels in some optimal assignment (module docstring, step 4).
-    """
-    m, F = tight.shape
-    label = label.copy()
-    options = [np.flatnonzero(tight[:, p]).tolist() for p in range(F)]
-    count = np.zeros((m, m), dtype=np.int64)  # count[u, v]: open pixels on u tight to v
-    stacks: dict[tuple[int, int], list[int]] = {}
-    for p in range(F - 1, -1, -1):  # so that pop() yields the lowest open pixel first
-        u = int(label[p])
-        for v in options[p]:
-            if v != u:
-                count[u, v] += 1
-                stacks.setdefault((u, v), []).append(p)
-    fixed = np.zeros(F, dtype=bool)
-    reach = _closure(count > 0)
-
-    def shift(p: int, u: int, v: int, sign: int) -> bool:
-        """Add (sign=1) or remove (-1) pixel p's edges as a pixel on u; True if the edge set changed."""
-        changed = False
-        for t in options[p]:
-            if t != u:
-                before = count[u, t] > 0
-                count[u, t] += sign
-                changed |= before != (count[u, t] > 0)
-                if sign > 0:
-                    stacks.setdefault((u, t), []).append(p)
-        return changed
-
-    for p in range(F):
-        a = int(label[p])
-        better = next((l for l in options[p] if l < a and reach[l, a]), None)
-        changed = False
-        if better is not None:
-            path = _bfs_path(count > 0, better, a)
-            for u, v in zip(path, path[1:]):
-                stack = stacks[(u, v)]
-                while True:
-                    q = stack.pop()
-                    if not fixed[q] and label[q] == u and q != p:
-                        break
-                changed |= shift(q, u, v, -1)
-                label[q] = v
-                changed |= shift(q, v, u, 1)
-            label[p] = better
-        changed |= shift(p, a, a, -1)
-        fixed[p] = True
-        if changed:
-            reach = _closure(count > 0)
-    return label
-
-
 # ----------------------------------------------------------------------------- one image
 _COARSE_STRIDE = 4
 _COARSE_MIN = 4096
@@ -469,7 +387,7 @@ def _solve_image(C: np.ndarray, k: np.ndarray, start: np.ndarray | None) -> tupl
         raise RuntimeError("transport_exact: internal error, the assignment is not optimal")
     several = np.flatnonzero(tight.sum(0) >= 2)
     if len(several):
-        label[several] = _lexicographic_ties(tight[:, several], label[several])
+        label[several] = lexicographic_ties(tight[:, several], label[several])
     if not (np.bincount(label, minlength=m) == k).all() or not tight[label, cols].all():
         raise RuntimeError("transport_exact: internal error in the tie rule")
     return label, f.astype(np.float64) * step, step, steps, rounds, len(several)

@@ -2,10 +2,11 @@
 
 What ``sinkhorn_mode: converged`` runs. The problem is the entropic OT of
 :mod:`~p2m_core.pseudo.semidual` on costs normalised per image (``C' = C / max C``), so that
-``epsilon`` is relative to the image's cost range. Its semi-dual has only m variables (one
-potential per point), is concave and smooth, and its Hessian is cheap (an m x m matrix from one
-pass over the plan), so Newton's method reaches the tolerance in a handful of steps where
-Sinkhorn, a first-order method on the same dual, needs hundreds to thousands at small eps:
+``relative_epsilon`` is a fraction of the image's largest cost. Its semi-dual has only m
+variables (one potential per point), is concave and smooth, and its Hessian is cheap (an m x m
+matrix from one pass over the plan), so Newton's method reaches the tolerance in a handful of
+steps where Sinkhorn, a first-order method on the same dual, needs hundreds to thousands at
+small eps:
 
 - **Newton step**: solve ``(diag(r) - P Y P^T) d = eps (x - r)`` (float64, m x m; a ridge of
   ``1e-6 max r`` handles the constant direction and points that receive no mass) and cap
@@ -24,7 +25,7 @@ Sinkhorn, a first-order method on the same dual, needs hundreds to thousands at 
 
 The column marginals hold exactly by construction, so ``rel_error`` is the row (supply) error.
 Float32 carries the n x m work; float64 only the m-dimensional state and the linear solves,
-and everything when ``epsilon`` or ``tol`` is below what float32 resolves (1e-5).
+and everything when ``relative_epsilon`` or ``tol`` is below what float32 resolves (1e-5).
 
 References: [1] M. Cuturi, G. Peyre, "A Smoothed Dual Approach for Variational Wasserstein
 Problems", SIAM J. Imaging Sci. 2016 (the semi-dual). [2] B. Schmitzer, "Stabilized Sparse
@@ -39,15 +40,16 @@ import math
 import torch
 from torch import Tensor
 
+from p2m_core.config.defaults import SINKHORN_EPSILON, SINKHORN_MAX_ITERS, SINKHORN_TOL
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo.semidual import (
     SOFTMAX_FLOOR,
     SinkhornLog,
     TransportResult,
-    argmax_lowest,
     check_problem,
     empty_result,
 )
+from p2m_core.pseudo.ties import argmax_lowest
 
 ARMIJO = 1e-4  # fraction of the predicted rise a step must achieve
 FLOAT32_LIMIT = 1e-5  # below this epsilon or tol the n x m work runs in float64
@@ -57,9 +59,9 @@ def sinkhorn_converged(
     cost: Tensor,
     supply: Tensor,
     demand: Tensor,
-    epsilon: float = 1e-3,
-    tol: float = 1e-3,
-    max_iters: int = 2000,
+    relative_epsilon: float = SINKHORN_EPSILON,
+    tol: float = SINKHORN_TOL,
+    max_iters: int = SINKHORN_MAX_ITERS,
     point_mask: Tensor | None = None,
     pixel_mask: Tensor | None = None,
     epsilon_start: float = 0.1,
@@ -77,8 +79,9 @@ def sinkhorn_converged(
     supply, demand : Tensor [B, M] / [B, N]
         ``x`` (capacities k) and ``y`` (1 per pixel). Zero supplies count as padding; supplies
         are rescaled to the image's total demand (a no-op when k sums to the pixel count).
-    epsilon : float
-        Target regularisation relative to the image's max cost.
+    relative_epsilon : float
+        Target regularisation as a fraction of the image's largest cost (``pseudo.sinkhorn_epsilon``
+        in converged mode); the result's ``epsilon`` is it in raw cost units.
     tol : float
         Stopping tolerance on the misplaced share of the supply.
     max_iters : int
@@ -100,7 +103,7 @@ def sinkhorn_converged(
     """
     point_mask, pixel_mask = check_problem(cost, supply, demand, point_mask, pixel_mask)
     for name, value, ok in (
-        ("sinkhorn_epsilon", epsilon, epsilon > 0),
+        ("sinkhorn_epsilon", relative_epsilon, relative_epsilon > 0),
         ("sinkhorn_tol", tol, tol > 0),
         ("epsilon_decay", epsilon_decay, 0 < epsilon_decay < 1),
         ("epsilon_start", epsilon_start, epsilon_start > 0),
@@ -111,8 +114,8 @@ def sinkhorn_converged(
     B, M, N = cost.shape
     dev = cost.device
     if B * M * N == 0:
-        return empty_result(B, M, N, epsilon, dev)
-    dtype = torch.float64 if min(epsilon, tol) < FLOAT32_LIMIT else torch.float32
+        return empty_result(B, M, N, relative_epsilon, dev)
+    dtype = torch.float64 if min(relative_epsilon, tol) < FLOAT32_LIMIT else torch.float32
     y = torch.where(pixel_mask, demand.to(dtype), 0.0)
     point_mask = point_mask & (supply > 0) & (y.sum(1, keepdim=True) > 0)
     pixel_mask = pixel_mask & (y > 0) & point_mask.any(1, keepdim=True)
@@ -127,12 +130,12 @@ def sinkhorn_converged(
     x = x * (y.double().sum(1) / x.sum(1).clamp_min(1e-300))[:, None]
     unit_demand = bool(((y == 0) | (y == 1)).all())
 
-    state = _NewtonState(B, M, dev, max(epsilon, epsilon_start))
+    state = _NewtonState(B, M, dev, max(relative_epsilon, epsilon_start))
     state.done = ~point_mask.any(1)  # nothing to transport
     for it in range(max_iters):
         trial = state.f + state.t[:, None] * state.step
         value, grad, hess = _evaluate(norm_cost, y, x, trial, state.level, point_mask, unit_demand)
-        state.update(trial, value, grad, hess, x, point_mask, epsilon, tol, epsilon_decay, level_tol, step_cap)
+        state.update(trial, value, grad, hess, x, point_mask, relative_epsilon, tol, epsilon_decay, level_tol, step_cap)
         if (it + 1) % check_every == 0 and not bool((~state.done).any()):
             break
 
@@ -141,7 +144,7 @@ def sinkhorn_converged(
     labels = torch.where(pixel_mask, argmax_lowest(shifted), -1)
     err = state.error.float()
     row_error = (state.grad.abs().amax(1) if M else torch.zeros(B, dtype=torch.float64, device=dev)).float()
-    converged = ((state.error <= tol) & (state.level <= epsilon * (1 + 1e-9))) | ~point_mask.any(1)
+    converged = ((state.error <= tol) & (state.level <= relative_epsilon * (1 + 1e-9))) | ~point_mask.any(1)
     log = SinkhornLog(
         iterations=state.evaluations,
         row_error=torch.where(point_mask.any(1), row_error, 0.0),
@@ -207,7 +210,7 @@ class _NewtonState:
 
     def update(
         self, trial: Tensor, value: Tensor, grad: Tensor, hess: Tensor, x: Tensor, point_mask: Tensor,
-        epsilon: float, tol: float, decay: float, level_tol: float, step_cap: float,
+        relative_epsilon: float, tol: float, decay: float, level_tol: float, step_cap: float,
     ) -> None:
         """Accept or reject each image's trial, take the next Newton direction, move levels."""
         live = ~self.done
@@ -232,11 +235,11 @@ class _NewtonState:
         self.t = torch.where(accept, 1.0, self.t * 0.5)
         self.fresh = torch.zeros_like(self.fresh)
 
-        at_target = self.level <= epsilon * (1 + 1e-9)
+        at_target = self.level <= relative_epsilon * (1 + 1e-9)
         # a line search that has halved 50 times is at float resolution: take the point as it is
         stalled = live & (self.t < 2.0**-50)
         self.done = self.done | (accept & at_target & (self.error <= tol)) | (stalled & at_target)
         advance = ((accept & (self.error <= level_tol)) | stalled) & ~at_target
-        self.level = torch.where(advance, (self.level * decay).clamp_min(epsilon), self.level)
+        self.level = torch.where(advance, (self.level * decay).clamp_min(relative_epsilon), self.level)
         self.fresh = advance
         self.t = torch.where(advance, 0.0, self.t)

@@ -16,8 +16,8 @@ its gradient ``x - r(f)`` and its negative Hessian ``(diag(r) - P Y P^T) / eps``
 of a pixel is ``argmax_i (f_i - C_ij)``: it needs no plan at all.
 
 This module holds what the solvers share: the result types
-(:class:`TransportResult`, :class:`SinkhornLog`), the input checks and the tie rule of every
-decode (:func:`argmax_lowest`: exact ties go to the lowest supplier index). The solvers are
+(:class:`TransportResult`, :class:`SinkhornLog`) and the input checks; their decodes break ties
+by :mod:`~p2m_core.pseudo.ties` (exact ties go to the lowest supplier index). The solvers are
 :mod:`~p2m_core.pseudo.sinkhorn_reference` (the reference's fixed 80 iterations) and
 :mod:`~p2m_core.pseudo.newton` (converged); :mod:`~p2m_core.pseudo.transport` dispatches.
 """
@@ -118,31 +118,6 @@ def check_problem(
             f"do not match cost {tuple(cost.shape)}"
         )
     return point_mask.to(torch.bool), pixel_mask.to(torch.bool)
-
-
-def argmax_lowest(scores: Tensor) -> Tensor:
-    """``argmax`` over dim 1 of ``[B, M, N]``, exact ties to the lowest index -> ``[B, N]`` long.
-
-    Same result as ``torch.argmax(scores, 1)`` (which documents the first maximal index) but
-    ~40x faster on CPUs for a small middle dimension, where torch's strided arg-reduction is
-    slow. All -inf columns give 0; callers mask them.
-    """
-    return _first_index_of(scores, scores.amax(1, keepdim=True) if scores.shape[1] else None)
-
-
-def argmin_lowest(scores: Tensor) -> Tensor:
-    """``argmin`` over dim 1, exact ties to the lowest index (see :func:`argmax_lowest`)."""
-    return _first_index_of(scores, scores.amin(1, keepdim=True) if scores.shape[1] else None)
-
-
-def _first_index_of(scores: Tensor, best: Tensor | None) -> Tensor:
-    """Lowest index i with ``scores[:, i] == best`` over dim 1 (0 where there is none)."""
-    B, M, N = scores.shape
-    if best is None:
-        return torch.zeros(B, N, dtype=torch.long, device=scores.device)
-    rank = torch.arange(M, 0, -1, dtype=torch.int32, device=scores.device)[None, :, None]  # M..1
-    hit = torch.where(scores == best, rank, 0).amax(1)
-    return (M - hit).long().clamp_(0, M - 1)
 
 
 def semidual_log_plan(

@@ -43,14 +43,15 @@ import math
 import torch
 from torch import Tensor
 
+from p2m_core.config.defaults import SINKHORN_EPSILON, SINKHORN_ITERS, SINKHORN_TOL
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo.semidual import (
     SOFTMAX_FLOOR,
     TransportResult,
-    argmin_lowest,
     check_problem,
     empty_result,
 )
+from p2m_core.pseudo.ties import argmin_lowest
 
 
 MIN_ROW_MASS = 1e-3  # the linear-domain rows are trusted down to this mass (module docstring)
@@ -60,9 +61,9 @@ def sinkhorn_reference(
     cost: Tensor,
     supply: Tensor,
     demand: Tensor,
-    epsilon: float = 1e-3,
-    num_iters: int = 80,
-    tol: float = 1e-3,
+    raw_epsilon: float = SINKHORN_EPSILON,
+    num_iters: int = SINKHORN_ITERS,
+    tol: float = SINKHORN_TOL,
     point_mask: Tensor | None = None,
     pixel_mask: Tensor | None = None,
     margin: float | None = None,
@@ -77,8 +78,9 @@ def sinkhorn_reference(
         ``x``: point capacities k (pixel counts).
     demand : Tensor [B, N]
         ``y``: pixel demands (1 per transported pixel).
-    epsilon : float
-        ``eps`` in raw cost units (reference: 1e-3).
+    raw_epsilon : float
+        ``eps`` in raw cost units, the costs as given (``pseudo.sinkhorn_epsilon`` in reference
+        mode; the reference: 1e-3).
     num_iters : int
         Iterations run, always exactly this many (reference: 80).
     tol : float
@@ -97,8 +99,8 @@ def sinkhorn_reference(
         columns, normalised one half-iteration earlier, do not: ``col_error`` measures that).
     """
     point_mask, pixel_mask = check_problem(cost, supply, demand, point_mask, pixel_mask)
-    if not epsilon > 0:
-        raise P2MInputError(f"pseudo.sinkhorn_epsilon must be > 0, got {epsilon}")
+    if not raw_epsilon > 0:
+        raise P2MInputError(f"pseudo.sinkhorn_epsilon must be > 0, got {raw_epsilon}")
     B, M, N = cost.shape
     dev = cost.device
     costs = cost.float().masked_fill(~point_mask[:, :, None], math.inf).masked_fill_(~pixel_mask[:, None, :], math.inf)
@@ -106,18 +108,18 @@ def sinkhorn_reference(
     row_live = point_mask & pixel_mask.any(1, keepdim=True)
     weights = torch.where(col_live, demand.float() + 1e-8, 0.0)  # reference columns sum to y + 1e-8
     log_x = torch.log(supply.float() + 1e-8)
-    result = empty_result(B, M, N, epsilon, dev)
+    result = empty_result(B, M, N, raw_epsilon, dev)
     result.log.iterations.fill_(num_iters)
     if M == 0 or N == 0 or B == 0:
         return result
 
-    first = epsilon * (SOFTMAX_FLOOR + 8 * num_iters) if margin is None else margin
+    first = raw_epsilon * (SOFTMAX_FLOOR + 8 * num_iters) if margin is None else margin
     margin = torch.full((B,), float(first), device=dev)
     todo = torch.arange(B, device=dev)
     for attempt in range(3):
         whole = attempt == 0  # the first pass takes the batch as it is, without a copy
         pick = (lambda t: t) if whole else (lambda t: t[todo])
-        part = _solve(pick(costs), pick(weights), pick(log_x), pick(row_live), epsilon, num_iters, margin[todo])
+        part = _solve(pick(costs), pick(weights), pick(log_x), pick(row_live), raw_epsilon, num_iters, margin[todo])
         retry, next_margin = part.pop("retry"), part.pop("next_margin")
         if attempt == 2:
             retry = torch.zeros_like(retry)  # the last pass is dense: always exact

@@ -15,11 +15,12 @@ a :class:`~p2m_core.pseudo.semidual.SinkhornLog`), batched over images with padd
 
 ``sinkhorn(..., mode="reference")``
     :func:`~p2m_core.pseudo.sinkhorn_reference.sinkhorn_reference`: the reference code's
-    80-iteration Sinkhorn at eps = 1e-3 raw cost units, same labels, computed on the pixels near
-    a tie only. It does not converge (docs/METHOD.md): its labels are close to minimum cost.
+    80-iteration Sinkhorn at eps = 1e-3 raw cost units (``raw_epsilon``), same labels, computed
+    on the pixels near a tie only. It does not converge (docs/METHOD.md): its labels are close to minimum cost.
 ``sinkhorn(..., mode="converged")``
     :func:`~p2m_core.pseudo.newton.sinkhorn_converged`: the same entropic problem on costs
-    normalised per image, solved to a marginal tolerance by Newton's method on the semi-dual.
+    normalised per image (so eps is ``relative_epsilon``, a fraction of the image's largest
+    cost), solved to a marginal tolerance by Newton's method on the semi-dual.
 :func:`~p2m_core.pseudo.exact.transport_exact` (``assignment: ot_exact``)
     The unregularised problem (the eps -> 0 limit): an integral assignment in which every
     point gets exactly k_i pixels at minimum total cost.
@@ -36,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from p2m_core.config import SINKHORN_MODES
+from p2m_core.config import SINKHORN_EPSILON, SINKHORN_ITERS, SINKHORN_MAX_ITERS, SINKHORN_MODES, SINKHORN_TOL
 from p2m_core.errors import P2MInputError
 from p2m_core.pseudo.exact import transport_exact
 from p2m_core.pseudo.newton import sinkhorn_converged
@@ -51,19 +52,23 @@ def sinkhorn(
     supply: Tensor,
     demand: Tensor,
     mode: str = "reference",
-    epsilon: float = 1e-3,
-    num_iters: int = 80,
-    tol: float = 1e-3,
-    max_iters: int = 2000,
+    epsilon: float = SINKHORN_EPSILON,
+    num_iters: int = SINKHORN_ITERS,
+    tol: float = SINKHORN_TOL,
+    max_iters: int = SINKHORN_MAX_ITERS,
     point_mask: Tensor | None = None,
     pixel_mask: Tensor | None = None,
 ) -> TransportResult:
     """Entropic OT of pixels to points: dispatch on ``mode`` (module docstring).
 
-    ``mode="reference"``: ``epsilon`` in raw cost units, exactly ``num_iters`` iterations.
-    ``mode="converged"``: ``epsilon`` relative to the image's max cost, until the supply error
-    is within ``tol`` (``max_iters`` caps the Newton evaluations). Shapes: cost [B, M, N],
-    supply [B, M], demand [B, N], masks [B, M] / [B, N] bool.
+    ``epsilon`` is ``pseudo.sinkhorn_epsilon`` as configured, and this is the one place that
+    reads its unit from ``mode``: ``"reference"`` hands it on as ``raw_epsilon`` (raw cost
+    units, as the reference code uses it) and runs exactly ``num_iters`` iterations;
+    ``"converged"`` hands it on as ``relative_epsilon`` (a fraction of the image's largest cost:
+    that solver normalises the costs per image) and runs until the supply error is within
+    ``tol`` (``max_iters`` caps the Newton evaluations). Either way the result's ``epsilon`` is
+    in raw cost units. Shapes: cost [B, M, N], supply [B, M], demand [B, N], masks [B, M] /
+    [B, N] bool.
 
     Example
     -------
@@ -74,12 +79,12 @@ def sinkhorn(
     """
     if mode == "reference":
         return sinkhorn_reference(
-            cost, supply, demand, epsilon=epsilon, num_iters=num_iters, tol=tol,
+            cost, supply, demand, raw_epsilon=epsilon, num_iters=num_iters, tol=tol,
             point_mask=point_mask, pixel_mask=pixel_mask,
         )
     if mode == "converged":
         return sinkhorn_converged(
-            cost, supply, demand, epsilon=epsilon, tol=tol, max_iters=max_iters,
+            cost, supply, demand, relative_epsilon=epsilon, tol=tol, max_iters=max_iters,
             point_mask=point_mask, pixel_mask=pixel_mask,
         )
     raise P2MInputError(f"pseudo.sinkhorn_mode: unknown mode {mode!r}, expected one of {SINKHORN_MODES}")
@@ -97,8 +102,8 @@ def exact(
     solver answers alike: ``epsilon`` 0, marginal errors 0 (counts equal k exactly, which the
     solver certifies), ``iterations`` its dual rounds plus augmenting paths.
 
-    Without ``potentials`` and with ``warm_start``, the converged entropic solver at eps 1e-3
-    supplies them: its potentials leave few pixels to repair, which makes the exact solve
+    Without ``potentials`` and with ``warm_start``, the converged entropic solver at its default
+    eps (1e-3 of the largest cost) supplies them: its potentials leave few pixels to repair, which makes the exact solve
     ~1.6x faster on the benchmark (docs/BENCHMARKS.md). The result never depends on them."""
     if potentials is None and warm_start and cost.numel():
         demand = torch.ones(cost.shape[0], cost.shape[2], device=cost.device)

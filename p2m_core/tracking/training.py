@@ -164,11 +164,13 @@ class TrainingLog:
         if self.steps_done >= 0:
             log.info("MLflow run %s already has steps up to %d; those are not logged again", run_id, self.steps_done)
 
-    def step(self, iteration: int, metrics: Mapping[str, float]) -> None:
-        """Queue one step's metrics (dropped when the run already has this step)."""
+    def step(self, iteration: int, metrics: Mapping[str, float], timestamp_ms: int | None = None) -> None:
+        """Queue one step's metrics (dropped when the run already has this step). ``timestamp_ms``:
+        when the step ran (ms since the epoch; default now), for a caller that reads its steps'
+        values back in windows and queues them after the fact."""
         if iteration <= self.steps_done:
             return
-        self._queue(iteration, metrics, STEP_KEY)
+        self._queue(iteration, metrics, STEP_KEY, timestamp_ms)
         self.steps_done = iteration
         self._pending_steps += 1
         if self._pending_steps >= self.flush_every:
@@ -200,11 +202,11 @@ class TrainingLog:
         self._queue(iteration, {f"{split}/{key}": value for key, value in metrics.items()}, f"{split}/{EVAL_KEY}")
         self.flush()
 
-    def _queue(self, iteration: int, metrics: Mapping[str, float], marker: str) -> None:
+    def _queue(self, iteration: int, metrics: Mapping[str, float], marker: str, timestamp_ms: int | None = None) -> None:
         """Queue ``metrics`` at step ``iteration`` as one entry, ``marker`` last (it must be one of them)."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         ordered = [key for key in metrics if key != marker] + [marker]
         self._pending.append(_Entry(marker, iteration, [Metric(key, float(metrics[key]), now, iteration) for key in ordered]))
 

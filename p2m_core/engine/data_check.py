@@ -2,13 +2,15 @@
 
 A distributed run that fails on a missing file only after its workers have started costs a
 cluster's start-up time and buries the reason in a worker's log. :func:`check_training_data`
-opens both splits' annotation files in the launching process and refuses, with the config key
-and the path or value: a missing split, a split without images, a class count that disagrees
-with ``data.num_classes``, and a scored split (val, ``train.test_split``) whose categories differ
-from the train split's (the network's class axis comes from the train split; evaluation would
-then score the wrong classes). It also refuses a ``model.pretrained`` that cannot work (an unknown weights name, one for another
-backbone or width, a missing file: :func:`~p2m_core.model.pretrained.check_pretrained`), without
-downloading anything: the workers fetch named weights into their own cache.
+opens the annotation files of the train split and of every split the run scores in the launching
+process and refuses, with the config key and the path or value: a missing split, a split without
+images, a class count that disagrees with ``data.num_classes``, a scored split (val,
+``train.test_split``) whose categories differ from the train split's (the network's class axis
+comes from the train split; evaluation would then score the wrong classes), and a train split too
+small for one batch. It also refuses a ``model.pretrained`` that cannot work (an unknown weights
+name, one for another backbone or width, a missing file:
+:func:`~p2m_core.model.pretrained.check_pretrained`), without downloading anything: the workers
+fetch named weights into their own cache.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from p2m_core.model.pretrained import check_pretrained
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What the checks found: image counts per split and the class axis (things first flagged)."""
+    """What the checks found: the train and val image counts, the number of classes and how many
+    of them are things."""
 
     train_images: int
     val_images: int

@@ -1,80 +1,41 @@
-"""Typed experiment configuration: YAML files with ``_base_`` inheritance and ``--set`` overrides.
-
-A config is a tree of dataclasses (:class:`Config`). It is built from YAML in three steps:
-
-1. :func:`load_raw` reads a file and, recursively, the files named in its ``_base_`` key
-   (a path or a list of paths, relative to the file), merging child over base;
-2. ``--set section.key=value`` overrides are applied (values are parsed as YAML, so
-   ``--set train.lr=2e-4`` gives a float and ``--set pseudo.maps=[semantic]`` a list);
-3. :func:`from_dict` builds the dataclasses, rejecting unknown keys and wrong types with
-   the file (or ``--set``), the dotted key and the value in the message.
+"""The config's sections: one dataclass per section, its fields' types, defaults and range rules.
 
 Defaults are the paper's values (Sec. 4.2; docs/METHOD.md, "Paper tables and the sweeps that
-answer them") where the paper gives one; elsewhere they are documented beside the field.
-
-This module is the one source of truth for the allowed values of every choice (the ``Literal``
-aliases below and their tuples, e.g. :data:`K_SCHEMES`), for range checks (a section's
-``invalid_fields``), and for what a run's hash covers (:data:`STAGE_KEYS`, :func:`stage_hash`;
-docs/TRACKING.md, "The config hash"). :func:`resolve` turns a config into the flat dotted dict
-logged as MLflow params.
+answer them") where the paper gives one; elsewhere they are documented beside the field. A
+section's ``invalid_fields`` lists the range rules its fields break; the loader
+(:mod:`p2m_core.config.loading`) checks them, and the types, when it builds a section from a file.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-
-from p2m_core.errors import P2MInputError
-from p2m_core.io import PathLike, atomic_write_text, load_yaml
-
-# --------------------------------------------------------------------------- allowed values
-# Each choice is a Literal alias (used in the dataclasses, so loading checks it) and a tuple of
-# the same values (imported by the code that branches on it). Define a new value here only.
-MapName = Literal["semantic", "boundary_low", "boundary_high"]
-KScheme = Literal["equal_division", "nearest_point", "nearest_centroid"]
-Assignment = Literal["ot", "ot_exact", "mc"]
-McDecode = Literal["argmin", "psps"]
-SinkhornMode = Literal["reference", "converged"]
-GeodesicBackend = Literal["scipy", "torch"]
-KRanking = Literal["argmin", "likelihood"]
-CentroidRule = Literal["paper", "release"]
-WarmupAssignment = Literal["mc", "release"]
-MapResize = Literal["area", "bilinear"]
-PixelRoles = Literal["evidence", "argmax"]
-OtPixels = Literal["transported", "all"]
-SemanticTerm = Literal["partial", "lab", "rgb_tree"]
-MapSourceKind = Literal["oracle", "oracle_corrupt", "image", "checkpoint"]
-PointsFrom = Literal["sample", "file"]
-SplitName = Literal["train", "val", "test"]
-Device = Literal["auto", "cpu", "cuda"]
-BackboneNorm = Literal["frozen_bn", "group_norm"]
-
-MAP_NAMES: tuple[str, ...] = typing.get_args(MapName)
-K_SCHEMES: tuple[str, ...] = typing.get_args(KScheme)
-ASSIGNMENTS: tuple[str, ...] = typing.get_args(Assignment)
-MC_DECODES: tuple[str, ...] = typing.get_args(McDecode)
-SINKHORN_MODES: tuple[str, ...] = typing.get_args(SinkhornMode)
-GEODESIC_BACKENDS: tuple[str, ...] = typing.get_args(GeodesicBackend)
-K_RANKINGS: tuple[str, ...] = typing.get_args(KRanking)
-CENTROID_RULES: tuple[str, ...] = typing.get_args(CentroidRule)
-WARMUP_ASSIGNMENTS: tuple[str, ...] = typing.get_args(WarmupAssignment)
-MAP_RESIZES: tuple[str, ...] = typing.get_args(MapResize)
-PIXEL_ROLES: tuple[str, ...] = typing.get_args(PixelRoles)
-OT_PIXELS: tuple[str, ...] = typing.get_args(OtPixels)
-SEMANTIC_TERMS: tuple[str, ...] = typing.get_args(SemanticTerm)
-SPLITS: tuple[str, ...] = typing.get_args(SplitName)
+from p2m_core.config.checks import check_section
+from p2m_core.config.choices import (
+    Assignment,
+    BackboneNorm,
+    CentroidRule,
+    Device,
+    GeodesicBackend,
+    KRanking,
+    KScheme,
+    MapName,
+    MapResize,
+    MapSourceKind,
+    McDecode,
+    OtPixels,
+    PixelRoles,
+    PointsFrom,
+    SemanticTerm,
+    SinkhornMode,
+    SplitName,
+    WarmupAssignment,
+)
+from p2m_core.config.defaults import SINKHORN_EPSILON, SINKHORN_ITERS, SINKHORN_MAX_ITERS, SINKHORN_TOL
 
 
-# --------------------------------------------------------------------------- sections
 @dataclass
 class SplitConfig:
     """Files of one split in the COCO panoptic format (paths relative to ``data.root``)."""
@@ -169,10 +130,14 @@ class PseudoConfig:
     centroid_iters: int = 1  # paper Table 6; main experiments use 1
     assignment: Assignment = "ot"
     mc_decode: McDecode = "argmin"
-    sinkhorn_iters: int = 80  # paper Sec. 4.2
-    sinkhorn_epsilon: float = 1e-3  # reference code, raw cost units
-    sinkhorn_tol: float = 1e-3  # marginal tolerance of the converged solver
-    sinkhorn_max_iters: int = 2000  # cap of the converged solver
+    sinkhorn_iters: int = SINKHORN_ITERS  # paper Sec. 4.2
+    # The entropic regularisation. Its unit depends on sinkhorn_mode: raw cost units in
+    # reference mode (the reference code's 1e-3), a fraction of the image's largest cost in
+    # converged mode (the solver normalises the costs per image); docs/METHOD.md, "The converged
+    # solver". One key for both keeps the config hashes; the code names the two meanings apart.
+    sinkhorn_epsilon: float = SINKHORN_EPSILON
+    sinkhorn_tol: float = SINKHORN_TOL  # marginal tolerance of the converged solver
+    sinkhorn_max_iters: int = SINKHORN_MAX_ITERS  # cap of the converged solver
     sinkhorn_mode: SinkhornMode = "reference"
     geodesic_backend: GeodesicBackend = "torch"
     point_dilation: int = 17  # reference: labelled points forced into P^s as 17x17 squares
@@ -192,6 +157,11 @@ class PseudoConfig:
     # The embedding is unit length again after its resize to the graph (a mean of unit vectors is
     # shorter); the release uses the resized vectors as they are.
     renormalise_embedding: bool = True
+
+    def __post_init__(self) -> None:
+        # The pipeline takes this section from code too (the model, benchmarks, tests), not only
+        # from files: checked here, once, when built, it never needs checking where it is used.
+        check_section(self, "pseudo.")
 
     def invalid_fields(self) -> list[tuple[str, str]]:
         """(field, expectation) pairs this section violates; empty when valid."""
@@ -452,358 +422,3 @@ class Config:
     ablation: AblationConfig = field(default_factory=AblationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
-
-# --------------------------------------------------------------------------- what a run computes from
-#: Bump when the code changes what some setting computes: runs hashed under another version
-#: are then never taken for finished (docs/TRACKING.md, "The config hash").
-#: 2: the converged Sinkhorn became a Newton solver (same problem, different stopping point).
-#: 3: training: the tree energy on the normalised image, the presence losses normalised by the
-#: present classes, predictions scored at the original image size, one seed for initialisation,
-#: data order and augmentation, the global batch.
-HASH_VERSION = 3
-
-#: Dotted prefixes of the keys each stage reads, and the keys among them that change only speed
-#: or artifacts. A stage's hash covers exactly these, so e.g. ``train.lr`` never changes a
-#: ``pseudo`` trial's hash. Augmentation (``data.min_size`` ...) is training-only.
-STAGE_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
-    "pseudo": {
-        "include": (
-            "data.dataset", "data.root", "data.train.", "data.val.", "data.test.", "data.point_seed", "data.edge_model",
-            "pseudo.", "ablation.",
-        ),
-        "exclude": ("ablation.batch_size", "ablation.overlays", "ablation.device"),
-    },
-    "train": {
-        "include": ("seed", "data.", "pseudo.", "model.", "loss.", "train."),
-        "exclude": (
-            "data.num_workers", "data.num_classes", "train.log_every", "train.device", "train.overlays", "train.checkpoint_every",
-            "train.max_failures", "train.storage_path",
-        ),
-    },
-}
-STAGES: tuple[str, ...] = tuple(STAGE_KEYS)
-
-
-# --------------------------------------------------------------------------- loading
-#: Keys an older config may still hold, and what replaced them (said instead of "unknown key").
-RENAMED_KEYS: dict[str, str] = {
-    "data.min_size": "use data.train_short_side: [low, high] (training) and data.test_short_side (val / test)",
-    "data.max_size": "use data.train_short_side: [low, high] (training), data.test_short_side (val / test) "
-                     "and data.long_side_max (the longer side's cap)",
-    "train.seed": "the top-level 'seed' now seeds the initial weights, the data order and the augmentation",
-}
-
-
-def _merge(base: dict, child: dict, sources: dict[str, str], source: str, prefix: str = "") -> dict:
-    """Deep-merge ``child`` into a copy of ``base``, recording which source set each leaf."""
-    merged = copy.deepcopy(base)
-    for key, value in child.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value, sources, source, dotted + ".")
-        else:
-            merged[key] = copy.deepcopy(value)
-            _record_sources(value, dotted, sources, source)
-    return merged
-
-
-def _record_sources(value: Any, dotted: str, sources: dict[str, str], source: str) -> None:
-    sources[dotted] = source
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _record_sources(sub, f"{dotted}.{key}", sources, source)
-
-
-def load_raw(path: PathLike, sources: dict[str, str] | None = None, _stack: tuple = ()) -> dict:
-    """Read a YAML config and its ``_base_`` chain into one merged plain dict."""
-    path = Path(path).resolve()
-    if path in _stack:
-        chain = " -> ".join(str(p) for p in _stack + (path,))
-        raise P2MInputError(f"config {path}: circular _base_ chain: {chain}")
-    sources = {} if sources is None else sources
-    raw = load_yaml(path, what="config file")
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise P2MInputError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
-    bases = raw.pop("_base_", [])
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise P2MInputError(f"config {path}: '_base_' must be a path or a list of paths, got {bases!r}")
-    merged: dict = {}
-    for base in bases:
-        merged = _merge(merged, load_raw(path.parent / base, sources, _stack + (path,)), {}, "")
-    return _merge(merged, raw, sources, f"config {path}")
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'train.lr=2e-4'`` -> (['train', 'lr'], 0.0002); the value is parsed as YAML."""
-    if "=" not in text:
-        raise P2MInputError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=2e-4")
-    key, _, value_text = text.partition("=")
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise P2MInputError(f"--set {text!r}: invalid key {key!r}")
-    return key.split("."), parse_value(value_text, f"--set {text!r}")
-
-
-def parse_value(text: str, where: str) -> Any:
-    """A command-line value as YAML (``0.5``, ``mc``, ``[semantic, boundary_low]``, ``true``);
-    ``where`` names the flag in the error. The one rule for ``--set`` and ``--grid`` values."""
-    try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise P2MInputError(f"{where}: value {text!r} is not valid YAML") from exc
-    # YAML 1.1 reads '2e-4' as a string; accept it as the float a user means.
-    if isinstance(value, str):
-        try:
-            as_float = float(value)
-        except ValueError:
-            pass
-        else:
-            if any(c in value for c in "eE.") and value.strip().lower() not in ("inf", "nan"):
-                value = as_float
-    return value
-
-
-def apply_values(raw: dict, values: dict[str, Any], sources: dict[str, str] | None, source: str) -> dict:
-    """Set already-parsed values at dotted keys (a copy of ``raw``), recording ``source`` as
-    where each came from, so a later type error names it (e.g. a sweep spec's grid)."""
-    raw = copy.deepcopy(raw)
-    for dotted, value in values.items():
-        keys = dotted.split(".")
-        if not dotted or any(not k for k in keys):
-            raise P2MInputError(f"{source}: invalid key {dotted!r}")
-        node = raw
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise P2MInputError(f"{source}: key {dotted!r}: '{key}' is not a section")
-            node = child
-        node[keys[-1]] = copy.deepcopy(value)
-        if sources is not None:
-            _record_sources(value, dotted, sources, source)
-    return raw
-
-
-def apply_overrides(raw: dict, overrides: list[str], sources: dict[str, str] | None = None) -> dict:
-    """Apply ``--set KEY=VALUE`` strings (values parsed as YAML, :func:`parse_override`)."""
-    for text in overrides:
-        keys, value = parse_override(text)
-        raw = apply_values(raw, {".".join(keys): value}, sources, "--set")
-    return raw
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-
-    def fail(expected: str) -> P2MInputError:
-        return P2MInputError(f"{where}: key '{key}' expects {expected}, got {value!r} ({type(value).__name__})")
-
-    if origin is Literal:
-        if value not in args:
-            raise fail("one of " + ", ".join(repr(a) for a in args))
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in args:
-            if option is type(None) and value is None:
-                return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key, where)
-            except P2MInputError as exc:
-                errors.append(str(exc))
-        raise fail(" or ".join(_type_name(a) for a in args))
-    if origin is list:
-        if not isinstance(value, list):
-            raise fail(f"a list of {_type_name(args[0])}")
-        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail("a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise fail("a string")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".", where_for=None, sources=None, fallback=where)
-    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
-
-
-def _build(
-    cls: type,
-    raw: Any,
-    prefix: str,
-    where_for: Any,
-    sources: dict[str, str] | None,
-    fallback: str = "config",
-    base: Any = None,
-) -> Any:
-    """Build ``cls`` from ``raw``; fields absent from ``raw`` keep their value in ``base``.
-
-    ``base`` is the parent's default for this section, so a partial section such as
-    ``data.train: {points: x}`` keeps the other defaults of ``data.train`` rather than the
-    bare class defaults of :class:`SplitConfig`.
-    """
-    def source_of(dotted: str) -> str:
-        if sources and dotted in sources:
-            return sources[dotted]
-        return fallback
-
-    section = prefix.rstrip(".") or "<top level>"
-    if not isinstance(raw, dict):
-        raise P2MInputError(f"{source_of(prefix.rstrip('.'))}: '{section}' must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in known:
-            dotted = f"{prefix}{key}"
-            if dotted in RENAMED_KEYS:
-                raise P2MInputError(f"{source_of(dotted)}: key '{dotted}' (value {raw[key]!r}) is gone: {RENAMED_KEYS[dotted]}")
-            raise P2MInputError(
-                f"{source_of(dotted)}: unknown key '{dotted}' (value {raw[key]!r}); "
-                f"'{section}' accepts: {', '.join(sorted(known))}"
-            )
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            continue
-        dotted = f"{prefix}{f.name}"
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            default = getattr(base, f.name) if base is not None else _field_default(f)
-            kwargs[f.name] = _build(tp, raw[f.name], dotted + ".", None, sources, source_of(dotted), default)
-        else:
-            kwargs[f.name] = _coerce(raw[f.name], tp, dotted, source_of(dotted))
-    built = dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
-    check = getattr(built, "invalid_fields", None)
-    for name, expected in check() if check is not None else ():
-        dotted = f"{prefix}{name}"
-        # A field left at its default may be invalid because of another one (a cross-field
-        # rule): blame the source that set something in this section.
-        given = [f"{prefix}{key}" for key in raw if sources and f"{prefix}{key}" in sources]
-        where = source_of(dotted if (sources and dotted in sources) or not given else given[0])
-        raise P2MInputError(f"{where}: key '{dotted}' expects {expected}, got {getattr(built, name)!r}")
-    return built
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    if f.default is not dataclasses.MISSING:
-        return copy.deepcopy(f.default)
-    return None
-
-
-def from_dict(raw: dict, sources: dict[str, str] | None = None, cls: type = Config) -> Any:
-    """Build a typed config from a plain dict, rejecting unknown keys and wrong types."""
-    return _build(cls, raw, "", None, sources)
-
-
-def load_config(path: PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML config (with its ``_base_`` chain) and apply ``--set`` overrides.
-
-    >>> cfg = load_config(None, ["train.lr=2e-4"])
-    >>> cfg.train.lr
-    0.0002
-    """
-    sources: dict[str, str] = {}
-    raw = load_raw(path, sources) if path is not None else {}
-    raw = apply_overrides(raw, list(overrides), sources)
-    return from_dict(raw, sources)
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
-
-
-def stage_keys(cfg: Config, stage: str) -> dict[str, Any]:
-    """The flat ``{dotted key: value}`` that ``stage`` reads (:data:`STAGE_KEYS`)."""
-    if stage not in STAGE_KEYS:
-        raise P2MInputError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    rule = STAGE_KEYS[stage]
-    flat = flatten(to_dict(cfg))
-    return {k: v for k, v in flat.items() if _matches(k, rule["include"]) and not _matches(k, rule["exclude"])}
-
-
-def stage_hash(cfg: Config, stage: str) -> str:
-    """16 hex digits identifying what ``stage`` computes from ``cfg``.
-
-    SHA-256 over canonical JSON of ``{"version": HASH_VERSION, "stage": stage, "config":
-    stage_keys(cfg, stage)}``: stable across processes and machines, blind to the run's name,
-    tracking location and execution settings, and different for different stages.
-    """
-    payload = {"version": HASH_VERSION, "stage": stage, "config": stage_keys(cfg, stage)}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class ResolvedConfig:
-    """A config as MLflow sees it: flat dotted params and the hash of one stage."""
-
-    flat: dict[str, Any]
-    hash: str
-    stage: str
-
-
-def resolve(cfg: Config, stage: str = "train") -> ResolvedConfig:
-    """Flatten ``cfg`` to dotted keys (every field: what MLflow logs as params) and hash what
-    ``stage`` computes from (:func:`stage_hash`)."""
-    return ResolvedConfig(flat=flatten(to_dict(cfg)), hash=stage_hash(cfg, stage), stage=stage)
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def save_config(cfg: Config, path: PathLike) -> Path:
-    """Write the resolved config as YAML (atomically); loading it gives ``cfg`` back."""
-    return atomic_write_text(path, dump_yaml(cfg))
-
-
-def add_config_arguments(parser: Any, default_config: str | None = None) -> None:
-    """Add ``--config PATH`` and repeatable ``--set KEY=VALUE`` to an argparse parser."""
-    parser.add_argument("--config", default=default_config, help="experiment YAML (with optional _base_)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=2e-4 (repeatable)",
-    )
