@@ -21,6 +21,7 @@ import yaml
 from p2m_core.config import HASH_VERSION
 from p2m_core.tracking import store
 from p2m_core.tracking import tags as T
+from p2m_core.tracking.claims import kill_orphaned_children
 from p2m_core.tracking.datasets import log_dataset_inputs
 from p2m_core.tracking.provenance import git_commit, source_tags
 from p2m_core.tracking.table_layout import RECORD_KEY, layout_record
@@ -118,7 +119,7 @@ def open_in_mlflow(plan: SweepPlan) -> None:
         plan.tracking_uri, plan.parent_run_id,
         {T.SPEC_ARTIFACT: _spec_text(plan), T.TRIALS_ARTIFACT: json.dumps(trials_record(plan), indent=2)},
     )
-    plan.killed = store.kill_orphaned_children(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
+    plan.killed = kill_orphaned_children(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
     finished = store.finished_hashes(plan.tracking_uri, plan.experiment_id, spec.stage, HASH_VERSION)
     plan.done = {t.config_hash: finished[t.config_hash] for t in plan.trials if t.config_hash in finished}
 

@@ -75,6 +75,20 @@ def expire(uri: str, run: Any) -> None:
     mlflow_client.set_terminated(run.info.run_id, status="KILLED")
 
 
+def kill_orphaned_children(uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """Mark the sweep's trial runs still RUNNING whose heartbeat is stale as KILLED (their
+    driver is gone); returns how many.
+
+    A child with a fresh heartbeat belongs to a driver of the same sweep still running (two
+    identical sweeps share the sweep run): it is left alone, and the claims decide.
+    """
+    query = f"tags.`{T.PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    stale = [run for run in search_all(client(uri), experiment_id, query) if is_stale(run)]
+    for run in stale:
+        expire(uri, run)
+    return len(stale)
+
+
 @contextmanager
 def heartbeat(uri: str, run_id: str) -> Iterator[None]:
     """Rewrite the run's ``p2m.heartbeat`` every :func:`beat_every` s on a daemon thread while

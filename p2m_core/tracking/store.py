@@ -151,23 +151,6 @@ def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     client(uri).log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
 
-def kill_orphaned_children(uri: str, experiment_id: str, parent_run_id: str) -> int:
-    """Mark the sweep's trial runs still RUNNING whose heartbeat is stale as KILLED (their
-    driver is gone); returns how many.
-
-    A child with a fresh heartbeat belongs to a driver of the same sweep still running (two
-    identical sweeps share the sweep run): it is left alone, and the claims decide
-    (:mod:`p2m_core.tracking.claims`).
-    """
-    from p2m_core.tracking.claims import expire, is_stale
-
-    query = f"tags.`{T.PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    stale = [run for run in search_all(client(uri), experiment_id, query) if is_stale(run)]
-    for run in stale:
-        expire(uri, run)
-    return len(stale)
-
-
 def kill_runs(uri: str, run_ids: list[str], reason: str) -> None:
     """End these runs KILLED with ``reason`` as :data:`~p2m_core.tracking.tags.END_REASON`."""
     mlflow_client = client(uri)
