@@ -1,8 +1,9 @@
 """The Ray Tune trials of a sweep: run one setting, record it as an MLflow child run.
 
 :func:`run_trial` is the pseudo stage's trial; :func:`run_train_trial` the training stage's,
-which launches its own ``TorchTrainer`` from inside the Tune trial (how Ray Train V2 sweeps
-training: Tune cannot wrap a trainer directly).
+which trains a one-worker run in place (:mod:`ray_jobs.train_in_trial`) and launches its own
+``TorchTrainer`` for any other (how Ray Train V2 sweeps training: Tune cannot wrap a trainer
+directly).
 
 Runs in a Ray worker. The sweep driver hands every trial the same :class:`SweepContext` (through
 ``tune.with_parameters``, so it travels once through the object store) and the index of the
@@ -98,7 +99,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 
 
 def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Tune function trainable of a ``stage: train`` sweep: train one setting on Ray Train.
+    """Tune function trainable of a ``stage: train`` sweep: train one setting, in this process or
+    on Ray Train (module docstring).
 
     The trial's MLflow run is keyed by the trial's config hash and run name under the sweep's
     run, and its Ray Train run by the same name and hash in ``train.storage_path``: a trial

@@ -1,6 +1,11 @@
-"""The import contracts of pyproject.toml ([tool.importlinter], checked by `lint-imports` in
-`make test`) stay complete as p2m_core grows: a forbidden contract names what pseudo may not
-import, so a new module of p2m_core must join that list or the rule silently stops covering it."""
+"""The structure of the code, checked.
+
+- The import contracts of pyproject.toml ([tool.importlinter], run by `lint-imports` in `make
+  test`) stay complete as p2m_core grows: a forbidden contract names what pseudo may not import,
+  so a new module of p2m_core must join that list or the rule silently stops covering it.
+- No module imports itself through others (no import cycle, imports inside functions included).
+- No Python file reaches :data:`MAX_LINES` lines.
+"""
 
 from __future__ import annotations
 
@@ -79,3 +84,15 @@ def test_a_cycle_is_found_when_there_is_one(tmp_path, monkeypatch) -> None:
     (package / "c.py").write_text("from cyclic import a\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert import_cycles(("cyclic",)) == [["cyclic.a", "cyclic.b"]]
+
+
+#: A module that grows past this many lines has taken on a second job: split it by job.
+MAX_LINES = 500
+
+
+def test_no_python_file_reaches_the_line_limit() -> None:
+    folders = ("p2m_core", "ray_jobs", "analysis", "tests", "benchmarks")
+    lines = {path.relative_to(ROOT): len(path.read_text().splitlines()) for folder in folders
+             for path in (ROOT / folder).rglob("*.py")}  # fmt: skip
+    assert len(lines) > 100
+    assert {str(path): n for path, n in lines.items() if n >= MAX_LINES} == {}
