@@ -12,9 +12,9 @@ Checkpoints go where Ray Train would put them (``<train.storage_path>/<run>/chec
 and time>``), each folder copied under a staging name and renamed when complete, the newest
 :data:`~ray_jobs.training.CHECKPOINTS_KEPT` kept, each with its manifests
 (:mod:`p2m_core.engine.checkpoint_check`). A failed trial (an error, or its process or node
-lost) is started again by Tune up to ``train.max_failures`` times (:mod:`ray_jobs.tuning`) and
-resumes from the newest good checkpoint, like a Ray Train group; so does the same sweep run
-again.
+lost) resumes from the newest good checkpoint, like a Ray Train group: after an error in this
+process up to ``train.max_failures`` times, and after the process was lost (its node died) when
+Tune runs the trial again; so does the same sweep run again.
 
 Runs with several workers, and storage paths that are URIs (``s3://``, which only Ray Train
 writes to), go through Ray Train (:func:`~ray_jobs.training.trains_in_trial`).
@@ -76,9 +76,23 @@ class TrialHooks(WorkerHooks):
 
 def train_in_trial(plan: TrainPlan, run_id: str) -> dict[str, float]:
     """Train ``plan`` to its last iteration in this process, resuming from its newest good
-    checkpoint; returns what the last checkpoint reported (the final evaluation), as
-    :func:`~ray_jobs.training.fit`'s result does."""
+    checkpoint, and again from the newest one after an error, up to ``train.max_failures``
+    times (as Ray Train restarts a failed worker group); returns what the last checkpoint
+    reported (the final evaluation), as :func:`~ray_jobs.training.fit`'s result does."""
     prepare_worker()
+    retries = plan.cfg.train.max_failures
+    for attempt in range(retries + 1):
+        try:
+            return _train_once(plan, run_id)
+        except Exception as exc:
+            if attempt == retries:
+                raise
+            log.warning("training failed (%s: %s); starting again from the last checkpoint (%d of train.max_failures = %d)",
+                        type(exc).__name__, exc, attempt + 1, retries)  # fmt: skip
+    raise AssertionError("unreachable")
+
+
+def _train_once(plan: TrainPlan, run_id: str) -> dict[str, float]:
     cfg = plan.cfg
     run = WorkerRun(cfg, 0, 1, "cuda" if plan.use_gpu else "cpu")
     checkpoints = Path(plan.checkpoints)

@@ -2,6 +2,7 @@
 in-process Ray, a sqlite MLflow store.
 
 - checkpoints are stored complete or not at all, and only the newest are kept;
+- an error starts training again from the last checkpoint up to ``train.max_failures`` times;
 - a sweep trial trains the same numbers as ``ray_jobs.train`` (Ray Train) does for the same
   config, step by step, and writes its checkpoints where Ray Train would, without Ray Train;
 - a trial whose process is killed mid-run is started again by Tune (``train.max_failures``),
@@ -46,6 +47,34 @@ def test_checkpoints_are_stored_whole_and_only_the_newest_kept(tmp_path) -> None
     (checkpoints / f"{STAGING_PREFIX}checkpoint_9999-01-01_00-00-00.000000").mkdir()
     assert newest_checkpoint(checkpoints) == stored[-1]
     assert newest_checkpoint(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize("failures, max_failures, trained", [(1, 1, True), (2, 1, False), (0, 0, True)])
+def test_an_error_starts_training_again_up_to_max_failures(monkeypatch, failures, max_failures, trained) -> None:
+    """As Ray Train restarts a failed worker group: each attempt starts from the newest
+    checkpoint (inside _train_once), the last error is raised."""
+    from types import SimpleNamespace
+
+    import ray_jobs.train_in_trial as in_trial
+
+    attempts = []
+
+    def attempt(plan, run_id):
+        attempts.append(run_id)
+        if len(attempts) <= failures:
+            raise RuntimeError(f"attempt {len(attempts)} failed")
+        return {"PQ": 1.0}
+
+    monkeypatch.setattr(in_trial, "_train_once", attempt)
+    monkeypatch.setattr(in_trial, "prepare_worker", lambda: None)
+    plan = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(max_failures=max_failures)))
+    if trained:
+        assert in_trial.train_in_trial(plan, "run") == {"PQ": 1.0}
+        assert len(attempts) == failures + 1
+    else:
+        with pytest.raises(RuntimeError, match=f"attempt {max_failures + 1} failed"):
+            in_trial.train_in_trial(plan, "run")
+        assert len(attempts) == max_failures + 1
 
 
 def sweep_spec(folder: Path, root: Path, **extra: object) -> Path:
