@@ -77,6 +77,16 @@ def connect() -> tuple[float, bool]:
     return time.perf_counter() - start, False
 
 
+def node_id() -> str:
+    """The Ray node this process runs on (hex id, as ``ray.nodes()`` and the dashboard show it);
+    ``''`` outside Ray (a loop run in-process with ``num_workers=0``, a unit test)."""
+    import ray
+
+    if not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id() or ""
+
+
 def check_fits(resources: dict[str, float], attached: bool, where: str) -> None:
     """Refuse a trial that can never be scheduled on this in-process cluster (Tune would wait
     forever). On an attached cluster an autoscaler may add nodes, so there it only warns."""

@@ -32,6 +32,7 @@ from p2m_core.config import Config
 from p2m_core.engine.checkpoint_check import FOLDER_GLOB, choose_checkpoint
 from p2m_core.engine.run import WorkerRun
 from p2m_core.tracking.training import TrainingLog
+from ray_jobs.cluster import node_id
 from ray_jobs.train_worker import WorkerHooks, finish_run, worker_config
 from ray_jobs.training import CHECKPOINTS_KEPT, TrainPlan
 from ray_jobs.worker_setup import prepare_worker
@@ -106,6 +107,7 @@ def _train_once(plan: TrainPlan, run_id: str) -> dict[str, float]:
     log.info("trained in this trial (pid %d): %d train images, iteration %d of %d on %s", os.getpid(),
              len(run.train_set), run.iteration, run.max_iters, run.device)  # fmt: skip
     tracking = TrainingLog(plan.tracking_uri, run_id, cfg.train.log_every, cfg.tracking.outage_limit_s)
+    tracking.worker_nodes([node_id()])  # this process is the run's one worker
     if choice is not None:
         tracking.resumed_at(run.iteration, choice.folder.name, [str(damage) for damage in choice.damaged])
     hooks = TrialHooks(run, tracking, cfg, checkpoints)

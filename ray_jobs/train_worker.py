@@ -7,9 +7,10 @@ from ``ray.train.get_checkpoint()`` when Ray restarted the group after a failure
 was run again; a damaged checkpoint is passed over for the previous good one,
 :func:`agreed_checkpoint`), and trains. At each checkpoint iteration rank 0 evaluates (when due) and logs to
 MLflow, every worker writes its part of the state into one folder, and all report it together
-(``ray.train.report`` is a barrier). After the last iteration rank 0 scores the held-out split
-(``train.test_split``, once: metrics ``<split>/PQ`` ...), writes the model file and its
-predictions on the val images and logs them.
+(``ray.train.report`` is a barrier). Rank 0 records which Ray node each worker of the group
+runs on (tag ``p2m.worker_nodes``, rewritten by each restarted group). After the last
+iteration rank 0 scores the held-out split (``train.test_split``, once: metrics
+``<split>/PQ`` ...), writes the model file and its predictions on the val images and logs them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from p2m_core.engine.checkpoint_check import Choice, DamagedCheckpointError, cho
 from p2m_core.engine.run import MODEL_FILE, RunHooks, WorkerRun
 from p2m_core.engine.step_metrics import StepRecord, read_step_metrics, step_record
 from p2m_core.tracking.training import TrainingLog
+from ray_jobs.cluster import node_id
 from ray_jobs.worker_setup import prepare_worker
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,17 @@ def agreed_checkpoint(handed: Path, checkpoints: str, rank: int, world_size: int
     return choice
 
 
+def worker_nodes(world_size: int) -> list[str]:
+    """The Ray node id of every worker of the group, by rank: a collective, so every worker
+    calls it (rank 0 records them, :meth:`~p2m_core.tracking.training.TrainingLog.worker_nodes`)."""
+    node = node_id()
+    if world_size == 1:
+        return [node]
+    nodes: list[Any] = [None] * world_size
+    dist.all_gather_object(nodes, node)
+    return [str(n) for n in nodes]
+
+
 def _device() -> Any:
     return ray.train.torch.get_device()
 
@@ -155,11 +168,14 @@ def worker_main(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as handed:
             choice = agreed_checkpoint(Path(handed), config["checkpoints"], rank, world_size)
             run.load_state(choice.folder)
-    log.info("rank %d/%d (pid %d): %d train images, iteration %d of %d on %s, %d torch threads", rank, world_size,
-             os.getpid(), len(run.train_set), run.iteration, run.max_iters, run.device, torch.get_num_threads())  # fmt: skip
+    nodes = worker_nodes(world_size)
+    log.info("rank %d/%d (pid %d, Ray node %s): %d train images, iteration %d of %d on %s, %d torch threads", rank,
+             world_size, os.getpid(), nodes[rank] or "-", len(run.train_set), run.iteration, run.max_iters, run.device,
+             torch.get_num_threads())  # fmt: skip
     tracking = None
     if rank == 0:
         tracking = TrainingLog(config["tracking_uri"], config["run_id"], cfg.train.log_every, cfg.tracking.outage_limit_s)
+        tracking.worker_nodes(nodes)
     if tracking is not None and choice is not None:
         tracking.resumed_at(run.iteration, choice.folder.name, [str(damage) for damage in choice.damaged])
     run.train(WorkerHooks(run, tracking, cfg))

@@ -31,6 +31,7 @@ from p2m_core.tracking import tags as T
 from p2m_core.tracking.claims import claim, claim_tags, heartbeat
 from p2m_core.tracking.training import open_training_run
 from p2m_core.tracking.trial import TrialRun
+from ray_jobs.cluster import node_id
 from ray_jobs.spec import Trial
 from ray_jobs.training import end_after, plan_training, train_and_end, trains_in_trial
 from ray_jobs.worker_setup import prepare_worker, setup_worker_logging
@@ -58,6 +59,7 @@ def trial_tags(context: SweepContext, trial: Trial) -> dict[str, str]:
         T.HASH_VERSION: str(HASH_VERSION),
         T.SEED: str(trial.seed),
         T.SETTING: json.dumps(trial.setting),
+        T.RAY_NODE: node_id(),
     }
 
 

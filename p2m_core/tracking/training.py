@@ -280,6 +280,11 @@ class TrainingLog:
             lines = [line for line in tags.get(T.DAMAGED_CHECKPOINT, "").splitlines() if line] + list(damaged)
             self.client.set_tag(self.run_id, T.DAMAGED_CHECKPOINT, "\n".join(lines)[-MAX_TAG_CHARS:])
 
+    def worker_nodes(self, nodes: Sequence[str]) -> None:
+        """Record the Ray node of each worker of the group now training, by rank (tag
+        ``p2m.worker_nodes``; a group restarted after a lost node rewrites it)."""
+        self.outage.call(lambda: self.client.set_tag(self.run_id, T.WORKER_NODES, ",".join(nodes)))
+
     def artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         """Log a folder's files (the same names again on a retry: nothing doubles)."""
         self.outage.call(lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
