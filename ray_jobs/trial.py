@@ -10,7 +10,9 @@ Runs in a Ray worker. The sweep driver hands every trial the same :class:`SweepC
 trial to run in Tune's config. The trial creates its MLflow run first (RUNNING, with tags and
 params), runs :func:`p2m_core.ablation.run_pseudo_stage` into a temporary folder, logs the
 metrics and the folder's files, and ends the run FINISHED; if anything raises, the run ends
-FAILED with the error, and the exception goes on to Tune so the driver counts it.
+FAILED with the error, which the trial reports to Tune as its result (:func:`report_failure`)
+so the driver counts it. Only a trial whose process was lost (its node died) ends in a Tune
+error, and Tune runs it again (:data:`ray_jobs.tuning.LOST_TRIAL_RETRIES`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from p2m_core.tracking.trial import TrialRun
 from ray_jobs.cluster import node_id
 from ray_jobs.spec import Trial
 from ray_jobs.training import end_after, plan_training, train_and_end, trains_in_trial
+from ray_jobs.tune_progress import FAILED_KEY
 from ray_jobs.worker_setup import prepare_worker, setup_worker_logging
 
 log = logging.getLogger(__name__)
@@ -95,9 +98,22 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     except BaseException as exc:
         run.fail(exc)
         log.error("trial %s (%s) failed: %s: %s", trial.index, trial.run_name, type(exc).__name__, exc)
-        raise
+        if not isinstance(exc, Exception):
+            raise
+        report_failure(exc, start)
+        return
     metrics = result["metrics"]
     tune.report({"PQ": metrics["PQ"], "PQ_th": metrics["PQ_th"], "trial_seconds": seconds, "run_id": run.run_id})
+
+
+def report_failure(exc: BaseException, start: float) -> None:
+    """End a trial whose own code failed by reporting the error to Tune as its result
+    (:data:`~ray_jobs.tune_progress.FAILED_KEY`), not by raising it. Tune runs a trial again
+    when it raised (``FailureConfig``, :data:`ray_jobs.tuning.LOST_TRIAL_RETRIES`), which is
+    meant for a trial whose process was lost with its node: code that failed would fail again
+    (a training run has had its ``train.max_failures`` restarts already), and its run is FAILED
+    with the error (running the sweep again retries it)."""
+    tune.report({FAILED_KEY: f"{type(exc).__name__}: {exc}", "trial_seconds": time.perf_counter() - start})
 
 
 def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
@@ -107,11 +123,25 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
     The trial's MLflow run is keyed by the trial's config hash and run name under the sweep's
     run, and its Ray Train run by the same name and hash in ``train.storage_path``: a trial
     re-run after its driver was killed finds both, continues the same MLflow run (marked KILLED
-    by the new driver, RUNNING again here) from the last checkpoint, and logs no step twice.
+    by the new driver, RUNNING again here) from the last checkpoint, and logs no step twice; so
+    does a trial that Tune runs again because its process was lost with its node.
     """
     setup_worker_logging()
     trial = context.trials[int(config["trial"])]
     start = time.perf_counter()
+    try:
+        run_id, metrics = _train_trial(trial, context)
+    except Exception as exc:  # the run, when one was opened, is FAILED with the error (end_after)
+        log.error("trial %s (%s) failed: %s: %s", trial.index, trial.run_name, type(exc).__name__, exc)
+        report_failure(exc, start)
+        return
+    seconds = time.perf_counter() - start
+    tune.report({"PQ": metrics.get("PQ", float("nan")), "PQ_th": metrics.get("PQ_th", float("nan")),
+                 "trial_seconds": seconds, "run_id": run_id})  # fmt: skip
+
+
+def _train_trial(trial: Trial, context: SweepContext) -> tuple[str, dict[str, Any]]:
+    """Open (or find) the trial's training run and train it; ``(run id, final metrics)``."""
     resources = dict(context.worker_resources or {"CPU": 1.0})
     # the driver's store, whatever this node's environment says
     plan = plan_training(trial.config, use_gpu=resources.get("GPU", 0) > 0, launch_dir=context.launch_dir or None,
@@ -123,7 +153,7 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
         metrics: dict[str, Any] = {}
     else:
         # a resumed run is this driver's now: its stop signal ends it, its heartbeat keeps it alive
-        owned = {T.OWNER: tags.get(T.OWNER, ""), T.HEARTBEAT: f"{time.time():.1f}"}
+        owned = {T.OWNER: tags.get(T.OWNER, ""), T.HEARTBEAT: f"{time.time():.1f}", T.RAY_NODE: tags[T.RAY_NODE]}
         store.set_tags(context.tracking_uri, run_id, owned)
         log.info("trial %s: %s MLflow run %s, checkpoints in %s", trial.run_name, state, run_id, plan.checkpoints)
         with heartbeat(context.tracking_uri, run_id):
@@ -134,6 +164,4 @@ def run_train_trial(config: dict[str, Any], context: SweepContext) -> None:
                 metrics = end_after(plan, run_id, lambda: train_in_trial(plan, run_id))
             else:
                 metrics = train_and_end(plan, run_id, plan.cfg.train.workers, resources)
-    seconds = time.perf_counter() - start
-    tune.report({"PQ": metrics.get("PQ", float("nan")), "PQ_th": metrics.get("PQ_th", float("nan")),
-                 "trial_seconds": seconds, "run_id": run_id})  # fmt: skip
+    return run_id, metrics

@@ -26,6 +26,14 @@ from ray_jobs.trial import SweepContext, run_train_trial, run_trial
 from ray_jobs.tune_progress import TrialProgress
 
 
+#: Times Ray Tune runs a pseudo trial again after its process was lost: its node died (or Ray's
+#: memory monitor killed it). A training trial's lost process is run again up to
+#: ``train.max_failures`` times, as Ray Train restarts a lost worker. A trial whose own code
+#: failed is not run again: it reports its error instead of raising it
+#: (:func:`ray_jobs.trial.report_failure`), and re-running the sweep retries it. A trial that
+#: is run again does not compute twice: a pseudo trial claims its config hash again (the lost
+#: attempt's claim expires with its heartbeat), a training trial resumes from its checkpoint.
+LOST_TRIAL_RETRIES = 3
 #: CPUs a training trial holds while its TorchTrainer's workers train (Ray refuses 0).
 TRAIN_TRIAL_CPU = 0.01
 
@@ -55,14 +63,14 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
         launch_dir=os.getcwd(), worker_resources=training_worker_resources(resources, workers) if training else None,
     )
     progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
-    retries = 0
+    retries = LOST_TRIAL_RETRIES
     if training:
         # A one-worker run trains in its trial (ray_jobs.train_in_trial), which then holds the
-        # spec's resources, and Tune restarts it after a failure as Ray Train would. Otherwise the
-        # trial only launches and waits for its TorchTrainer, whose workers hold them; a trial
-        # holding a whole CPU too would deadlock a 2-CPU machine.
+        # spec's resources, and Tune restarts it after its process was lost as Ray Train would.
+        # Otherwise the trial only launches and waits for its TorchTrainer, whose workers hold
+        # them; a trial holding a whole CPU too would deadlock a 2-CPU machine.
         in_trial = {t.index for t in todo if trains_in_trial(t.config)}
-        retries = max((plan.trials[i].config.train.max_failures for i in in_trial), default=0)
+        retries = max(t.config.train.max_failures for t in todo)
 
         def trial_resources(config: dict) -> tune.PlacementGroupFactory:
             return tune.PlacementGroupFactory([resources if int(config["trial"]) in in_trial else {"CPU": TRAIN_TRIAL_CPU}])

@@ -101,6 +101,7 @@ def test_sweep_logs_every_trial_and_a_rerun_retries_only_the_failed_one(tmp_path
     assert sweeps["table7"].info.status == "FINISHED" and sweeps["broken"].info.status == "FAILED"
     assert sweeps["table7"].data.metrics["trials_finished"] == 4 and sweeps["broken"].data.metrics["trials_failed"] == 1
     trials = runs_of(uri, "trial")
+    # one FAILED run: Tune does not run a trial again whose own code failed (only a lost one)
     assert sorted(r.info.status for r in trials) == ["FAILED"] + ["FINISHED"] * 5
 
     # the failed trial carries its error; the other trial of that sweep finished
