@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -171,3 +171,52 @@ def ray_head(folder: Path, token_path: Path | None = None) -> Iterator[str]:
             yield url
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def processes_under(driver_pid: int, title_prefix: bytes) -> list[int]:
+    """PIDs of the processes started (at any depth) under ``driver_pid`` whose title starts with
+    ``title_prefix`` (Ray names its actor processes ``ray::<class>.<method>``)."""
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if not title.startswith(title_prefix):
+            continue
+        pid = ancestor = int(entry.name)
+        while ancestor > 1 and ancestor != driver_pid:
+            ancestor = parent(ancestor)
+        if ancestor == driver_pid:
+            found.append(pid)
+    return found
+
+
+def kill_one_then_finish(driver: subprocess.Popen, ready: Callable[[], bool], title_prefix: bytes, what: str) -> str:
+    """SIGKILL one process titled ``title_prefix`` under ``driver`` (started with
+    ``start_new_session``) once ``ready()`` holds, then wait for the driver to end; returns its
+    stderr. The driver's whole group is killed if anything here fails."""
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert driver.poll() is None, f"the command ended before {what} could be killed: {driver.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} to kill appeared in time"
+            victims = processes_under(driver.pid, title_prefix) if ready() else []
+            if victims:
+                os.kill(victims[0], signal.SIGKILL)
+                break
+            time.sleep(0.2)
+        _, stderr = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    return stderr
+

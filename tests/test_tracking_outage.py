@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,18 @@ def test_a_store_unreachable_past_the_limit_fails_naming_it() -> None:
     assert uri in message and "tracking.outage_limit_s = 3 s" in message and "re-run the same command" in message
 
 
+@contextmanager
+def down_for(server: MlflowServer, seconds: float):
+    """The server stopped now and started again ``seconds`` later, while the block runs."""
+    server.stop()
+    restart = threading.Timer(seconds, server.start)
+    restart.start()
+    try:
+        yield
+    finally:
+        restart.join()
+
+
 def test_a_trial_claims_and_gives_up_its_hash_through_an_outage(tmp_path, server) -> None:
     """The claim's reads and writes wait for the server like the trial's others (a sweep in CI
     failed a trial on the claim's first write while the server restarted)."""
@@ -96,24 +109,14 @@ def test_a_trial_claims_and_gives_up_its_hash_through_an_outage(tmp_path, server
     experiment = store.ensure_experiment(server.url, "outage-claims")
     tags = {**claim_tags(), T.STAGE: "pseudo", T.HASH_VERSION: "1", T.CONFIG_HASH: "abc"}
     first = TrialRun(server.url, experiment, "p" * 32, "first", tags, cfg)
-    server.stop()
-    restart = threading.Timer(3.0, server.start)
-    restart.start()
-    try:
+    with down_for(server, 3.0):
         outcome = claim(server.url, experiment, first.run_id, "abc", "pseudo", 1, first.outage)
-    finally:
-        restart.join()
     assert outcome.mine and outcome.winner == first.run_id
     first.finish()
     second = TrialRun(server.url, experiment, "p" * 32, "second", tags, cfg)
-    server.stop()
-    restart = threading.Timer(3.0, server.start)
-    restart.start()
-    try:
+    with down_for(server, 3.0):
         outcome = claim(server.url, experiment, second.run_id, "abc", "pseudo", 1, second.outage)
         second.abandon(outcome.winner)
-    finally:
-        restart.join()
     assert not outcome.mine and outcome.winner == first.run_id
     gone = MlflowClient(tracking_uri=server.url).get_run(second.run_id)
     assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"

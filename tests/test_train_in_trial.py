@@ -12,7 +12,6 @@ in-process Ray, a sqlite MLflow store.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from p2m_core.engine.checkpoint_check import FOLDER_GLOB
 from ray_jobs.train import main as train_main
 from ray_jobs.train_in_trial import STAGING_PREFIX, newest_checkpoint, store_checkpoint
+from tests.services import kill_one_then_finish
 from tests.test_train_ray import CONFIG, data_root, settings, steps_of  # noqa: F401  (data_root: a fixture)
 
 EXPERIMENT = "in-trial-tests"
@@ -127,32 +127,6 @@ def test_a_one_worker_sweep_trial_trains_what_ray_train_trains(tmp_path, data_ro
     assert Path(run.data.tags["p2m.checkpoint.model"]).is_file()
 
 
-def _trial_processes(driver_pid: int) -> list[int]:
-    """PIDs of Tune's function-trainable actors started under ``driver_pid``."""
-    def parent(pid: int) -> int:
-        try:
-            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return 0
-
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if not title.startswith(b"ray::ImplicitFunc"):
-            continue
-        pid = ancestor = int(entry.name)
-        while ancestor > 1 and ancestor != driver_pid:
-            ancestor = parent(ancestor)
-        if ancestor == driver_pid:
-            found.append(pid)
-    return found
-
-
 @pytest.mark.slow
 def test_a_killed_trial_is_restarted_by_tune_and_resumes_from_its_checkpoint(tmp_path, data_root) -> None:
     iters = 40
@@ -162,22 +136,8 @@ def test_a_killed_trial_is_restarted_by_tune_and_resumes_from_its_checkpoint(tmp
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     driver = subprocess.Popen([sys.executable, "-m", "ray_jobs.sweep", str(spec)], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    killed = None
-    try:
-        deadline = time.monotonic() + 240
-        while killed is None:
-            assert driver.poll() is None, f"the sweep ended before its trial could be killed: {driver.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            if list((tmp_path / "runs" / "ray").glob("*/checkpoint_*/state.pt")):
-                trials = _trial_processes(driver.pid)
-                if trials:
-                    killed = trials[0]
-                    os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        _, stderr = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+    checkpointed = lambda: bool(list((tmp_path / "runs" / "ray").glob("*/checkpoint_*/state.pt")))  # noqa: E731
+    stderr = kill_one_then_finish(driver, checkpointed, b"ray::ImplicitFunc", "the trial")  # Tune's function actors
     assert driver.returncode == 0, stderr[-3000:]
     client, run = trial_run(uri)
     assert run.info.status == "FINISHED" and run.data.tags["p2m.resumed"] == "1"

@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from p2m_core.data.synthetic import generate_synthetic
 from ray_jobs.train import main as train_main
+from tests.services import kill_one_then_finish
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "train_tiny.yaml"
@@ -196,32 +197,6 @@ def test_a_two_worker_step_equals_one_worker_on_the_concatenated_batch(tmp_path,
     assert relative < 1e-5, f"2-worker gradient differs from the concatenated batch's by {relative:.2e}"
 
 
-def _train_workers(driver_pid: int) -> list[int]:
-    """PIDs of the Ray Train worker processes started under ``driver_pid``."""
-    def parent(pid: int) -> int:
-        try:
-            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return 0
-
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if not title.startswith(b"ray::RayTrainWorker"):
-            continue
-        pid, ancestor = int(entry.name), int(entry.name)
-        while ancestor > 1 and ancestor != driver_pid:
-            ancestor = parent(ancestor)
-        if ancestor == driver_pid:
-            found.append(pid)
-    return found
-
-
 def test_a_killed_worker_resumes_from_its_checkpoint_and_logs_every_step_once(tmp_path, data_root) -> None:
     iters = 40
     cmd = [sys.executable, "-m", "ray_jobs.train", str(CONFIG),
@@ -229,24 +204,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_logs_every_step_once(tm
     driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)  # fmt: skip
     storage = tmp_path / "runs" / "ray"
-    killed = None
-    try:
-        deadline = time.monotonic() + 240
-        while killed is None:
-            assert driver.poll() is None, f"training ended before a worker could be killed: {driver.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            # two checkpoints on disk: the first is surely registered with Ray (the newest may still be
-            # in its upload, and a kill then restarts from the one before, or from scratch)
-            if len(list(storage.glob("*/checkpoint_*/state.pt"))) >= 2:
-                workers = _train_workers(driver.pid)
-                if workers:
-                    killed = workers[0]
-                    os.kill(killed, signal.SIGKILL)
-            time.sleep(0.2)
-        _, stderr = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+    # two checkpoints on disk: the first is surely registered with Ray (the newest may still be
+    # in its upload, and a kill then restarts from the one before, or from scratch)
+    two = lambda: len(list(storage.glob("*/checkpoint_*/state.pt"))) >= 2  # noqa: E731
+    stderr = kill_one_then_finish(driver, two, b"ray::RayTrainWorker", "a training worker")
     assert driver.returncode == 0, stderr[-3000:]
     client, run = only_run(tmp_path)
     assert run.info.status == "FINISHED"
