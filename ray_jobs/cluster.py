@@ -80,7 +80,7 @@ def connect() -> tuple[float, bool]:
 def node_id() -> str:
     """The Ray node this process runs on (hex id, as ``ray.nodes()`` and the dashboard show it);
     ``''`` outside Ray (a loop run in-process with ``num_workers=0``, a unit test)."""
-    import ray
+    import ray  # as in connect
 
     if not ray.is_initialized():
         return ""
