@@ -9,7 +9,7 @@ worker (:mod:`ray_jobs.train_worker`), so the numbers are the same; only the che
 kept here instead of by Ray Train.
 
 Checkpoints go where Ray Train would put them (``<train.storage_path>/<run>/checkpoint_<date
-and time>``), each folder copied under a staging name and renamed when complete, the newest
+and time>``), each folder written under a staging name and renamed when complete, the newest
 :data:`~ray_jobs.training.CHECKPOINTS_KEPT` kept, each with its manifests
 (:mod:`p2m_core.engine.checkpoint_check`). A failed trial (an error, or its process or node
 lost) resumes from the newest good checkpoint, like a Ray Train group: after an error in this
@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -41,17 +42,19 @@ log = logging.getLogger(__name__)
 
 #: A checkpoint folder's name, as Ray Train names them: the names sort by age.
 FOLDER_NAME = "checkpoint_%Y-%m-%d_%H-%M-%S.%f"
-#: The prefix of a folder being copied; never read as a checkpoint (it does not match FOLDER_GLOB).
+#: The prefix of a folder being written; never read as a checkpoint (it does not match FOLDER_GLOB).
 STAGING_PREFIX = ".staging-"
 
 
-def store_checkpoint(folder: Path, checkpoints: Path, kept: int = CHECKPOINTS_KEPT) -> Path:
-    """Copy a finished checkpoint ``folder`` into ``checkpoints`` (complete or not at all: copied
-    under a staging name, then renamed), and delete all but the newest ``kept``."""
+def store_checkpoint(write: Callable[[Path], None], checkpoints: Path, kept: int = CHECKPOINTS_KEPT) -> Path:
+    """A new checkpoint folder in ``checkpoints``, complete or not at all: ``write`` fills it under
+    a staging name (in place: no second copy of the state), then it is renamed; all but the
+    newest ``kept`` are deleted."""
     checkpoints.mkdir(parents=True, exist_ok=True)
     name = datetime.now().strftime(FOLDER_NAME)
     staging = checkpoints / f"{STAGING_PREFIX}{name}"
-    shutil.copytree(folder, staging)
+    staging.mkdir()
+    write(staging)
     target = checkpoints / name
     os.replace(staging, target)
     for old in sorted(checkpoints.glob(FOLDER_GLOB))[:-kept]:
@@ -71,8 +74,8 @@ class TrialHooks(WorkerHooks):
         super().__init__(run, tracking, cfg)
         self.checkpoints = checkpoints
 
-    def keep(self, iteration: int, metrics: dict[str, float], folder: Path) -> None:
-        store_checkpoint(folder, self.checkpoints)
+    def store(self, iteration: int, metrics: dict[str, float]) -> None:
+        store_checkpoint(self.run.save_state, self.checkpoints)
 
 
 def train_in_trial(plan: TrainPlan, run_id: str) -> dict[str, float]:
@@ -82,15 +85,13 @@ def train_in_trial(plan: TrainPlan, run_id: str) -> dict[str, float]:
     reported (the final evaluation), as :func:`~ray_jobs.training.fit`'s result does."""
     prepare_worker()
     retries = plan.cfg.train.max_failures
-    for attempt in range(retries + 1):
+    for attempt in range(retries):
         try:
             return _train_once(plan, run_id)
         except Exception as exc:
-            if attempt == retries:
-                raise
             log.warning("training failed (%s: %s); starting again from the last checkpoint (%d of train.max_failures = %d)",
                         type(exc).__name__, exc, attempt + 1, retries)  # fmt: skip
-    raise AssertionError("unreachable")
+    return _train_once(plan, run_id)  # the last attempt: its error is the trial's
 
 
 def _train_once(plan: TrainPlan, run_id: str) -> dict[str, float]:

@@ -100,15 +100,16 @@ class WorkerHooks(RunHooks):
             # whose steps are not in the store, or a resume from it would never log them
             self.log_steps()
             self.tracking.flush()
-        with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
-            self.run.save_state(folder)
-            self.keep(iteration, metrics, Path(folder))
+        self.store(iteration, metrics)
         self.reported = {"iteration": iteration, **metrics}
 
-    def keep(self, iteration: int, metrics: dict[str, float], folder: Path) -> None:
-        """Hand the checkpoint in ``folder`` (deleted afterwards) to Ray Train, which copies it to
-        the run's storage; every worker reports it (``ray.train.report`` is a barrier)."""
-        ray.train.report({"iteration": iteration, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+    def store(self, iteration: int, metrics: dict[str, float]) -> None:
+        """Write this worker's part of the checkpoint to a temporary folder and hand it to Ray
+        Train, which copies it to the run's storage; every worker reports it
+        (``ray.train.report`` is a barrier)."""
+        with tempfile.TemporaryDirectory(prefix="p2m-ckpt-") as folder:
+            self.run.save_state(folder)
+            ray.train.report({"iteration": iteration, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def agreed_checkpoint(handed: Path, checkpoints: str, rank: int, world_size: int) -> Choice:

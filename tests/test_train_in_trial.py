@@ -31,13 +31,11 @@ EXPERIMENT = "in-trial-tests"
 
 
 def test_checkpoints_are_stored_whole_and_only_the_newest_kept(tmp_path) -> None:
-    source = tmp_path / "written"
-    source.mkdir()
     checkpoints = tmp_path / "run"
     stored = []
     for iteration in range(4):
-        (source / "state.pt").write_bytes(bytes([iteration]) * 100)
-        stored.append(store_checkpoint(source, checkpoints, kept=2))
+        stored.append(store_checkpoint(lambda folder: (folder / "state.pt").write_bytes(bytes([iteration]) * 100),
+                                       checkpoints, kept=2))  # fmt: skip
         time.sleep(0.01)  # folder names carry the time to the microsecond
     kept = sorted(checkpoints.glob(FOLDER_GLOB))
     assert kept == stored[-2:] and newest_checkpoint(checkpoints) == stored[-1]
