@@ -13,6 +13,10 @@ the same files), so the ratio is what a user waits for:
   set-up, ``ray.init`` in-process, Tune with ``reuse_actors``, one MLflow child run per trial
   with params, metrics and artifacts (1 CPU and 1 torch thread per trial, as many trials at
   once as there are cores);
+- **local**: the same sweep command with ``--executor local``: the trials one after another in
+  the command's process, without Ray (torch uses every core, as in the plain loop); once on a
+  fresh store and once on a store whose schema exists (MLflow creates a new sqlite store's
+  schema in ~1.6 s, which a researcher's second sweep into the same store does not pay);
 - ``--before REV``: the same sweep command run from a checkout of the git revision ``REV``
   (a temporary worktree), alternating with the others: before and after in one run;
 - ``--attached``: the same sweep attached (``RAY_ADDRESS``) to a local Ray head started before
@@ -37,6 +41,7 @@ instead of 8 s beside a second busy process).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -69,6 +74,12 @@ out = Path(sys.argv[2])
 for t in trials:
     run_pseudo_stage(t.config, out / t.config_hash)
 print(len(trials))
+"""
+
+CREATE_STORE = """
+import sys
+from mlflow.tracking import MlflowClient
+MlflowClient(tracking_uri=sys.argv[1]).search_experiments()
 """
 
 RAY_TRAIN_FLOOR = """
@@ -191,13 +202,17 @@ def local_head(folder: Path, cpus: int) -> Iterator[str]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def sweep_side(label: str, tmp: Path, spec: Path, env: dict[str, str], code: Path) -> Callable[[int], dict[str, float]]:
-    """One repeat of the sweep command run from ``code`` (a checkout), on a fresh store."""
+def sweep_side(label: str, tmp: Path, spec: Path, env: dict[str, str], code: Path,
+               flags: tuple[str, ...] = (), existing_store: bool = False) -> Callable[[int], dict[str, float]]:  # fmt: skip
+    """One repeat of the sweep command (with ``flags``) run from ``code`` (a checkout), on a fresh
+    store; ``existing_store``: a store whose schema MLflow created before the command (untimed)."""
 
     def run(repeat: int) -> dict[str, float]:
         uri = f"sqlite:///{tmp / f'{label}-{repeat}.db'}"
         side_env = {**env, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(code)}
-        seconds, log = timed([sys.executable, "-m", "ray_jobs.sweep", str(spec)], side_env, code)
+        if existing_store:
+            subprocess.run([sys.executable, "-c", CREATE_STORE, uri], env=side_env, cwd=code, check=True)
+        seconds, log = timed([sys.executable, "-m", "ray_jobs.sweep", str(spec), *flags], side_env, code)
         match = re.search(r"Ray (?:started in-process|attached) in ([0-9.]+) s", log)
         trial, outside, first = trial_costs(uri)
         return {"wall": seconds, "init": float(match.group(1)) if match else float("nan"), "trial": trial,
@@ -281,6 +296,10 @@ def main() -> int:
             if before_code is not None:
                 sides[f"sweep, in-process Ray, before ({args.before})"] = sweep_side("before", tmp, spec, env, before_code)
             sides["sweep, in-process Ray, now"] = sweep_side("now", tmp, spec, env, REPO)
+            local = ("--executor", "local")
+            sides["sweep in the command's process (--executor local), now"] = sweep_side("local", tmp, spec, env, REPO, local)
+            sides["the same, into a store that exists (its MLflow schema made before)"] = sweep_side(
+                "local-existing", tmp, spec, env, REPO, local, existing_store=True)
             if args.attached:
                 sides["sweep attached to a running local head, now"] = attached_side(tmp, spec, env, cpus)
             if args.train and before_code is not None:
@@ -318,7 +337,9 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace,
         if name.startswith("plain"):
             print(f"| {name} | {wall:.1f} s | 1.00x | | | | |")
             continue
-        print(f"| {name} | {wall:.1f} s | **{wall / plain:.2f}x** | {med(name, 'init'):.1f} s | {med(name, 'trial'):.2f} s "
+        init = med(name, "init")
+        init_cell = "" if math.isnan(init) else f"{init:.1f} s"  # no Ray started by --executor local
+        print(f"| {name} | {wall:.1f} s | **{wall / plain:.2f}x** | {init_cell} | {med(name, 'trial'):.2f} s "
               f"| {med(name, 'outside'):.2f} s / {med(name, 'first'):.2f} s | {(wall - plain) / n:.2f} s |")  # fmt: skip
     training = [name for name in results if name.startswith("training")]
     if training:

@@ -10,7 +10,11 @@
 - :mod:`ray_jobs.plan`                    a sweep's trials and its place in MLflow (resume);
 - :mod:`ray_jobs.tuning`                  a plan's missing trials on Ray Tune;
 - :mod:`ray_jobs.trial`                   the Tune trials (pseudo stage; training: launches a TorchTrainer);
-- :mod:`ray_jobs.tune_progress`           one console line per finished trial;
+- :mod:`ray_jobs.pseudo_trial`            one pseudo-stage trial, with no Ray in it (both executors run it);
+- :mod:`ray_jobs.local_sweep`             ``--executor local``: a pseudo sweep's trials in the command's process;
+- :mod:`ray_jobs.executors`               the executors and which sweeps each can run;
+- :mod:`ray_jobs.trial_lines`             one console line per finished trial, and the counts;
+- :mod:`ray_jobs.tune_progress`           Tune's trial events as those lines;
 - :mod:`ray_jobs.train_progress`          progress lines of training runs, read from MLflow;
 - :mod:`ray_jobs.sweep_table`             the table attached to a sweep run when it ends;
 - :mod:`ray_jobs.worker_setup`            what every Ray worker does first (logging, threads, MLflow retries);

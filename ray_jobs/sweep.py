@@ -1,7 +1,8 @@
 """Run sweep specs as Ray Tune grids, one MLflow child run per trial.
 
     python -m ray_jobs.sweep SPEC [SPEC ...] [--set KEY=VALUE ...] [--seeds S,S] [--resume]
-                             [--max-concurrent N] [--storage-path DIR] [--dry-run] [--quiet]
+                             [--max-concurrent N] [--storage-path DIR] [--executor ray|local]
+                             [--dry-run] [--quiet]
     python -m ray_jobs.sweep --base CONFIG --grid KEY=V1,V2 [--grid ...] --name NAME
                              [--stage pseudo|train] [--seeds S,S] [--save-spec FILE] [...]
 
@@ -15,6 +16,10 @@ marks that run's orphaned RUNNING children KILLED; and skips every trial whose c
 already has a FINISHED run in the experiment. Only the remaining trials go to Ray Tune
 (``ray.init`` in-process, or the cluster named by ``RAY_ADDRESS``), with ``reuse_actors`` on:
 a fresh actor per short trial would triple its cost.
+
+``--executor local`` runs a pseudo sweep's trials one after another in this process instead,
+without Ray (:mod:`ray_jobs.local_sweep`): the same runs in the same store, for short sweeps
+on one machine, where starting Ray costs as much as the trials.
 
 So an interrupted sweep is completed by running the same command again (``--resume`` says so
 explicitly), and a finished one runs nothing. Exit status: 0 when every trial finished, 1 when
@@ -39,6 +44,7 @@ from p2m_core.tracking.ui import LOCAL_UI, experiment_url, ui_command
 from ray_jobs import stop
 from ray_jobs.stop import exit_process
 from ray_jobs.cluster import connect, shutdown
+from ray_jobs.executors import EXECUTORS, LOCAL, check_executor
 from ray_jobs.grid_flags import save_spec, spec_from_flags, spec_mapping
 from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep
 from ray_jobs.sweep_table import attach_table
@@ -83,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="complete an interrupted sweep (re-running does the same: finished trials are never re-run)")
     parser.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once (default: as many as the resources allow)")
     parser.add_argument("--storage-path", default=None, help="Ray Tune's own results folder (default ~/ray_results; shared storage on multi-node clusters)")
+    parser.add_argument("--executor", default="ray", choices=EXECUTORS,
+                        help="ray: trials as Ray Tune trials (default); local: a pseudo sweep's trials one after another "
+                        "in this process, without Ray (short sweeps on one machine; ray_jobs/local_sweep.py)")
     parser.add_argument("--dry-run", action="store_true", help="check the specs and show what would run, without starting Ray")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -113,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plans = [plan_sweep(path, args.overrides, seeds, args.experiment) for path in args.specs]
         else:
             raise P2MInputError("nothing to run: give sweep spec files, or --base CONFIG --grid KEY=V1,V2 ... --name NAME")
+        for plan in plans:
+            check_executor(plan, args.executor)
         for uri in dict.fromkeys(p.tracking_uri for p in plans):
             store.check_reachable(uri)
     except P2MInputError as exc:
@@ -121,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Nothing can be finished in a store that does not exist yet: then Ray is needed for sure
     # and starts while MLflow sets up (each takes seconds). Otherwise MLflow goes first, so a
     # finished sweep never starts Ray.
-    overlap = not args.dry_run and all(is_new_store(p.tracking_uri) for p in plans)
+    # Run locally (no Ray), MLflow goes first too: importing torch on a thread beside it made the
+    # two slower than one after the other (the GIL; docs/BENCHMARKS.md).
+    overlap = args.executor != LOCAL and not args.dry_run and all(is_new_store(p.tracking_uri) for p in plans)
     ray_started: tuple[float, bool] | None = None
     try:
         if overlap:
@@ -129,7 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pending = pool.submit(prepare_tracking, plans, quiet, args.resume)
                 ray_started = connect()
                 importlib.import_module("ray.tune")  # 0.6 s of imports run_plan needs, while MLflow sets up
-
                 pending.result()
         else:
             prepare_tracking(plans, quiet, args.resume)
@@ -196,7 +208,12 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
     try:
         for plan in plans:
             finished = failed = 0
-            if plan.todo:
+            if plan.todo and args.executor == LOCAL:
+                from ray_jobs.local_sweep import run_plan_locally  # torch's imports: only when trials run here
+
+                finished, failed, lines = run_plan_locally(plan, quiet)
+                errors.extend(f"[{plan.spec.name}] {line}" for line in lines)
+            elif plan.todo:
                 if not started:
                     seconds, attached = connect()
                     started = True

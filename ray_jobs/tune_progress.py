@@ -1,21 +1,14 @@
-"""One console line per finished or failed trial, in place of Ray Tune's status table.
-
-Tune's table reprints every trial every few seconds; a sweep of short trials wants one line
-per trial with the number that matters (PQ) and the time it took.
-"""
+"""Ray Tune's events of a sweep as :class:`~ray_jobs.trial_lines.TrialLines`: one console line
+per finished, failed or lost trial, in place of Tune's status table."""
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from ray import tune
 
-#: The result key of a trial whose own code failed (:func:`ray_jobs.trial.report_failure`): the
-#: error, reported instead of raised so that Tune does not run the trial again.
-FAILED_KEY = "p2m_error"
+from ray_jobs.trial_lines import TrialLines
 
 
 class TrialProgress(tune.Callback):
@@ -26,41 +19,33 @@ class TrialProgress(tune.Callback):
     """
 
     def __init__(self, name: str, trials: Sequence[Any], expected: int, quiet: bool = False) -> None:
-        self.name, self.trials, self.expected, self.quiet = name, trials, expected, quiet
-        self.finished = 0
-        self.failed = 0
-        self.errors: list[str] = []
-        self.start = time.perf_counter()
+        self.trials = trials
+        self.lines = TrialLines(name, expected, quiet)
 
-    def _say(self, status: str, detail: str) -> None:
-        if not self.quiet:
-            done = self.finished + self.failed
-            elapsed = time.perf_counter() - self.start
-            print(f"[{self.name}] {done}/{self.expected} {status} {detail} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+    @property
+    def finished(self) -> int:
+        return self.lines.finished
+
+    @property
+    def failed(self) -> int:
+        return self.lines.failed
+
+    @property
+    def errors(self) -> list[str]:
+        return self.lines.errors
 
     def _name(self, tune_trial: Any) -> str:
         return self.trials[int(tune_trial.config["trial"])].run_name
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        if FAILED_KEY in result:
-            self._failed(trial, str(result[FAILED_KEY]))
-            return
-        self.finished += 1
-        pq, seconds = result.get("PQ", float("nan")), result.get("trial_seconds", float("nan"))
-        self._say("done", f"{self._name(trial)}: PQ {pq:.2f} in {seconds:.1f} s")
+        self.lines.ended(self._name(trial), trial.last_result or {})
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Tune runs a trial again whose process was lost (its node died; Ray's memory monitor)."""
-        self._say("lost", f"{self._name(trial)}: {_summary(trial)}; running it again")
+        self.lines.say("lost", f"{self._name(trial)}: {_summary(trial)}; running it again")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._failed(trial, _summary(trial))
-
-    def _failed(self, trial: Any, summary: str) -> None:
-        self.failed += 1
-        self.errors.append(f"{self._name(trial)}: {summary}")
-        self._say("FAILED", f"{self._name(trial)}: {summary}")
+        self.lines.failed_with(self._name(trial), _summary(trial))
 
 
 def _summary(trial: Any) -> str:

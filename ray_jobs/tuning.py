@@ -8,7 +8,6 @@ without Ray Tune's second of imports).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 
@@ -16,13 +15,15 @@ import ray
 from ray import tune
 
 from p2m_core.errors import P2MInputError
+from p2m_core.tracking import store
 from p2m_core.tracking import tags as T
 from ray_jobs.cluster import check_fits
-from ray_jobs.plan import SweepPlan, sweep_tags
-from ray_jobs.stop import owner_id
+from ray_jobs.executors import RAY
+from ray_jobs.plan import SweepPlan
+from ray_jobs.pseudo_trial import sweep_context
 from ray_jobs.train_progress import SweepProgress
 from ray_jobs.training import trains_in_trial
-from ray_jobs.trial import SweepContext, run_train_trial, run_trial
+from ray_jobs.trial import run_train_trial, run_trial
 from ray_jobs.tune_progress import TrialProgress
 
 
@@ -57,11 +58,8 @@ def run_plan(plan: SweepPlan, max_concurrent: int | None, storage_path: str | No
     workers = max(t.config.train.workers for t in todo) if training else 1
     need = {k: v * workers for k, v in resources.items()}
     check_fits(need, attached, plan.spec.where)
-    context = SweepContext(
-        plan.tracking_uri, plan.experiment_id, plan.parent_run_id,
-        {**sweep_tags(plan), T.SWEEP_HASH: plan.sweep_hash, T.OWNER: owner_id()}, tuple(plan.trials),
-        launch_dir=os.getcwd(), worker_resources=training_worker_resources(resources, workers) if training else None,
-    )
+    context = sweep_context(plan, RAY, training_worker_resources(resources, workers) if training else None)
+    store.set_tags(plan.tracking_uri, plan.parent_run_id, {T.EXECUTOR: RAY})
     progress = TrialProgress(plan.spec.name, plan.trials, len(todo), quiet)
     retries = LOST_TRIAL_RETRIES
     if training:

@@ -233,3 +233,42 @@ def test_compare_picks_the_latest_two_and_names_what_it_cannot_find(ran, copies,
     assert code == 2 and "--runs: no run 'nope'" in err
     code, _, err = compare_cli(ran, "--experiment", "my-experiment-again", capsys=capsys)
     assert code == 2 and "1 sweep run(s) of spec 'my_axis', two are needed" in err
+
+
+# ----------------------------------------------------------------------- --executor local
+
+IN_PROCESS = "import sys; from ray_jobs.sweep import main; code = main(sys.argv[1:]); print('ray' in sys.modules); sys.exit(code)"
+
+
+def test_the_same_sweep_in_the_commands_process_without_ray(ran, copies, capsys):
+    """``--executor local`` computes the spec's trials in the command's process, without Ray: the
+    same numbers as the Tune trials (compare: every setting identical), the same records."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ran["uri"], "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(ran["spec"]), "--experiment", "my-experiment-local",
+                           "--executor", "local"], cwd=ran["root"], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["False"]  # Ray never imported
+    assert f"[{NAME}] 8 trials (4 settings x 2 seeds): 0 already finished, 8 to run" in proc.stderr
+    assert f"[{NAME}] 8/8 done" in proc.stderr and "Ray started" not in proc.stderr
+    client = ran["client"]
+    experiment = client.get_experiment_by_name("my-experiment-local").experiment_id
+    (local,) = client.search_runs([experiment], "tags.`p2m.kind` = 'sweep'")
+    assert local.data.tags["p2m.executor"] == "local" and local.data.metrics["trials_finished"] == 8
+    trials = client.search_runs([experiment], "tags.`p2m.kind` = 'trial'")
+    assert len(trials) == 8 and {r.info.status for r in trials} == {"FINISHED"}
+    assert {r.data.tags["p2m.executor"] for r in trials} == {"local"} and {r.data.tags["p2m.ray_node"] for r in trials} == {""}
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {local.info.run_id}
+    assert [f.path for f in client.list_artifacts(local.info.run_id) if f.path.startswith("table")] == ["table.csv", "table.md"]
+    assert client.get_run(copies["original"]).data.tags["p2m.executor"] == "ray"
+    code, out, err = compare_cli(ran, "--runs", copies["original"], local.info.run_id, "--fail-if-moved", capsys=capsys)
+    assert code == 0 and "0 of 4 settings moved, 4 identical" in err, out + err
+
+
+def test_a_training_sweep_is_refused_by_the_local_executor(tmp_path):
+    generate_synthetic(tmp_path / "data", num_train=4, num_val=1, num_test=1, size=64, seed=0, progress=False)
+    proc = sweep("--base", str(REPO / "experiments" / "train_tiny.yaml"), "--grid", "pseudo.beta=1,2", "--stage", "train",
+                 "--name", "x", "--executor", "local", "--set", f"data.root={tmp_path / 'data'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "sweep 'x' from the command line: --executor local runs stage 'pseudo' sweeps only" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()

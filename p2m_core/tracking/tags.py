@@ -27,6 +27,7 @@ RESUMED_FROM = "p2m.resumed_from"  # the checkpoint folder a training run's work
 DAMAGED_CHECKPOINT = "p2m.damaged_checkpoint"  # damaged checkpoint files passed over on resume, one a line
 WORKER_NODES = "p2m.worker_nodes"  # a training run's Ray node ids by rank, comma-separated (its latest worker group)
 RAY_NODE = "p2m.ray_node"  # the Ray node id of the process that ran a trial
+EXECUTOR = "p2m.executor"  # how a sweep ran its trials: ray (Ray Tune) or local (in the command's process)
 CHECKPOINT_PREFIX = "p2m.checkpoint."  # p2m.checkpoint.ray, p2m.checkpoint.model: where they are
 PARENT_RUN_ID = "mlflow.parentRunId"
 SOURCE_NAME = "mlflow.source.name"  # MLflow's own: the UI's "Source" column (provenance.source_tags)
