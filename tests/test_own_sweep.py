@@ -1,7 +1,8 @@
 """A researcher's own sweep, end to end: a spec written here (not one of experiments/sweeps/),
 run by ``python -m ray_jobs.sweep`` (Ray in-process, a sqlite store), rendered by
 ``analysis.tables`` in every format and plotted by ``analysis.plots``, without a Python edit;
-then the same sweep described with ``--grid`` flags.
+then the same sweep described with ``--grid`` flags; two more runs of it, in the command's
+process (``--executor local``), compared with ``analysis.compare``.
 """
 
 from __future__ import annotations
@@ -164,14 +165,25 @@ def test_bad_flags_are_refused_before_ray(tmp_path):
 # ------------------------------------------------------------------------------------ compare
 
 
+#: A sweep command run in this test's own interpreter, saying at the end whether Ray was imported.
+IN_PROCESS = "import sys; from ray_jobs.sweep import main; code = main(sys.argv[1:]); print('ray' in sys.modules); sys.exit(code)"
+
+
 @pytest.fixture(scope="module")
 def copies(ran) -> dict:
-    """Two more sweeps of the same spec: unchanged into another experiment (recomputed there),
-    and with one real change of the base config (much noisier semantic maps)."""
-    same = sweep(str(ran["spec"]), "--experiment", "my-experiment-again", cwd=ran["root"])
+    """Two more sweeps of the same spec, both with ``--executor local`` (in the command's process,
+    without Ray): unchanged into another experiment (recomputed there), and with one real change
+    of the base config (much noisier semantic maps). Comparing the first with the original, a
+    Tune sweep, checks the two executors too."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ran["uri"], "PYTHONPATH": str(REPO)}
+    same = subprocess.run([sys.executable, "-c", IN_PROCESS, str(ran["spec"]), "--experiment", "my-experiment-again",
+                           "--executor", "local"], cwd=ran["root"], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)  # fmt: skip
     assert same.returncode == 0, same.stderr[-3000:]
+    assert same.stdout.split() == ["False"]  # Ray never imported
     assert f"[{NAME}] 8 trials (4 settings x 2 seeds): 0 already finished, 8 to run" in same.stderr
-    changed = sweep(str(ran["spec"]), "--set", "ablation.corruption.semantic_noise_std=1.0", cwd=ran["root"])
+    assert f"[{NAME}] 8/8 done" in same.stderr and "Ray started" not in same.stderr
+    changed = sweep(str(ran["spec"]), "--set", "ablation.corruption.semantic_noise_std=1.0", "--executor", "local", cwd=ran["root"])
     assert changed.returncode == 0, changed.stderr[-3000:]
     ids = {}
     for r in ran["client"].search_runs(
@@ -190,6 +202,7 @@ def compare_cli(ran: dict, *args: str, capsys) -> tuple[int, str, str]:
 
 
 def test_an_unchanged_sweep_compares_identical(ran, copies, capsys):
+    """The original ran as Ray Tune trials, the copy in the command's process: the same numbers."""
     code, out, err = compare_cli(ran, "--runs", copies["original"], copies["same"], "--fail-if-moved", capsys=capsys)
     assert code == 0, err
     assert "0 of 4 settings moved, 4 identical" in err
@@ -237,32 +250,24 @@ def test_compare_picks_the_latest_two_and_names_what_it_cannot_find(ran, copies,
 
 # ----------------------------------------------------------------------- --executor local
 
-IN_PROCESS = "import sys; from ray_jobs.sweep import main; code = main(sys.argv[1:]); print('ray' in sys.modules); sys.exit(code)"
 
-
-def test_the_same_sweep_in_the_commands_process_without_ray(ran, copies, capsys):
-    """``--executor local`` computes the spec's trials in the command's process, without Ray: the
-    same numbers as the Tune trials (compare: every setting identical), the same records."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ran["uri"], "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(ran["spec"]), "--experiment", "my-experiment-local",
-                           "--executor", "local"], cwd=ran["root"], env=env, capture_output=True, text=True, timeout=600,
-                          check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["False"]  # Ray never imported
-    assert f"[{NAME}] 8 trials (4 settings x 2 seeds): 0 already finished, 8 to run" in proc.stderr
-    assert f"[{NAME}] 8/8 done" in proc.stderr and "Ray started" not in proc.stderr
+def test_a_sweep_run_in_the_commands_process_is_recorded_as_a_tune_sweep_is(ran, copies):
+    """``--executor local`` (the copies) computes the trials in the command's process: the same
+    records as the Tune trials, marked by their executor (the numbers: the compare tests above)."""
     client = ran["client"]
-    experiment = client.get_experiment_by_name("my-experiment-local").experiment_id
-    (local,) = client.search_runs([experiment], "tags.`p2m.kind` = 'sweep'")
+    experiment = client.get_experiment_by_name("my-experiment-again").experiment_id
+    local = client.get_run(copies["same"])
     assert local.data.tags["p2m.executor"] == "local" and local.data.metrics["trials_finished"] == 8
     trials = client.search_runs([experiment], "tags.`p2m.kind` = 'trial'")
     assert len(trials) == 8 and {r.info.status for r in trials} == {"FINISHED"}
     assert {r.data.tags["p2m.executor"] for r in trials} == {"local"} and {r.data.tags["p2m.ray_node"] for r in trials} == {""}
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {local.info.run_id}
     assert [f.path for f in client.list_artifacts(local.info.run_id) if f.path.startswith("table")] == ["table.csv", "table.md"]
-    assert client.get_run(copies["original"]).data.tags["p2m.executor"] == "ray"
-    code, out, err = compare_cli(ran, "--runs", copies["original"], local.info.run_id, "--fail-if-moved", capsys=capsys)
-    assert code == 0 and "0 of 4 settings moved, 4 identical" in err, out + err
+    on_ray = client.get_run(copies["original"])
+    assert on_ray.data.tags["p2m.executor"] == "ray"
+    ray_trials = client.search_runs([on_ray.info.experiment_id], f"tags.`mlflow.parentRunId` = '{on_ray.info.run_id}'")
+    assert {r.data.tags["p2m.ray_node"] for r in ray_trials} != {""}
+    assert {frozenset(r.data.params) for r in trials} == {frozenset(r.data.params) for r in ray_trials}
 
 
 def test_a_training_sweep_is_refused_by_the_local_executor(tmp_path):

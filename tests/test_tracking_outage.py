@@ -169,17 +169,17 @@ def outage_after(server: MlflowServer, step: int, down_s: float | None, window: 
 
 @pytest.mark.slow
 def test_training_goes_on_through_an_outage_and_logs_every_step_once(tmp_path, server, data_root) -> None:
-    iters = 120
+    iters = 60
     window: dict[str, float] = {}
     watcher = outage_after(server, 10, OUTAGE_S, window)
-    code = train_main(train_args(data_root, tmp_path, server.url, f"train.iters={iters}", "train.eval_every=60"))
+    code = train_main(train_args(data_root, tmp_path, server.url, f"train.iters={iters}", "train.eval_every=30"))
     watcher.join(timeout=120)
     assert code == 0 and "started" in window, window
     client, run = the_run(server.url)
     assert run.info.status == "FINISHED"
     assert steps(server.url, run.info.run_id, STEP_KEY) == list(range(1, iters + 1))
     assert steps(server.url, run.info.run_id, "lr") == list(range(1, iters + 1))
-    assert steps(server.url, run.info.run_id, "PQ") == [60, iters]
+    assert steps(server.url, run.info.run_id, "PQ") == [30, iters]
     assert steps(server.url, run.info.run_id, "test/PQ") == [iters]
     # steps were computed (and queued) while the server was down
     during = [m.step for m in client.get_metric_history(run.info.run_id, STEP_KEY)

@@ -218,8 +218,11 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_logs_every_step_once(tm
     assert Path(run.data.tags["p2m.checkpoint.model"]).is_file()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing"])  # changed bytes: tests/test_checkpoint_check.py
-def test_a_damaged_latest_checkpoint_is_passed_over_for_the_previous_good_one(tmp_path, data_root, damage, capsys) -> None:
+# One damage end to end, the one only several workers have: rank 1's file of the newest checkpoint
+# gone, which rank 0 must notice. A truncated file, changed bytes and an unreadable file are
+# named by the same check (tests/test_checkpoint_check.py, without Ray: each such run here took
+# a minute of the suite).
+def test_a_damaged_latest_checkpoint_is_passed_over_for_the_previous_good_one(tmp_path, data_root, capsys) -> None:
     iters = 6
     args = [str(CONFIG), "--num-workers", "2", "--quiet",
             *settings(data_root, tmp_path, f"train.iters={iters}", "train.checkpoint_every=2")]  # fmt: skip
@@ -228,12 +231,8 @@ def test_a_damaged_latest_checkpoint_is_passed_over_for_the_previous_good_one(tm
     # the launcher "was killed" after its last checkpoint: the run is unfinished, Ray keeps 4 and 6
     client.set_terminated(run.info.run_id, status="KILLED")
     previous, latest = sorted(p for p in Path(run.data.tags["p2m.checkpoint.ray"]).glob("checkpoint_*") if p.is_dir())
-    if damage == "truncated":
-        bad = latest / "state.pt"
-        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    else:
-        bad = latest / "rng-rank1.pt"  # rank 1's part: rank 0 checks every worker's files
-        bad.unlink()
+    bad = latest / "rng-rank1.pt"  # rank 1's part: rank 0 checks every worker's files
+    bad.unlink()
     capsys.readouterr()
     assert train_main(args) == 0
     assert f"warning: damaged checkpoint file {bad}: " in capsys.readouterr().err
