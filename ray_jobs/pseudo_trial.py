@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,14 @@ def trial_tags(context: SweepContext, trial: Trial, node: str) -> dict[str, str]
     }
 
 
+def earlier_attempt(context: SweepContext, trial: Trial) -> Callable[[Any], bool]:
+    """Whether a run is an earlier attempt of ``trial`` by this sweep's driver: Ray Tune runs a
+    trial again only once its process was lost, so such a run still RUNNING is dead."""
+    owner, parent = context.tags[T.OWNER], context.parent_run_id
+    return lambda run: (run.data.tags.get(T.OWNER) == owner and run.data.tags.get(T.PARENT_RUN_ID) == parent
+                        and run.info.run_name == trial.run_name)  # fmt: skip
+
+
 def failure_result(exc: BaseException, start: float) -> dict[str, Any]:
     """The result of a trial whose own code failed (module docstring)."""
     return {FAILED_KEY: f"{type(exc).__name__}: {exc}", "trial_seconds": time.perf_counter() - start}
@@ -89,7 +98,7 @@ def run_pseudo_trial(context: SweepContext, trial: Trial, node: str = "") -> dic
     try:
         with heartbeat(context.tracking_uri, run.run_id):
             outcome = claim(context.tracking_uri, context.experiment_id, run.run_id, trial.config_hash, context.tags[T.STAGE],
-                            HASH_VERSION, run.outage)
+                            HASH_VERSION, run.outage, earlier_attempt(context, trial))
             if not outcome.mine:
                 run.abandon(outcome.winner)
                 log.info("trial %s (%s): computed by run %s; not computed here", trial.index, trial.run_name, outcome.winner)

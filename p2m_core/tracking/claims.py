@@ -68,10 +68,15 @@ def is_stale(run: Any, now: float | None = None) -> bool:
     return (now if now is not None else time.time()) - last > stale_after()
 
 
-def expire(uri: str, run: Any) -> None:
-    """End a stale run KILLED, saying why."""
+#: Why a claim ended that an earlier attempt of the same trial held (:func:`claim`'s ``earlier_attempt``).
+EARLIER_ATTEMPT = "an earlier attempt of this trial, whose process was lost: Ray Tune ran it again"
+
+
+def expire(uri: str, run: Any, why: str = "") -> None:
+    """End a dead claim's run KILLED, saying why (default: its heartbeat stopped)."""
     mlflow_client = client(uri)
-    mlflow_client.set_tag(run.info.run_id, T.END_REASON, f"{T.REASON_STALE} (no heartbeat for {stale_after():.0f} s)")
+    why = why or f"no heartbeat for {stale_after():.0f} s"
+    mlflow_client.set_tag(run.info.run_id, T.END_REASON, f"{T.REASON_STALE} ({why})")
     mlflow_client.set_terminated(run.info.run_id, status="KILLED")
 
 
@@ -123,9 +128,11 @@ def _ticket(run: Any) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _peers(uri: str, experiment_id: str, run_id: str, config_hash: str, stage: str, hash_version: int) -> tuple[list[Any], str]:
-    """The other live claims of the hash, and a FINISHED run of it ('' when none); stale ones are
-    expired. Safe to repeat after a broken connection: expiring a run twice changes nothing."""
+def _peers(uri: str, experiment_id: str, run_id: str, config_hash: str, stage: str, hash_version: int,
+           earlier_attempt: Callable[[Any], bool] | None = None) -> tuple[list[Any], str]:  # fmt: skip
+    """The other live claims of the hash, and a FINISHED run of it ('' when none); stale ones and
+    earlier attempts of this trial are expired. Safe to repeat after a broken connection:
+    expiring a run twice changes nothing."""
     query = (
         f"tags.`{T.KIND}` = '{T.KIND_TRIAL}' and tags.`{T.STAGE}` = '{stage}' and tags.`{T.HASH_VERSION}` = '{hash_version}' "
         f"and tags.`{T.CONFIG_HASH}` = '{config_hash}'"
@@ -139,21 +146,29 @@ def _peers(uri: str, experiment_id: str, run_id: str, config_hash: str, stage: s
         elif run.info.status == "RUNNING":
             if is_stale(run, now):
                 expire(uri, run)
+            elif earlier_attempt is not None and earlier_attempt(run):
+                expire(uri, run, EARLIER_ATTEMPT)
             else:
                 live.append(run)
     return live, finished
 
 
 def claim(
-    uri: str, experiment_id: str, run_id: str, config_hash: str, stage: str, hash_version: int, outage: Outage | None = None
+    uri: str, experiment_id: str, run_id: str, config_hash: str, stage: str, hash_version: int, outage: Outage | None = None,
+    earlier_attempt: Callable[[Any], bool] | None = None,
 ) -> Claim:
     """Take part in the bakery for ``config_hash`` until this run may compute it, or another run
     of it FINISHED (module docstring). Blocks while another live claim goes first.
 
     With ``outage`` (the trial run's), every read and write waits through a tracking server that
-    is down, up to its limit, like the trial's other calls; without it, the first failure raises."""
+    is down, up to its limit, like the trial's other calls; without it, the first failure raises.
+
+    ``earlier_attempt`` tells a RUNNING run of the hash that was an earlier attempt of this very
+    trial (the same driver's run of the same trial): one attempt runs at a time, so that one's
+    process is gone, and its claim is expired at once rather than after :func:`stale_after` s
+    without a heartbeat (its heartbeat thread may have died only a moment ago, with its node)."""
     call: Callable[[Callable[[], Any]], Any] = outage.call if outage is not None else (lambda fn: fn())
-    key = (uri, experiment_id, run_id, config_hash, stage, hash_version)
+    key = (uri, experiment_id, run_id, config_hash, stage, hash_version, earlier_attempt)
     live, finished = call(lambda: _peers(*key))
     if finished:
         return Claim(finished, False)
