@@ -68,13 +68,16 @@ class OpenRuns:
         return len(self._runs)
 
     def end_all(self, reason: str) -> None:
-        """End every run KILLED with ``reason``: the trials this process opened first, then their parent."""
+        """End every run KILLED with ``reason``: each parent first (the sweep run, the record a
+        user reads), then the trials this process opened under it. When the store is slow and
+        the time runs out (:data:`STOP_BUDGET_S`), what is left is trial runs, which the next
+        run of the same command ends."""
         with self._lock:
             runs = dict(self._runs)
         for run_id, (uri, experiment_id) in runs.items():
+            kill_runs(uri, [run_id], reason)
             if experiment_id:
                 kill_runs(uri, running_children(uri, experiment_id, run_id, owner_id()), reason)
-            kill_runs(uri, [run_id], reason)
             self.discard(run_id)
 
 
