@@ -112,7 +112,10 @@ def runs(uri: str, kind: str, view=ViewType.ACTIVE_ONLY) -> list:
 def test_a_stopped_sweep_job_ends_killed_and_resubmitting_completes_it(tmp_path, slow_val_root, ray_head_url):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert runs(uri, "trial") == []  # the schema exists before the job and this test read it at once
-    spec = write_spec(tmp_path, slow_val_root, ["equal_division", "nearest_point", "nearest_centroid"], [0, 1])
+    # 9 trials, one at a time: once two have finished, seven are left, so the stop reaches a sweep
+    # that is still computing (with 6, the last trials could finish while `ray job stop` starts)
+    spec = write_spec(tmp_path, slow_val_root, ["equal_division", "nearest_point", "nearest_centroid"], [0, 1, 2])
+    trials = 9
     sweep = ["python", "-m", "ray_jobs.sweep", str(spec), "--max-concurrent", "1", "--set", f"tracking.tracking_uri={uri}"]
     job = f"sweep-{uuid.uuid4().hex[:8]}"
     assert submit(ray_head_url, *sweep, wait=False, submission_id=job).returncode == 0
@@ -134,13 +137,13 @@ def test_a_stopped_sweep_job_ends_killed_and_resubmitting_completes_it(tmp_path,
     again = submit(ray_head_url, *sweep)
     assert again.returncode == 0, again.stdout[-4000:]
     finished_before = {r.info.run_id for r in before if r.info.status == "FINISHED"}
-    assert f"{len(finished_before)} already finished, {6 - len(finished_before)} to run" in again.stdout
+    assert f"{len(finished_before)} already finished, {trials - len(finished_before)} to run" in again.stdout
     after = runs(uri, "trial")
     finished = [r for r in after if r.info.status == "FINISHED"]
     assert finished_before <= {r.info.run_id for r in finished}  # finished trials kept their runs
     hashes = [r.data.tags["p2m.config_hash"] for r in finished]
-    assert len(hashes) == len(set(hashes)) == 6
-    assert len(after) == len(before) + 6 - len(finished_before)  # only the missing trials ran
+    assert len(hashes) == len(set(hashes)) == trials
+    assert len(after) == len(before) + trials - len(finished_before)  # only the missing trials ran
 
 
 @pytest.mark.slow
