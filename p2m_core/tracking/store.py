@@ -17,6 +17,7 @@ from typing import Any
 
 from p2m_core.errors import P2MInputError
 from p2m_core.tracking import tags as T
+from p2m_core.tracking.schema_cache import seed_new_store
 from p2m_core.tracking.uri import default_artifact_root, is_server, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,13 @@ def client(uri: str) -> Any:
 
     No global MLflow state (several stores may be used at once), but cached: opening a sqlite
     store checks its schema, which costs ~0.3 s, and a Ray worker reused for the next trial
-    would pay it again on every trial.
+    would pay it again on every trial. A sqlite store that does not exist yet starts as a copy
+    of MLflow's cached empty schema (:mod:`~p2m_core.tracking.schema_cache`).
     """
     from mlflow.tracking import MlflowClient
 
     quiet_mlflow_logs()
+    seed_new_store(uri)
     return MlflowClient(tracking_uri=uri)
 
 
