@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2m_core.ablation import run_pseudo_stage
-from p2m_core.config import HASH_VERSION
+from p2m_core.config import HASH_VERSION, Config
 from p2m_core.tracking import tags as T
 from p2m_core.tracking.claims import claim, claim_tags, heartbeat
 from p2m_core.tracking.trial import TrialRun
@@ -86,10 +86,15 @@ def failure_result(exc: BaseException, start: float) -> dict[str, Any]:
     return {FAILED_KEY: f"{type(exc).__name__}: {exc}", "trial_seconds": time.perf_counter() - start}
 
 
-def run_pseudo_trial(context: SweepContext, trial: Trial, node: str = "") -> dict[str, Any]:
+def run_pseudo_trial(
+    context: SweepContext, trial: Trial, node: str = "", stage: Callable[[Config, str], dict[str, Any]] = run_pseudo_stage
+) -> dict[str, Any]:
     """Claim, compute and record one pseudo-stage trial; its result: ``PQ``, ``PQ_th``,
     ``trial_seconds`` and ``run_id`` (the run that holds the numbers: another sweep's when that
-    one computed the trial), or :data:`FAILED_KEY` with the error."""
+    one computed the trial), or :data:`FAILED_KEY` with the error.
+
+    ``stage`` computes the stage into a folder (default: here, in this process; the local
+    executor passes its child process's, :class:`ray_jobs.stage_process.StageProcess`)."""
     start = time.perf_counter()
     run = TrialRun(
         context.tracking_uri, context.experiment_id, context.parent_run_id, trial.run_name,
@@ -107,7 +112,7 @@ def run_pseudo_trial(context: SweepContext, trial: Trial, node: str = "") -> dic
                         "trial_seconds": time.perf_counter() - start, "run_id": outcome.winner}  # fmt: skip
             run.log_datasets(trial.config, [trial.config.ablation.split])
             with tempfile.TemporaryDirectory(prefix="p2m-trial-") as out:
-                result = run_pseudo_stage(trial.config, out)
+                result = stage(trial.config, out)
                 seconds = time.perf_counter() - start
                 run.log_result(result, out, extra={"trial_seconds": seconds})
             run.finish()

@@ -84,6 +84,10 @@ class OpenRuns:
 #: This process's open runs: the launcher adds each run it opens and discards it once ended.
 open_runs = OpenRuns()
 
+#: Set by :func:`install`'s handler once a stop signal arrived: loops that start trials check it,
+#: so that no new run opens while the open ones are being ended.
+stopping = threading.Event()
+
 
 #: The handler :func:`install` set, for :func:`reinstall`.
 _installed: Callable[[int, object], None] | None = None
@@ -92,7 +96,6 @@ _installed: Callable[[int, object], None] | None = None
 def install(open_runs: OpenRuns, say: Callable[[str], None]) -> None:
     """Handle SIGTERM and SIGINT in this (the main) thread: end ``open_runs`` and exit (module docstring)."""
     global _installed
-    stopping = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
         if stopping.is_set():  # a second signal while the first is handled: go now

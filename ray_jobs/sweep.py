@@ -45,6 +45,7 @@ from ray_jobs import stop
 from ray_jobs.stop import exit_process
 from ray_jobs.cluster import connect, shutdown
 from ray_jobs.executors import EXECUTORS, LOCAL, check_executor
+from ray_jobs.stage_process import StageProcess
 from ray_jobs.grid_flags import save_spec, spec_from_flags, spec_mapping
 from ray_jobs.plan import SweepPlan, is_new_store, open_in_mlflow, plan_sweep
 from ray_jobs.sweep_table import attach_table
@@ -132,9 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Nothing can be finished in a store that does not exist yet: then Ray is needed for sure
     # and starts while MLflow sets up (each takes seconds). Otherwise MLflow goes first, so a
     # finished sweep never starts Ray.
-    # Run locally (no Ray), MLflow goes first too: importing torch on a thread beside it made the
-    # two slower than one after the other (the GIL; docs/BENCHMARKS.md).
+    # Run locally (no Ray), MLflow goes first too, and the child process that computes the trials
+    # imports torch on the other core meanwhile (a thread would not help: the GIL;
+    # docs/BENCHMARKS.md).
     overlap = args.executor != LOCAL and not args.dry_run and all(is_new_store(p.tracking_uri) for p in plans)
+    stages = StageProcess()
+    if args.executor == LOCAL and not args.dry_run:
+        stages.start()
     ray_started: tuple[float, bool] | None = None
     try:
         if overlap:
@@ -149,13 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         if ray_started is not None:
             shutdown()
+        stages.kill()
         return 2
     if args.dry_run:
         for plan in plans:
             for t in plan.todo:
                 print(f"{plan.spec.name}\t{t.config_hash}\t{t.run_name}")
         return 0
-    return _run(plans, args, quiet, ray_started)
+    try:
+        return _run(plans, args, quiet, ray_started, stages)
+    finally:
+        stages.kill()
 
 
 def _flag_spec(args: argparse.Namespace, seeds: tuple[int, ...] | None):
@@ -198,7 +207,9 @@ def say_ui_command(plans: list[SweepPlan], quiet: bool) -> None:
             say(f"(to serve these links at {LOCAL_UI}: {command})", quiet)
 
 
-def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_started: tuple[float, bool] | None) -> int:
+def _run(
+    plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_started: tuple[float, bool] | None, stages: StageProcess
+) -> int:
     totals = {"finished": 0, "failed": 0}
     errors: list[str] = []
     attached = bool(ray_started and ray_started[1])
@@ -209,9 +220,9 @@ def _run(plans: list[SweepPlan], args: argparse.Namespace, quiet: bool, ray_star
         for plan in plans:
             finished = failed = 0
             if plan.todo and args.executor == LOCAL:
-                from ray_jobs.local_sweep import run_plan_locally  # torch's imports: only when trials run here
+                from ray_jobs.local_sweep import run_plan_locally
 
-                finished, failed, lines = run_plan_locally(plan, quiet)
+                finished, failed, lines = run_plan_locally(plan, quiet, stages)
                 errors.extend(f"[{plan.spec.name}] {line}" for line in lines)
             elif plan.todo:
                 if not started:
