@@ -13,12 +13,15 @@ the same files), so the ratio is what a user waits for:
   set-up, ``ray.init`` in-process, Tune with ``reuse_actors``, one MLflow child run per trial
   with params, metrics and artifacts (1 CPU and 1 torch thread per trial, as many trials at
   once as there are cores);
-- **local**: the same sweep command with ``--executor local``: the trials one after another in
-  the command's process, without Ray (torch uses every core, as in the plain loop); once on a
-  fresh store and once on a store whose schema exists (MLflow creates a new sqlite store's
-  schema in ~1.6 s, which a researcher's second sweep into the same store does not pay);
-- ``--before REV``: the same sweep command run from a checkout of the git revision ``REV``
-  (a temporary worktree), alternating with the others: before and after in one run;
+- **local**: the same sweep command with ``--executor local``: the trials one after another,
+  without Ray, computed in the command's one child process (torch uses every core, as in the
+  plain loop); once on a fresh store and once on a store whose schema MLflow built before the
+  command (a researcher's second sweep into the same store). A fresh store is a copy of the
+  cached empty schema (``p2m_core/tracking/schema_cache.py``), built by the first side that
+  needs it;
+- ``--before REV``: the same sweep commands (in-process Ray and ``--executor local``) run from a
+  checkout of the git revision ``REV`` (a temporary worktree), alternating with the others:
+  before and after in one run;
 - ``--attached``: the same sweep attached (``RAY_ADDRESS``) to a local Ray head started before
   the command and stopped after it (``ray start --head`` on 127.0.0.1 with as many CPUs as the
   machine; neither is timed), as a cluster that outlives its commands: no ``ray.init`` or
@@ -293,11 +296,13 @@ def main() -> int:
                 return {"wall": seconds}
 
             sides["plain loop, one process"] = plain
+            local = ("--executor", "local")
             if before_code is not None:
                 sides[f"sweep, in-process Ray, before ({args.before})"] = sweep_side("before", tmp, spec, env, before_code)
+                sides[f"sweep, --executor local, before ({args.before})"] = sweep_side(
+                    "local-before", tmp, spec, env, before_code, local)
             sides["sweep, in-process Ray, now"] = sweep_side("now", tmp, spec, env, REPO)
-            local = ("--executor", "local")
-            sides["sweep in the command's process (--executor local), now"] = sweep_side("local", tmp, spec, env, REPO, local)
+            sides["sweep, --executor local, now"] = sweep_side("local", tmp, spec, env, REPO, local)
             sides["the same, into a store that exists (its MLflow schema made before)"] = sweep_side(
                 "local-existing", tmp, spec, env, REPO, local, existing_store=True)
             if args.attached:

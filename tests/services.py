@@ -223,3 +223,18 @@ def kill_one_then_finish(driver: subprocess.Popen, ready: Callable[[], bool], ti
             os.killpg(driver.pid, signal.SIGKILL)
     return stderr
 
+
+
+#: What Ray's job server answers while a fresh head's job agent is still starting.
+NO_AGENT = "No available agent to submit job"
+
+
+def ray_job_command(cmd: list[str], timeout: float = 420, agent_wait: float = 90, **kwargs) -> subprocess.CompletedProcess:
+    """Run a ``ray job ...`` command line, again while the head says its job agent is not up
+    yet (a fresh head on a busy machine: Ray asks to retry), for up to ``agent_wait`` s."""
+    deadline = time.monotonic() + agent_wait
+    while True:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+        if NO_AGENT not in proc.stderr or time.monotonic() > deadline:
+            return proc
+        time.sleep(2)

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from p2m_core.errors import P2MInputError
 from ray_jobs import cluster_auth
-from tests.services import mlflow_server, ray_head
+from tests.services import mlflow_server, ray_head, ray_job_command
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -82,8 +82,7 @@ def ray_cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
     """The `ray` command line as a user's shell runs it: only the auth variables given here."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
     base["PATH"] = f"{VENV_BIN}{os.pathsep}{base.get('PATH', '')}"
-    return subprocess.run([str(VENV_BIN / "ray"), *args], capture_output=True, text=True, timeout=300,
-                          env={**base, **env}, check=False)  # fmt: skip
+    return ray_job_command([str(VENV_BIN / "ray"), *args], timeout=300, env={**base, **env})
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from p2m_core.data.synthetic import generate_synthetic
+from tests.services import ray_job_command
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -61,12 +62,7 @@ def submit(url: str, *entrypoint: str, wait: bool = True, submission_id: str = "
     cmd = [RAY, "job", "submit", "--address", url, "--working-dir", str(REPO),
            "--runtime-env", str(REPO / "ray_jobs" / "runtime_env.yaml")]  # fmt: skip
     cmd += (["--submission-id", submission_id] if submission_id else []) + ([] if wait else ["--no-wait"])
-    deadline = time.monotonic() + 90
-    while True:  # a fresh head's job agent may not be up yet; Ray says so and asks to retry
-        proc = subprocess.run([*cmd, "--", *entrypoint], capture_output=True, text=True, timeout=400, check=False, cwd=REPO)
-        if "No available agent to submit job" not in proc.stderr or time.monotonic() > deadline:
-            return proc
-        time.sleep(2)
+    return ray_job_command([*cmd, "--", *entrypoint], timeout=400, cwd=REPO)
 
 
 def stop_when(url: str, submission_id: str, ready, what: str, limit: float = 240) -> None:

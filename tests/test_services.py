@@ -15,6 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from p2m_core.data.synthetic import generate_synthetic
+from tests.services import ray_job_command
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -31,7 +32,7 @@ def submitted_sweep(tmp_path_factory, ray_head_url, mlflow_server_url) -> dict:
         "python", "-m", "ray_jobs.sweep", "experiments/sweeps/table7.yaml", "--seeds", "0,1",
         "--set", f"data.root={data}", "--set", f"tracking.tracking_uri={mlflow_server_url}",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, check=False, cwd=REPO)
+    proc = ray_job_command(cmd, cwd=REPO)
     return {"proc": proc, "data": data, "uri": mlflow_server_url}
 
 
@@ -96,7 +97,7 @@ def test_job_submission_trains_on_the_head(tmp_path, ray_head_url, mlflow_server
         "--set", f"tracking.tracking_uri={mlflow_server_url}", "--set", f"tracking.output_dir={tmp_path / 'runs'}",
         "--set", "train.iters=2", "--set", "train.batch_size=2", "--set", "tracking.experiment=job-train",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, check=False, cwd=REPO)
+    proc = ray_job_command(cmd, cwd=REPO)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert "Ray attached" in output
