@@ -6,6 +6,9 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.p2m-installed
 DEMO   ?= demo_out
 PYTEST_ARGS ?=
+# Two pytest workers; the tests that start clusters run in two lanes (tests/conftest.py).
+# `make test PYTEST_WORKERS=0` runs everything in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup test demo clean-venv
 
@@ -21,7 +24,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt pyproject.
 # lint-imports checks the import contracts of pyproject.toml ([tool.importlinter]) first: seconds.
 test: setup
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The demo keeps everything under $(DEMO)/: data, the MLflow store and its artifacts, models, plots.
 # Its training sweep trains each setting (2 seeds, two trials at a time) for DEMO_TRAIN_ITERS iterations (experiments/train_tiny.yaml

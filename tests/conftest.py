@@ -43,10 +43,28 @@ os.environ.pop("RAY_ADDRESS", None)
 torch.set_num_threads(1)
 
 
+#: The modules that start Ray clusters, Ray Train runs or servers, in two lanes: under
+#: ``pytest -n 2 --dist loadgroup`` (``make test``) each lane runs on one worker, one test after
+#: another, and every other test runs on whichever worker is free. So at most two clusters run
+#: at once on a 2-core machine, the tests that share a session's head and server
+#: (``ray_head_url``, ``mlflow_server_url``) share a lane, and the lanes take about as long as
+#: each other (their durations: the ``--durations`` list of a CI run).
+CLUSTER_LANES = {
+    "lane-a": ("test_tracking_outage", "test_multinode", "test_train_in_trial", "test_gpu_check", "test_cluster"),
+    "lane-b": ("test_job_lifecycle", "test_services", "test_train_ray", "test_sweep_run", "test_auth", "test_own_sweep"),
+}
+_LANE_OF = {module: lane for lane, modules in CLUSTER_LANES.items() for module in modules}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the tests marked ``cuda`` on a machine without CUDA. One marker both skips them here
-    and selects them on a GPU (``pytest -m cuda``, run by benchmarks/gpu_check.sh), so a CUDA
-    test cannot be left out of the GPU check by being marked only with a ``skipif``."""
+    """Put the cluster tests in their lanes (:data:`CLUSTER_LANES`), and skip the tests marked
+    ``cuda`` on a machine without CUDA. One marker both skips them here and selects them on a
+    GPU (``pytest -m cuda``, run by benchmarks/gpu_check.sh), so a CUDA test cannot be left out
+    of the GPU check by being marked only with a ``skipif``."""
+    for item in items:
+        lane = _LANE_OF.get(item.path.stem)
+        if lane is not None:
+            item.add_marker(pytest.mark.xdist_group(lane))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (marker cuda)")

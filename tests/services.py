@@ -167,6 +167,10 @@ def ray_head(folder: Path, token_path: Path | None = None) -> Iterator[str]:
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", "--object-store-memory=100000000",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
         "--node-ip-address=127.0.0.1", "--port=0", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        # the job agent's HTTP port is 52365 for every Ray node by default: with another cluster
+        # on the machine (a test in the other lane), this head's agent could not bind it and
+        # every `ray job submit` would answer "No available agent"
+        f"--dashboard-agent-listen-port={free_port()}",
     ]  # fmt: skip
     url = f"http://127.0.0.1:{dashboard}"
     try:
