@@ -50,8 +50,9 @@ torch.set_num_threads(1)
 #: (``ray_head_url``, ``mlflow_server_url``) share a lane, and the lanes take about as long as
 #: each other (their durations: the ``--durations`` list of a CI run).
 CLUSTER_LANES = {
-    "lane-a": ("test_tracking_outage", "test_multinode", "test_train_in_trial", "test_gpu_check", "test_cluster"),
-    "lane-b": ("test_job_lifecycle", "test_services", "test_train_ray", "test_sweep_run", "test_auth", "test_own_sweep"),
+    "lane-a": ("test_tracking_outage", "test_multinode", "test_train_in_trial", "test_gpu_check", "test_cluster",
+               "test_auth", "test_own_sweep"),
+    "lane-b": ("test_job_lifecycle", "test_services", "test_train_ray", "test_sweep_run"),
 }
 _LANE_OF = {module: lane for lane, modules in CLUSTER_LANES.items() for module in modules}
 

@@ -43,9 +43,11 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_val_root(tmp_path_factory) -> Path:
-    """A val split whose pseudo trials take a few seconds each, so a job can be stopped mid-sweep."""
+    """A val split whose pseudo trials take seconds each (~1.5 s on one thread of 2 cores),
+    so a job can be stopped mid-sweep: with 8 images a trial took ~0.8 s, and on a busy machine
+    the last seven trials finished before `ray job stop` got through."""
     root = tmp_path_factory.mktemp("lifecycle_val")
-    generate_synthetic(root, num_train=0, num_val=8, size=192, seed=5, progress=False)
+    generate_synthetic(root, num_train=0, num_val=16, size=192, seed=5, progress=False)
     return root
 
 
