@@ -4,8 +4,8 @@ Why: before the first trial of ``--executor local`` can run, the command imports
 opens the store (about 2 s, one core), and the first trial imports torch and the stage's code
 (about 1.5 s, one core). Both are pure imports, so one process can only do them one after the
 other: overlapping them on a thread made both slower (the GIL). A second process can do the
-second on the other core. :func:`start` spawns it first thing, it imports torch while the
-command talks to MLflow, and each trial's computation then runs in it: the
+second on the other core. :meth:`StageProcess.start` spawns it first thing, it imports torch
+while the command talks to MLflow, and each trial's computation then runs in it: the
 command claims, records and logs the trial, the child computes the stage into the trial's
 folder and sends back the result record. docs/BENCHMARKS.md measures the difference.
 
@@ -21,19 +21,15 @@ from __future__ import annotations
 
 import atexit
 import importlib
-import logging
 import multiprocessing
 import os
 import pickle
 import signal
 import traceback
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from p2m_core.config import Config
-
-log = logging.getLogger(__name__)
 
 #: What the child imports while it waits for its first trial: torch and the stage's own lazy imports.
 WARM_IMPORTS = ("torch", "p2m_core.ablation.stage", "p2m_core.pseudo.labels", "p2m_core.evaluation.overlay")
@@ -58,25 +54,22 @@ def _child(conn: Connection) -> None:
             request = conn.recv()
         except EOFError:  # the command is gone
             return
-        if request is None:
-            return
         cfg, out_dir = request
         try:
             reply: tuple[str, Any, str] = ("ok", run_pseudo_stage(cfg, out_dir), "")
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the command
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            reply = ("error", _portable(exc), text)
+            reply = ("error", _portable(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         conn.send(reply)
 
 
 def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it pickles, else a RuntimeError with its type, message and traceback."""
+    """``exc`` if it pickles, else a RuntimeError with its type and message (the traceback goes
+    back beside it either way)."""
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return RuntimeError(f"{type(exc).__name__}: {exc}\n{text}")
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 class StageProcess:
@@ -108,9 +101,9 @@ class StageProcess:
         self.start()
         assert self._process is not None and self._conn is not None
         try:
-            self._conn.send((cfg, str(Path(out_dir))))
+            self._conn.send((cfg, os.fspath(out_dir)))
             status, value, remote_traceback = self._conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
+        except (EOFError, OSError):  # the pipe broke: the child is gone
             self._process.join(timeout=5)
             code = self._process.exitcode
             self._process, self._conn = None, None
